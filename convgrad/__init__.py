@@ -1,0 +1,18 @@
+"""convgrad: fast, exact 2-D convolution backward pass on Numba CPU kernels.
+
+Public API: :func:`conv2d`, :func:`conv2d_backward`, :func:`conv2d_grad_input`,
+:func:`conv2d_grad_weight`, :func:`conv2d_grad_bias`.
+"""
+
+from ._api import conv2d, conv2d_backward, conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "conv2d",
+    "conv2d_backward",
+    "conv2d_grad_bias",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+]

@@ -1,0 +1,410 @@
+"""The public functions: validate and normalise, pick a kernel, run it."""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._arrays import (
+    as_batched,
+    check_ndim,
+    check_out,
+    check_shape_tuple,
+    common_float_dtype,
+    deliver,
+    destination,
+    kernel_ready,
+)
+from ._dispatch import select_bias_kernel, select_kernel
+from ._layouts import Layout, get_layout
+from ._problem import Problem, describe
+
+Shape = tuple[int, ...]
+
+
+def conv2d(
+    input: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: object = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    layout: str = "NCHW",
+) -> np.ndarray:
+    """2-D convolution (cross-correlation, as in PyTorch), the forward pass.
+
+    Parameters
+    ----------
+    input : ndarray
+        (N, C_in, H, W) for ``layout="NCHW"``, (N, H, W, C_in) for ``"NHWC"``;
+        without the N axis for a single image.
+    weight : ndarray
+        (C_out, C_in/groups, KH, KW) for NCHW, (KH, KW, C_in/groups, C_out) for NHWC.
+    bias : ndarray, optional
+        (C_out,).
+    stride, dilation : int or (int, int)
+        Step and kernel spacing along (H, W), each >= 1.
+    padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
+        Zero padding; "same" (stride 1 only) puts an odd extra row/column at
+        the bottom/right, as PyTorch does.
+    groups : int
+        Number of channel groups; divides C_in and C_out.
+    layout : {"NCHW", "NHWC"}
+
+    Returns
+    -------
+    ndarray
+        (N, C_out, OH, OW) for NCHW, (N, OH, OW, C_out) for NHWC, in the
+        arrays' dtype (float32 or float64).
+
+    Examples
+    --------
+    >>> import numpy as np, convgrad
+    >>> x = np.ones((1, 1, 4, 4), np.float32); w = np.ones((2, 1, 3, 3), np.float32)
+    >>> convgrad.conv2d(x, w, padding=1)[0, 0]
+    array([[4., 6., 6., 4.],
+           [6., 9., 9., 6.],
+           [6., 9., 9., 6.],
+           [4., 6., 6., 4.]], dtype=float32)
+    """
+    spec = get_layout(layout)
+    arrays = {"input": input, "weight": weight}
+    if bias is not None:
+        arrays["bias"] = bias
+    dtype = common_float_dtype(**arrays)
+    check_ndim("input", input, (4, 3), spec.image_order)
+    check_ndim("weight", weight, (4,), spec.weight_order)
+    problem = describe(
+        spec,
+        dtype,
+        input.shape,
+        weight.shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    if bias is not None and bias.shape != (problem.c_out,):
+        raise ValueError(f"bias must have shape ({problem.c_out},) = (C_out,); got {bias.shape}")
+    output = np.zeros(
+        problem.layout.image_shape(problem.n, problem.c_out, problem.out_h, problem.out_w), dtype
+    )
+    if problem.terms:
+        choice = select_kernel("forward", problem)
+        choice.kernel(
+            kernel_ready(as_batched(input, problem.batched), dtype),
+            kernel_ready(weight, dtype),
+            output,
+            *choice.args,
+        )
+    if bias is not None:
+        channel_shape = [1, 1, 1, 1]
+        channel_shape[spec.image_axes[1]] = problem.c_out
+        output += bias.astype(dtype, copy=False).reshape(channel_shape)
+    return output if problem.batched else output[0]
+
+
+def conv2d_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    weight: np.ndarray,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: object = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    layout: str = "NCHW",
+    output_mask: Sequence[bool] = (True, True, True),
+    out: Sequence[np.ndarray | None] | None = None,
+    accumulate: bool = False,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Gradients of :func:`conv2d` with respect to input, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : ndarray
+        Gradient of the loss with respect to the forward output:
+        (N, C_out, OH, OW) for NCHW, (N, OH, OW, C_out) for NHWC, unbatched
+        if ``input`` is.
+    input, weight : ndarray
+        The forward pass's arrays, in the layouts described in :func:`conv2d`.
+    stride, padding, dilation, groups, layout
+        The forward pass's options, as in :func:`conv2d`.
+    output_mask : (bool, bool, bool)
+        Which of (grad_input, grad_weight, grad_bias) to compute; the others
+        are not computed and come back as None.
+    out : (ndarray or None, ndarray or None, ndarray or None), optional
+        Arrays to write the results into, each of exactly the result's shape
+        and dtype (None entries are allocated). Entries for results that
+        ``output_mask`` leaves out must be None.
+    accumulate : bool
+        Add the gradients into ``out`` instead of overwriting it (gradient
+        accumulation over micro-batches); needs ``out`` for every computed result.
+
+    Returns
+    -------
+    (grad_input, grad_weight, grad_bias)
+        Shaped like input, weight and (C_out,), in the arrays' dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, convgrad
+    >>> x = np.ones((28, 28, 1), np.float32); w = np.ones((3, 3, 1, 6), np.float32)
+    >>> g = np.ones((26, 26, 6), np.float32)
+    >>> gi, gw, gb = convgrad.conv2d_backward(g, x, w, layout="NHWC")
+    >>> gi.shape, gw.shape, float(gb[0])
+    ((28, 28, 1), (3, 3, 1, 6), 676.0)
+    """
+    spec = get_layout(layout)
+    dtype = common_float_dtype(grad_output=grad_output, input=input, weight=weight)
+    check_ndim("input", input, (4, 3), spec.image_order)
+    check_ndim("weight", weight, (4,), spec.weight_order)
+    problem = describe(
+        spec,
+        dtype,
+        input.shape,
+        weight.shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    _check_grad_output(grad_output, problem)
+    mask = _check_output_mask(output_mask)
+    outs = _check_out_tuple(out, mask, accumulate, problem)
+    g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
+    originals = (grad_output, input, weight)
+    grad_input = grad_weight = grad_bias = None
+    if mask[0]:
+        grad_input = _grad_input(
+            problem, g, kernel_ready(weight, dtype), outs[0], accumulate, originals
+        )
+    if mask[1]:
+        x = kernel_ready(as_batched(input, problem.batched), dtype)
+        grad_weight = _grad_weight(problem, x, g, outs[1], accumulate, originals)
+    if mask[2]:
+        grad_bias = _grad_bias(spec, g, problem.c_out, dtype, outs[2], accumulate, originals)
+    return grad_input, grad_weight, grad_bias
+
+
+def conv2d_grad_input(
+    grad_output: np.ndarray,
+    weight: np.ndarray,
+    input_shape: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: object = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    layout: str = "NCHW",
+    out: np.ndarray | None = None,
+    accumulate: bool = False,
+) -> np.ndarray:
+    """Gradient of :func:`conv2d` with respect to its input.
+
+    ``input_shape`` is needed because, with stride > 1, several input sizes
+    give the same output size. See :func:`conv2d_backward` for the other
+    parameters; ``out`` is one array of shape ``input_shape``.
+    """
+    spec = get_layout(layout)
+    dtype = common_float_dtype(grad_output=grad_output, weight=weight)
+    shape = check_shape_tuple("input_shape", input_shape, (4, 3))
+    check_ndim("weight", weight, (4,), spec.weight_order)
+    problem = describe(
+        spec,
+        dtype,
+        shape,
+        weight.shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        input_name="input_shape",
+    )
+    _check_grad_output(grad_output, problem)
+    _check_accumulate(accumulate, out is not None, "out")
+    if out is not None:
+        check_out("out", out, problem.input_shape, dtype)
+    g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
+    return _grad_input(
+        problem, g, kernel_ready(weight, dtype), out, accumulate, (grad_output, weight)
+    )
+
+
+def conv2d_grad_weight(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    weight_shape: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: object = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    layout: str = "NCHW",
+    out: np.ndarray | None = None,
+    accumulate: bool = False,
+) -> np.ndarray:
+    """Gradient of :func:`conv2d` with respect to its weight.
+
+    ``weight_shape`` is the weight's shape in the layout's convention. See
+    :func:`conv2d_backward` for the other parameters; ``out`` is one array of
+    shape ``weight_shape``.
+    """
+    spec = get_layout(layout)
+    dtype = common_float_dtype(grad_output=grad_output, input=input)
+    check_ndim("input", input, (4, 3), spec.image_order)
+    shape = check_shape_tuple("weight_shape", weight_shape, (4,))
+    problem = describe(
+        spec,
+        dtype,
+        input.shape,
+        shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        weight_name="weight_shape",
+    )
+    _check_grad_output(grad_output, problem)
+    _check_accumulate(accumulate, out is not None, "out")
+    if out is not None:
+        check_out("out", out, problem.weight_shape, dtype)
+    g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
+    x = kernel_ready(as_batched(input, problem.batched), dtype)
+    return _grad_weight(problem, x, g, out, accumulate, (grad_output, input))
+
+
+def conv2d_grad_bias(
+    grad_output: np.ndarray,
+    *,
+    layout: str = "NCHW",
+    out: np.ndarray | None = None,
+    accumulate: bool = False,
+) -> np.ndarray:
+    """Gradient of :func:`conv2d` with respect to its bias: grad_output summed per channel.
+
+    ``grad_output`` is (N, C_out, OH, OW) for NCHW or (N, OH, OW, C_out) for
+    NHWC, or unbatched; the result (and ``out``) has shape (C_out,).
+    """
+    spec = get_layout(layout)
+    dtype = common_float_dtype(grad_output=grad_output)
+    check_ndim("grad_output", grad_output, (4, 3), spec.image_order)
+    batched = grad_output.ndim == 4
+    g = kernel_ready(as_batched(grad_output, batched), dtype)
+    c_out = spec.image_dims(g.shape)[1]
+    _check_accumulate(accumulate, out is not None, "out")
+    if out is not None:
+        check_out("out", out, (c_out,), dtype)
+    return _grad_bias(spec, g, c_out, dtype, out, accumulate, (grad_output,))
+
+
+# -- running the kernels ------------------------------------------------------------------
+
+
+def _grad_input(
+    problem: Problem,
+    g: np.ndarray,
+    w: np.ndarray,
+    out: np.ndarray | None,
+    accumulate: bool,
+    originals: tuple[np.ndarray, ...],
+) -> np.ndarray:
+    result = destination(out, problem.input_shape, problem.dtype, accumulate, originals)
+    if problem.terms:
+        choice = select_kernel("grad_input", problem)
+        choice.kernel(g, w, as_batched(result, problem.batched), *choice.args)
+    return deliver(result, out)
+
+
+def _grad_weight(
+    problem: Problem,
+    x: np.ndarray,
+    g: np.ndarray,
+    out: np.ndarray | None,
+    accumulate: bool,
+    originals: tuple[np.ndarray, ...],
+) -> np.ndarray:
+    result = destination(out, problem.weight_shape, problem.dtype, accumulate, originals)
+    if problem.terms:
+        choice = select_kernel("grad_weight", problem)
+        choice.kernel(x, g, result, *choice.args)
+    return deliver(result, out)
+
+
+def _grad_bias(
+    spec: Layout,
+    g: np.ndarray,
+    c_out: int,
+    dtype: np.dtype,
+    out: np.ndarray | None,
+    accumulate: bool,
+    originals: tuple[np.ndarray, ...],
+) -> np.ndarray:
+    result = destination(out, (c_out,), dtype, accumulate, originals)
+    if g.size:
+        select_bias_kernel(spec.name)(g, result)
+    return deliver(result, out)
+
+
+# -- argument checks ---------------------------------------------------------------------
+
+
+def _check_grad_output(grad_output: np.ndarray, problem: Problem) -> None:
+    expected = problem.output_shape
+    if grad_output.shape != expected:
+        raise ValueError(
+            f"grad_output must have shape {expected} for these inputs and options "
+            f"({problem.layout.name}: {problem.layout.image_order}"
+            f"{'' if problem.batched else ' without N'}); "
+            f"got {grad_output.shape}"
+        )
+
+
+def _check_output_mask(output_mask: object) -> tuple[bool, bool, bool]:
+    if (
+        not isinstance(output_mask, (tuple, list))
+        or len(output_mask) != 3
+        or not all(isinstance(m, (bool, np.bool_)) for m in output_mask)
+    ):
+        raise TypeError(
+            "output_mask must be three bools (grad_input, grad_weight, grad_bias); "
+            f"got {output_mask!r}"
+        )
+    return bool(output_mask[0]), bool(output_mask[1]), bool(output_mask[2])
+
+
+def _check_accumulate(accumulate: object, has_out: bool, out_name: str) -> None:
+    if not isinstance(accumulate, (bool, np.bool_)):
+        raise TypeError(f"accumulate must be a bool; got {accumulate!r}")
+    if accumulate and not has_out:
+        raise ValueError(
+            f"accumulate=True adds into existing gradients, so it needs "
+            f"{out_name}=...; got {out_name}=None"
+        )
+
+
+def _check_out_tuple(
+    out: object, mask: tuple[bool, bool, bool], accumulate: object, problem: Problem
+) -> tuple[np.ndarray | None, ...]:
+    if out is None:
+        _check_accumulate(accumulate, False, "out")
+        return (None, None, None)
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise TypeError(
+            "out must be None or a tuple of three arrays or Nones "
+            f"(grad_input, grad_weight, grad_bias); got {type(out).__name__}"
+        )
+    shapes = (problem.input_shape, problem.weight_shape, (problem.c_out,))
+    for k, (entry, wanted, shape) in enumerate(zip(out, mask, shapes, strict=True)):
+        if entry is None:
+            if wanted:
+                _check_accumulate(accumulate, False, f"out[{k}]")
+            continue
+        if not wanted:
+            raise ValueError(
+                f"out[{k}] must be None because output_mask[{k}] is False; got an array"
+            )
+        check_out(f"out[{k}]", entry, shape, problem.dtype)
+    _check_accumulate(accumulate, True, "out")
+    return tuple(out)

@@ -1,0 +1,131 @@
+"""Kernels for the NHWC layout: images (N, H, W, C), weights (KH, KW, C_in/groups, C_out).
+
+Same math as the NCHW kernels (see ``nchw.py``), with channels contiguous:
+
+    y[n, i, j, co] = sum over p, q, ci2 of
+        x[n, i*sh + p*dh - pt, j*sw + q*dw - pl, g0 + ci2] * w[p, q, ci2, co]
+
+The inner loop always runs over a contiguous channel axis.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._flags import FASTMATH
+
+
+@njit(cache=True, inline="always")
+def _valid_range(out_len, in_len, offset, stride):
+    """Half-open range of output positions k with 0 <= k*stride + offset < in_len."""
+    lo = max(0, -(offset // stride))
+    hi = min(out_len, (in_len - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def forward_nhwc(x, w, y, sh, sw, pt, pl, dh, dw, groups):
+    """y += conv2d(x, w); parallel over (n, i) output rows."""
+    n_batch, height, width, c_in = x.shape
+    out_h, out_w, c_out = y.shape[1], y.shape[2], y.shape[3]
+    kh, kw = w.shape[0], w.shape[1]
+    cin_g = c_in // groups
+    cout_g = c_out // groups
+    for task in prange(n_batch * out_h):
+        n = task // out_h
+        i = task - n * out_h
+        for p in range(kh):
+            r = i * sh + p * dh - pt
+            if r < 0 or r >= height:
+                continue
+            for q in range(kw):
+                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                for j in range(j_lo, j_hi):
+                    c = j * sw + q * dw - pl
+                    for group in range(groups):
+                        for ci2 in range(cin_g):
+                            xv = x[n, r, c, group * cin_g + ci2]
+                            for co in range(group * cout_g, (group + 1) * cout_g):
+                                y[n, i, j, co] += xv * w[p, q, ci2, co]
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def grad_input_nhwc(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
+    """gi += scatter-add of w * g; parallel over (n, r) input rows.
+
+    Each task owns one input row and gathers the output rows that touch it,
+    so no two tasks add into the same cell.
+    """
+    n_batch, height, width, c_in = gi.shape
+    out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
+    kh, kw = w.shape[0], w.shape[1]
+    cin_g = c_in // groups
+    cout_g = c_out // groups
+    for task in prange(n_batch * height):
+        n = task // height
+        r = task - n * height
+        for p in range(kh):
+            shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
+            if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
+                continue
+            i = shifted // sh
+            for q in range(kw):
+                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                for j in range(j_lo, j_hi):
+                    c = j * sw + q * dw - pl
+                    for group in range(groups):
+                        for ci2 in range(cin_g):
+                            acc = gi.dtype.type(0)
+                            for co in range(group * cout_g, (group + 1) * cout_g):
+                                acc += w[p, q, ci2, co] * g[n, i, j, co]
+                            gi[n, r, c, group * cin_g + ci2] += acc
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
+    """gw += valid correlation of x with g.
+
+    The (n, i) output rows are split into ``n_chunks`` fixed chunks, each summed
+    into its own partial weight gradient in parallel; the partials are then
+    added in chunk order. The chunking depends only on the caller's choice of
+    ``n_chunks``, never on the thread count, so the result is deterministic.
+    """
+    n_batch, height, width, c_in = x.shape
+    out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
+    kh, kw = gw.shape[0], gw.shape[1]
+    cin_g = c_in // groups
+    cout_g = c_out // groups
+    n_rows = n_batch * out_h
+    partial = np.zeros((n_chunks, kh, kw, cin_g, c_out), dtype=gw.dtype)
+    for chunk in prange(n_chunks):
+        for row in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
+            n = row // out_h
+            i = row - n * out_h
+            for p in range(kh):
+                r = i * sh + p * dh - pt
+                if r < 0 or r >= height:
+                    continue
+                for q in range(kw):
+                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                    for j in range(j_lo, j_hi):
+                        c = j * sw + q * dw - pl
+                        for group in range(groups):
+                            for ci2 in range(cin_g):
+                                xv = x[n, r, c, group * cin_g + ci2]
+                                for co in range(group * cout_g, (group + 1) * cout_g):
+                                    partial[chunk, p, q, ci2, co] += xv * g[n, i, j, co]
+    for chunk in range(n_chunks):
+        gw += partial[chunk]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def grad_bias_nhwc(g, gb):
+    """gb += sum of g over (n, i, j), accumulated in float64."""
+    n_batch, out_h, out_w, c_out = g.shape
+    acc = np.zeros(c_out, dtype=np.float64)
+    for n in range(n_batch):
+        for i in range(out_h):
+            for j in range(out_w):
+                for co in range(c_out):
+                    acc[co] += g[n, i, j, co]
+    for co in range(c_out):
+        gb[co] += acc[co]
