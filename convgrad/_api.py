@@ -175,16 +175,22 @@ def conv2d_backward(
     outs = _check_out_tuple(out, mask, accumulate, problem)
     g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
     originals = (grad_output, input, weight)
-    grad_input = grad_weight = grad_bias = None
+    # Every kernel runs before any result is copied into ``out``: an ``out``
+    # array may alias input or grad_output, which later kernels still read.
+    results: list[np.ndarray | None] = [None, None, None]
     if mask[0]:
-        grad_input = _grad_input(
+        results[0] = _grad_input(
             problem, g, kernel_ready(weight, dtype), outs[0], accumulate, originals
         )
     if mask[1]:
         x = kernel_ready(as_batched(input, problem.batched), dtype)
-        grad_weight = _grad_weight(problem, x, g, outs[1], accumulate, originals)
+        results[1] = _grad_weight(problem, x, g, outs[1], accumulate, originals)
     if mask[2]:
-        grad_bias = _grad_bias(spec, g, problem.c_out, dtype, outs[2], accumulate, originals)
+        results[2] = _grad_bias(spec, g, problem.c_out, dtype, outs[2], accumulate, originals)
+    grad_input, grad_weight, grad_bias = (
+        None if result is None else deliver(result, entry)
+        for result, entry in zip(results, outs, strict=True)
+    )
     return grad_input, grad_weight, grad_bias
 
 
@@ -227,9 +233,8 @@ def conv2d_grad_input(
     if out is not None:
         check_out("out", out, problem.input_shape, dtype)
     g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
-    return _grad_input(
-        problem, g, kernel_ready(weight, dtype), out, accumulate, (grad_output, weight)
-    )
+    w = kernel_ready(weight, dtype)
+    return deliver(_grad_input(problem, g, w, out, accumulate, (grad_output, weight)), out)
 
 
 def conv2d_grad_weight(
@@ -272,7 +277,7 @@ def conv2d_grad_weight(
         check_out("out", out, problem.weight_shape, dtype)
     g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
     x = kernel_ready(as_batched(input, problem.batched), dtype)
-    return _grad_weight(problem, x, g, out, accumulate, (grad_output, input))
+    return deliver(_grad_weight(problem, x, g, out, accumulate, (grad_output, input)), out)
 
 
 def conv2d_grad_bias(
@@ -296,10 +301,12 @@ def conv2d_grad_bias(
     _check_accumulate(accumulate, out is not None, "out")
     if out is not None:
         check_out("out", out, (c_out,), dtype)
-    return _grad_bias(spec, g, c_out, dtype, out, accumulate, (grad_output,))
+    return deliver(_grad_bias(spec, g, c_out, dtype, out, accumulate, (grad_output,)), out)
 
 
 # -- running the kernels ------------------------------------------------------------------
+# Each runner returns the array its kernel added into: ``out`` itself, or a
+# fresh buffer that the caller hands to ``deliver`` once every kernel has run.
 
 
 def _grad_input(
@@ -314,7 +321,7 @@ def _grad_input(
     if problem.terms:
         choice = select_kernel("grad_input", problem)
         choice.kernel(g, w, as_batched(result, problem.batched), *choice.args)
-    return deliver(result, out)
+    return result
 
 
 def _grad_weight(
@@ -329,7 +336,7 @@ def _grad_weight(
     if problem.terms:
         choice = select_kernel("grad_weight", problem)
         choice.kernel(x, g, result, *choice.args)
-    return deliver(result, out)
+    return result
 
 
 def _grad_bias(
@@ -344,7 +351,7 @@ def _grad_bias(
     result = destination(out, (c_out,), dtype, accumulate, originals)
     if g.size:
         select_bias_kernel(spec.name)(g, result)
-    return deliver(result, out)
+    return result
 
 
 # -- argument checks ---------------------------------------------------------------------
@@ -391,9 +398,14 @@ def _check_out_tuple(
         _check_accumulate(accumulate, False, "out")
         return (None, None, None)
     if not isinstance(out, (tuple, list)) or len(out) != 3:
+        got = (
+            f"{type(out).__name__} of length {len(out)}"
+            if isinstance(out, (tuple, list))
+            else (type(out).__name__)
+        )
         raise TypeError(
             "out must be None or a tuple of three arrays or Nones "
-            f"(grad_input, grad_weight, grad_bias); got {type(out).__name__}"
+            f"(grad_input, grad_weight, grad_bias); got {got}"
         )
     shapes = (problem.input_shape, problem.weight_shape, (problem.c_out,))
     for k, (entry, wanted, shape) in enumerate(zip(out, mask, shapes, strict=True)):
@@ -407,4 +419,11 @@ def _check_out_tuple(
             )
         check_out(f"out[{k}]", entry, shape, problem.dtype)
     _check_accumulate(accumulate, True, "out")
+    given = [(k, entry) for k, entry in enumerate(out) if entry is not None]
+    for a, (k, first) in enumerate(given):
+        for m, second in given[a + 1 :]:
+            if np.may_share_memory(first, second):
+                raise ValueError(
+                    f"out[{k}] and out[{m}] must not overlap; got arrays sharing memory"
+                )
     return tuple(out)

@@ -61,7 +61,7 @@ def check_shape_tuple(name: str, shape: object, ndims: tuple[int, ...]) -> tuple
     """A shape given as a sequence of non-negative ints, with an allowed length."""
     if (
         not isinstance(shape, Sequence)
-        or isinstance(shape, str)
+        or isinstance(shape, (str, bytes))
         or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape)
     ):
         raise TypeError(f"{name} must be a tuple of ints; got {shape!r}")

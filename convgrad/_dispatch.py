@@ -25,9 +25,11 @@ _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
 }
 
 # The chunked NHWC grad_weight keeps one partial weight gradient per chunk:
-# at most MAX_WEIGHT_CHUNKS of them, within PARTIALS_BUDGET_BYTES in total.
+# at most MAX_WEIGHT_CHUNKS of them, within PARTIALS_BUDGET_BYTES in total, and
+# each chunk at least MIN_TERMS_PER_CHUNK multiply-adds (tiny problems: 1 chunk).
 MAX_WEIGHT_CHUNKS = 16
 PARTIALS_BUDGET_BYTES = 4 * 2**20
+MIN_TERMS_PER_CHUNK = 2**15
 
 
 class KernelChoice(NamedTuple):
@@ -49,7 +51,8 @@ def weight_chunks(problem: Problem) -> int:
         * problem.dtype.itemsize,
     )
     by_memory = PARTIALS_BUDGET_BYTES // weight_bytes
-    return int(max(1, min(MAX_WEIGHT_CHUNKS, problem.n * problem.out_h, by_memory)))
+    by_work = problem.terms // MIN_TERMS_PER_CHUNK
+    return int(max(1, min(MAX_WEIGHT_CHUNKS, problem.n * problem.out_h, by_memory, by_work)))
 
 
 def select_kernel(operation: str, problem: Problem) -> KernelChoice:

@@ -14,6 +14,11 @@ class Geometry(NamedTuple):
     groups: int
 
 
+# Upper bound for stride, dilation, padding and groups: keeps every index the
+# kernels compute far inside int64, and no real convolution comes near it.
+MAX_OPTION = 2**31 - 1
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -28,6 +33,8 @@ def _pair(name: str, value: object) -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints (h, w); got {value!r}")
     if pair[0] < 1 or pair[1] < 1:
         raise ValueError(f"{name} must be >= 1; got {value!r}")
+    if max(pair) > MAX_OPTION:
+        raise ValueError(f"{name} must be at most {MAX_OPTION}; got {value!r}")
     return pair
 
 
@@ -67,6 +74,8 @@ def _padding(
         )
     if min(pads) < 0:
         raise ValueError(f"padding must be >= 0; got {value!r}")
+    if max(pads) > MAX_OPTION:
+        raise ValueError(f"padding must be at most {MAX_OPTION}; got {value!r}")
     return pads
 
 
@@ -80,6 +89,8 @@ def resolve_geometry(
         raise TypeError(f"groups must be an int; got {groups!r}")
     if groups < 1:  # type: ignore[operator]
         raise ValueError(f"groups must be >= 1; got {groups!r}")
+    if groups > MAX_OPTION:  # type: ignore[operator]
+        raise ValueError(f"groups must be at most {MAX_OPTION}; got {groups!r}")
     pads = _padding(padding, stride_hw, dilation_hw, kernel)
     return Geometry(stride_hw, pads, dilation_hw, int(groups))  # type: ignore[call-overload]
 

@@ -5,10 +5,12 @@ Notation used in every kernel (forward is cross-correlation, as in PyTorch):
     y[n, co, i, j] = sum over ci2, p, q of
         x[n, g0 + ci2, i*sh + p*dh - pt, j*sw + q*dw - pl] * w[co, ci2, p, q]
 
-where g0 is the first input channel of output channel co's group. The inner
-loop always runs over j, the contiguous axis of the output planes.
+where g0 is the first input channel of output channel co's group. Work is done
+one image row at a time: the innermost loop runs along j over a row of the
+output and the matching (strided) row of the input, so it vectorises.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from ._flags import FASTMATH
@@ -20,6 +22,52 @@ def _valid_range(out_len, in_len, offset, stride):
     lo = max(0, -(offset // stride))
     hi = min(out_len, (in_len - 1 - offset) // stride + 1)
     return lo, max(lo, hi)
+
+
+# The row helpers below take 0-based slices in the stride-1 case: LLVM only
+# vectorises these loops when the index provably starts at zero (no
+# negative-index wraparound) and the views are known to be contiguous.
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _row_dot(a, offset, stride, b, lo, hi):
+    """sum over j in [lo, hi) of a[j*stride + offset] * b[j]."""
+    acc = a.dtype.type(0)
+    if stride == 1:
+        a_part = a[lo + offset : hi + offset]
+        b_part = b[lo:hi]
+        for k in range(hi - lo):
+            acc += a_part[k] * b_part[k]
+    else:
+        for j in range(lo, hi):
+            acc += a[j * stride + offset] * b[j]
+    return acc
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _row_axpy(dest, offset, stride, scale, src, lo, hi):
+    """dest[j*stride + offset] += scale * src[j] for j in [lo, hi)."""
+    if stride == 1:
+        dest_part = dest[lo + offset : hi + offset]
+        src_part = src[lo:hi]
+        for k in range(hi - lo):
+            dest_part[k] += scale * src_part[k]
+    else:
+        for j in range(lo, hi):
+            dest[j * stride + offset] += scale * src[j]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _row_gather_axpy(dest, scale, src, offset, stride, lo, hi):
+    """dest[j] += scale * src[j*stride + offset] for j in [lo, hi)."""
+    if stride == 1:
+        dest_part = dest[lo:hi]
+        src_part = src[lo + offset : hi + offset]
+        for k in range(hi - lo):
+            dest_part[k] += scale * src_part[k]
+    else:
+        for j in range(lo, hi):
+            dest[j] += scale * src[j * stride + offset]
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -37,13 +85,14 @@ def forward_nchw(x, w, y, sh, sw, pt, pl, dh, dw, groups):
         for ci2 in range(cin_g):
             for p in range(kh):
                 i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-                for q in range(kw):
-                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    wv = w[co, ci2, p, q]
-                    for i in range(i_lo, i_hi):
-                        r = i * sh + p * dh - pt
-                        for j in range(j_lo, j_hi):
-                            y[n, co, i, j] += wv * x[n, g0 + ci2, r, j * sw + q * dw - pl]
+                for i in range(i_lo, i_hi):
+                    x_row = x[n, g0 + ci2, i * sh + p * dh - pt]
+                    y_row = y[n, co, i]
+                    for q in range(kw):
+                        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                        _row_gather_axpy(
+                            y_row, w[co, ci2, p, q], x_row, q * dw - pl, sw, j_lo, j_hi
+                        )
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -62,37 +111,42 @@ def grad_input_nchw(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
         for co in range(group * cout_g, (group + 1) * cout_g):
             for p in range(kh):
                 i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-                for q in range(kw):
-                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    wv = w[co, ci2, p, q]
-                    for i in range(i_lo, i_hi):
-                        r = i * sh + p * dh - pt
-                        for j in range(j_lo, j_hi):
-                            gi[n, ci, r, j * sw + q * dw - pl] += wv * g[n, co, i, j]
+                for i in range(i_lo, i_hi):
+                    gi_row = gi[n, ci, i * sh + p * dh - pt]
+                    g_row = g[n, co, i]
+                    for q in range(kw):
+                        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                        _row_axpy(gi_row, q * dw - pl, sw, w[co, ci2, p, q], g_row, j_lo, j_hi)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def grad_weight_nchw(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
-    """gw += valid correlation of x with g; parallel over output channels co."""
+    """gw += valid correlation of x with g; parallel over (co, ci2) kernel planes.
+
+    Each task sums its KH x KW kernel plane over (n, i) in a fixed order.
+    """
     n_batch, c_in, height, width = x.shape
     c_out, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
     kh, kw = gw.shape[2], gw.shape[3]
     cin_g = c_in // groups
     cout_g = c_out // groups
-    for co in prange(c_out):
-        g0 = (co // cout_g) * cin_g
-        for ci2 in range(cin_g):
+    for task in prange(c_out * cin_g):
+        co = task // cin_g
+        ci2 = task - co * cin_g
+        ci = (co // cout_g) * cin_g + ci2
+        acc = np.zeros((kh, kw), dtype=gw.dtype)
+        for n in range(n_batch):
             for p in range(kh):
                 i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-                for q in range(kw):
-                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    acc = gw.dtype.type(0)
-                    for n in range(n_batch):
-                        for i in range(i_lo, i_hi):
-                            r = i * sh + p * dh - pt
-                            for j in range(j_lo, j_hi):
-                                acc += x[n, g0 + ci2, r, j * sw + q * dw - pl] * g[n, co, i, j]
-                    gw[co, ci2, p, q] += acc
+                for i in range(i_lo, i_hi):
+                    x_row = x[n, ci, i * sh + p * dh - pt]
+                    g_row = g[n, co, i]
+                    for q in range(kw):
+                        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                        acc[p, q] += _row_dot(x_row, q * dw - pl, sw, g_row, j_lo, j_hi)
+        for p in range(kh):
+            for q in range(kw):
+                gw[co, ci2, p, q] += acc[p, q]
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)

@@ -5,7 +5,8 @@ Same math as the NCHW kernels (see ``nchw.py``), with channels contiguous:
     y[n, i, j, co] = sum over p, q, ci2 of
         x[n, i*sh + p*dh - pt, j*sw + q*dw - pl, g0 + ci2] * w[p, q, ci2, co]
 
-The inner loop always runs over a contiguous channel axis.
+The innermost loop runs over a contiguous slice of output channels, taken as a
+0-based view so that LLVM vectorises it.
 """
 
 import numpy as np
@@ -20,6 +21,22 @@ def _valid_range(out_len, in_len, offset, stride):
     lo = max(0, -(offset // stride))
     hi = min(out_len, (in_len - 1 - offset) // stride + 1)
     return lo, max(lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _axpy(dest, scale, src):
+    """dest += scale * src over two equally long contiguous vectors."""
+    for k in range(src.shape[0]):
+        dest[k] += scale * src[k]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _dot(a, b):
+    """sum of a * b over two equally long contiguous vectors."""
+    acc = a.dtype.type(0)
+    for k in range(a.shape[0]):
+        acc += a[k] * b[k]
+    return acc
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -42,10 +59,11 @@ def forward_nhwc(x, w, y, sh, sw, pt, pl, dh, dw, groups):
                 for j in range(j_lo, j_hi):
                     c = j * sw + q * dw - pl
                     for group in range(groups):
+                        co0 = group * cout_g
+                        y_part = y[n, i, j, co0 : co0 + cout_g]
                         for ci2 in range(cin_g):
                             xv = x[n, r, c, group * cin_g + ci2]
-                            for co in range(group * cout_g, (group + 1) * cout_g):
-                                y[n, i, j, co] += xv * w[p, q, ci2, co]
+                            _axpy(y_part, xv, w[p, q, ci2, co0 : co0 + cout_g])
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -73,11 +91,12 @@ def grad_input_nhwc(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
                 for j in range(j_lo, j_hi):
                     c = j * sw + q * dw - pl
                     for group in range(groups):
+                        co0 = group * cout_g
+                        g_part = g[n, i, j, co0 : co0 + cout_g]
                         for ci2 in range(cin_g):
-                            acc = gi.dtype.type(0)
-                            for co in range(group * cout_g, (group + 1) * cout_g):
-                                acc += w[p, q, ci2, co] * g[n, i, j, co]
-                            gi[n, r, c, group * cin_g + ci2] += acc
+                            gi[n, r, c, group * cin_g + ci2] += _dot(
+                                w[p, q, ci2, co0 : co0 + cout_g], g_part
+                            )
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -109,10 +128,11 @@ def grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
                     for j in range(j_lo, j_hi):
                         c = j * sw + q * dw - pl
                         for group in range(groups):
+                            co0 = group * cout_g
+                            g_part = g[n, i, j, co0 : co0 + cout_g]
                             for ci2 in range(cin_g):
                                 xv = x[n, r, c, group * cin_g + ci2]
-                                for co in range(group * cout_g, (group + 1) * cout_g):
-                                    partial[chunk, p, q, ci2, co] += xv * g[n, i, j, co]
+                                _axpy(partial[chunk, p, q, ci2, co0 : co0 + cout_g], xv, g_part)
     for chunk in range(n_chunks):
         gw += partial[chunk]
 

@@ -1,0 +1,93 @@
+"""Command line: ``convgrad`` / ``python -m convgrad``.
+
+With no command it runs the seed notebook's case (one 28x28 image, six 3x3
+filters, HWC layout) through convgrad, checks the result against the NumPy
+reference and prints the timing.
+"""
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from . import __version__, conv2d_backward
+from .reference import conv2d_backward_reference
+
+# The seed notebook's figures for its first and its best loop nest (Julia, its machine).
+NOTEBOOK_V1_MIN_US = 2858.0
+NOTEBOOK_V5_MIN_US = 126.9
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="convgrad",
+        description="Fast, exact 2-D convolution backward pass on Numba CPU kernels.",
+    )
+    parser.add_argument("--version", action="version", version=f"convgrad {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    seed = commands.add_parser(
+        "seed",
+        help="run the seed notebook's case, check it, time it (the default)",
+        description="Run the seed notebook's case (28x28x1 image, 3x3x1x6 weights, HWC) "
+        "through convgrad, check it against the NumPy reference, time it.",
+    )
+    seed.add_argument("--repeat", type=int, default=2000, help="timed calls (default 2000)")
+    args = parser.parse_args(argv)
+    return run_seed(repeat=getattr(args, "repeat", 2000))
+
+
+def seed_case(dtype: type = np.float32, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """The seed notebook's arrays: gradient (26, 26, 6), input (28, 28, 1), weights (3, 3, 1, 6)."""
+    rng = np.random.default_rng(seed)
+    image = rng.random((28, 28, 1)).astype(dtype)
+    weights = rng.random((3, 3, 1, 6)).astype(dtype)
+    gradient = rng.random((26, 26, 6)).astype(dtype)
+    return gradient, image, weights
+
+
+def time_call(function: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(min, median) wall time of ``function`` in microseconds, after one warm-up call."""
+    function()
+    times = np.empty(repeat)
+    for k in range(repeat):
+        start = time.perf_counter()
+        function()
+        times[k] = time.perf_counter() - start
+    return float(times.min() * 1e6), float(np.median(times) * 1e6)
+
+
+def run_seed(repeat: int = 2000) -> int:
+    """The default command: check and time the seed notebook's case."""
+    gradient, image, weights = seed_case()
+    start = time.perf_counter()
+    result = conv2d_backward(gradient, image, weights, layout="NHWC")
+    first_call_s = time.perf_counter() - start
+    expected = conv2d_backward_reference(
+        *(a.astype(np.float64) for a in seed_case()), layout="NHWC"
+    )
+    names = ("grad_input", "grad_weight", "grad_bias")
+    ok = True
+    print("convgrad", __version__, "- seed case: input 28x28x1, weights 3x3x1x6, HWC (NHWC)")
+    for name, got, want in zip(names, result, expected, strict=True):
+        error = float(np.max(np.abs(got - want) / (1.0 + np.abs(want))))
+        good = error < 1e-5
+        ok &= good
+        print(
+            f"  {name:<12} {got.shape!s:<14} max relative error {error:.1e}  "
+            f"{'ok' if good else 'MISMATCH'}"
+        )
+    fastest, median = time_call(
+        lambda: conv2d_backward(gradient, image, weights, layout="NHWC"), repeat
+    )
+    print(f"first call (includes JIT compile or cache load): {first_call_s * 1e3:.0f} ms")
+    print(f"conv2d_backward, {repeat} calls: min {fastest:.1f} us, median {median:.1f} us")
+    print(
+        f"seed notebook (Julia, its machine): v1 min {NOTEBOOK_V1_MIN_US:.0f} us, "
+        f"v5 min {NOTEBOOK_V5_MIN_US:.0f} us"
+    )
+    if not ok:
+        print("MISMATCH against the reference", file=sys.stderr)
+    return 0 if ok else 1
