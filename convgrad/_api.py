@@ -15,7 +15,7 @@ from ._arrays import (
     kernel_ready,
 )
 from ._dispatch import select_bias_kernel, select_kernel
-from ._layouts import Layout, get_layout
+from ._layouts import Layout, convert_weight, get_layout, relayout_image
 from ._problem import Problem, describe
 
 Shape = tuple[int, ...]
@@ -87,22 +87,19 @@ def conv2d(
     )
     if bias is not None and bias.shape != (problem.c_out,):
         raise ValueError(f"bias must have shape ({problem.c_out},) = (C_out,); got {bias.shape}")
+    choice = select_kernel("forward", problem)
+    layout = choice.layout
     output = np.zeros(
-        problem.layout.image_shape(problem.n, problem.c_out, problem.out_h, problem.out_w), dtype
+        layout.image_shape(problem.n, problem.c_out, problem.out_h, problem.out_w), dtype
     )
     if problem.terms:
-        choice = select_kernel("forward", problem)
-        choice.kernel(
-            kernel_ready(as_batched(input, problem.batched), dtype),
-            kernel_ready(weight, dtype),
-            output,
-            *choice.args,
-        )
+        x = _image_for(input, problem, layout)
+        choice.kernel(x, _weight_for(weight, problem, layout), output, *choice.args)
     if bias is not None:
         channel_shape = [1, 1, 1, 1]
-        channel_shape[spec.image_axes[1]] = problem.c_out
+        channel_shape[layout.image_axes[1]] = problem.c_out
         output += bias.astype(dtype, copy=False).reshape(channel_shape)
-    return output if problem.batched else output[0]
+    return _to_user_image(output, layout, problem)
 
 
 def conv2d_backward(
@@ -173,22 +170,22 @@ def conv2d_backward(
     _check_grad_output(grad_output, problem)
     mask = _check_output_mask(output_mask)
     outs = _check_out_tuple(out, mask, accumulate, problem)
-    g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
+    layout = select_kernel("grad_input", problem).layout
+    g = _image_for(grad_output, problem, layout)
     originals = (grad_output, input, weight)
     # Every kernel runs before any result is copied into ``out``: an ``out``
     # array may alias input or grad_output, which later kernels still read.
     results: list[np.ndarray | None] = [None, None, None]
     if mask[0]:
-        results[0] = _grad_input(
-            problem, g, kernel_ready(weight, dtype), outs[0], accumulate, originals
-        )
+        w = _weight_for(weight, problem, layout)
+        results[0] = _grad_input(problem, g, w, outs[0], accumulate, originals)
     if mask[1]:
-        x = kernel_ready(as_batched(input, problem.batched), dtype)
+        x = _image_for(input, problem, layout)
         results[1] = _grad_weight(problem, x, g, outs[1], accumulate, originals)
     if mask[2]:
-        results[2] = _grad_bias(spec, g, problem.c_out, dtype, outs[2], accumulate, originals)
+        results[2] = _grad_bias(layout, g, problem.c_out, dtype, outs[2], accumulate, originals)
     grad_input, grad_weight, grad_bias = (
-        None if result is None else deliver(result, entry)
+        None if result is None else deliver(result, entry, accumulate)
         for result, entry in zip(results, outs, strict=True)
     )
     return grad_input, grad_weight, grad_bias
@@ -232,9 +229,11 @@ def conv2d_grad_input(
     _check_accumulate(accumulate, out is not None, "out")
     if out is not None:
         check_out("out", out, problem.input_shape, dtype)
-    g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
-    w = kernel_ready(weight, dtype)
-    return deliver(_grad_input(problem, g, w, out, accumulate, (grad_output, weight)), out)
+    layout = select_kernel("grad_input", problem).layout
+    g = _image_for(grad_output, problem, layout)
+    w = _weight_for(weight, problem, layout)
+    result = _grad_input(problem, g, w, out, accumulate, (grad_output, weight))
+    return deliver(result, out, accumulate)
 
 
 def conv2d_grad_weight(
@@ -275,9 +274,11 @@ def conv2d_grad_weight(
     _check_accumulate(accumulate, out is not None, "out")
     if out is not None:
         check_out("out", out, problem.weight_shape, dtype)
-    g = kernel_ready(as_batched(grad_output, problem.batched), dtype)
-    x = kernel_ready(as_batched(input, problem.batched), dtype)
-    return deliver(_grad_weight(problem, x, g, out, accumulate, (grad_output, input)), out)
+    layout = select_kernel("grad_weight", problem).layout
+    g = _image_for(grad_output, problem, layout)
+    x = _image_for(input, problem, layout)
+    result = _grad_weight(problem, x, g, out, accumulate, (grad_output, input))
+    return deliver(result, out, accumulate)
 
 
 def conv2d_grad_bias(
@@ -301,12 +302,33 @@ def conv2d_grad_bias(
     _check_accumulate(accumulate, out is not None, "out")
     if out is not None:
         check_out("out", out, (c_out,), dtype)
-    return deliver(_grad_bias(spec, g, c_out, dtype, out, accumulate, (grad_output,)), out)
+    result = _grad_bias(spec, g, c_out, dtype, out, accumulate, (grad_output,))
+    return deliver(result, out, accumulate)
 
 
 # -- running the kernels ------------------------------------------------------------------
-# Each runner returns the array its kernel added into: ``out`` itself, or a
-# fresh buffer that the caller hands to ``deliver`` once every kernel has run.
+# Kernels take batched, contiguous arrays in the layout the dispatch picked,
+# which may differ from the user's. Each runner returns its result in the
+# user's layout: ``out`` itself when the kernel wrote there directly, else an
+# array (or a transposed view) that the caller hands to ``deliver`` once every
+# kernel has run.
+
+
+def _image_for(array: np.ndarray, problem: Problem, layout: Layout) -> np.ndarray:
+    """An image array (input or grad_output) as a kernel working in ``layout`` takes it."""
+    batched = kernel_ready(as_batched(array, problem.batched), problem.dtype)
+    return relayout_image(batched, problem.layout, layout)
+
+
+def _weight_for(array: np.ndarray, problem: Problem, layout: Layout) -> np.ndarray:
+    """A weight array as a kernel working in ``layout`` takes it."""
+    return kernel_ready(convert_weight(array, problem.layout, layout), problem.dtype)
+
+
+def _to_user_image(array: np.ndarray, layout: Layout, problem: Problem) -> np.ndarray:
+    """A batched image result in ``layout``, in the user's layout and batching."""
+    result = relayout_image(array, layout, problem.layout)
+    return result if problem.batched else result[0]
 
 
 def _grad_input(
@@ -317,11 +339,19 @@ def _grad_input(
     accumulate: bool,
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
-    result = destination(out, problem.input_shape, problem.dtype, accumulate, originals)
+    choice = select_kernel("grad_input", problem)
+    layout = choice.layout
+    if layout is problem.layout:
+        result = destination(out, problem.input_shape, problem.dtype, accumulate, originals)
+        buffer = as_batched(result, problem.batched)
+    else:
+        buffer = np.zeros(
+            layout.image_shape(problem.n, problem.c_in, problem.height, problem.width),
+            problem.dtype,
+        )
     if problem.terms:
-        choice = select_kernel("grad_input", problem)
-        choice.kernel(g, w, as_batched(result, problem.batched), *choice.args)
-    return result
+        choice.kernel(g, w, buffer, *choice.args)
+    return result if layout is problem.layout else _to_user_image(buffer, layout, problem)
 
 
 def _grad_weight(
@@ -332,15 +362,26 @@ def _grad_weight(
     accumulate: bool,
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
-    result = destination(out, problem.weight_shape, problem.dtype, accumulate, originals)
+    choice = select_kernel("grad_weight", problem)
+    layout = choice.layout
+    if layout is problem.layout:
+        buffer = destination(out, problem.weight_shape, problem.dtype, accumulate, originals)
+        result = buffer
+    else:
+        buffer = np.zeros(
+            layout.weight_shape(
+                problem.c_out, problem.c_in // problem.geometry.groups, problem.kh, problem.kw
+            ),
+            problem.dtype,
+        )
+        result = convert_weight(buffer, layout, problem.layout)
     if problem.terms:
-        choice = select_kernel("grad_weight", problem)
-        choice.kernel(x, g, result, *choice.args)
+        choice.kernel(x, g, buffer, *choice.args)
     return result
 
 
 def _grad_bias(
-    spec: Layout,
+    layout: Layout,
     g: np.ndarray,
     c_out: int,
     dtype: np.dtype,
@@ -348,9 +389,10 @@ def _grad_bias(
     accumulate: bool,
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
+    """grad_bias from ``g``, a batched kernel-ready grad_output in ``layout``."""
     result = destination(out, (c_out,), dtype, accumulate, originals)
     if g.size:
-        select_bias_kernel(spec.name)(g, result)
+        select_bias_kernel(layout.name)(g, result)
     return result
 
 

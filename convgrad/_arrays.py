@@ -94,30 +94,35 @@ def destination(
     """The array a kernel adds its result into.
 
     That is ``out`` itself when the kernel can write to it directly (zeroed
-    first unless accumulating); otherwise a fresh buffer, which ``deliver``
-    copies back. A fresh buffer also protects against ``out`` aliasing an input.
+    first unless accumulating); otherwise a fresh zeroed buffer, which
+    ``deliver`` later adds or copies into ``out``. A fresh buffer also protects
+    against ``out`` aliasing an input.
     """
-    if out is None:
-        return np.zeros(shape, dtype)
-    flags = out.flags
-    if (
-        flags.c_contiguous
-        and flags.aligned
-        and out.dtype == dtype
-        and not any(np.may_share_memory(out, a) for a in inputs)
-    ):
-        if not accumulate:
-            out.fill(0)
-        return out
-    if accumulate:
-        return np.array(out, dtype=dtype, order="C", copy=True)
+    if out is not None:
+        flags = out.flags
+        if (
+            flags.c_contiguous
+            and flags.aligned
+            and out.dtype == dtype
+            and not any(np.may_share_memory(out, a) for a in inputs)
+        ):
+            if not accumulate:
+                out.fill(0)
+            return out
     return np.zeros(shape, dtype)
 
 
-def deliver(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """Copy ``result`` into ``out`` when the kernel could not write there itself."""
+def deliver(result: np.ndarray, out: np.ndarray | None, accumulate: bool) -> np.ndarray:
+    """The user's result: ``out`` holding ``result`` (added when accumulating), or ``result``.
+
+    ``result`` may be a transposed view of a kernel's buffer; without ``out``
+    it comes back as a contiguous array.
+    """
     if out is None:
-        return result
+        return np.ascontiguousarray(result)
     if result is not out:
-        out[...] = result
+        if accumulate:
+            out += result
+        else:
+            out[...] = result
     return out

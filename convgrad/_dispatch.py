@@ -8,21 +8,33 @@ check it directly, and keeps results independent of the thread count.
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
 from .kernels import nchw, nhwc
 
-OPERATIONS = ("forward", "grad_input", "grad_weight", "grad_bias")
-
-_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
-    ("forward", "NCHW"): nchw.forward_nchw,
-    ("grad_input", "NCHW"): nchw.grad_input_nchw,
-    ("grad_weight", "NCHW"): nchw.grad_weight_nchw,
-    ("grad_bias", "NCHW"): nchw.grad_bias_nchw,
-    ("forward", "NHWC"): nhwc.forward_nhwc,
-    ("grad_input", "NHWC"): nhwc.grad_input_nhwc,
-    ("grad_weight", "NHWC"): nhwc.grad_weight_nhwc,
-    ("grad_bias", "NHWC"): nhwc.grad_bias_nhwc,
+# (operation, layout, parallel) -> kernel
+_KERNELS: dict[tuple[str, str, bool], Callable[..., None]] = {
+    ("forward", "NCHW", True): nchw.forward_nchw,
+    ("forward", "NCHW", False): nchw.forward_nchw_serial,
+    ("grad_input", "NCHW", True): nchw.grad_input_nchw,
+    ("grad_input", "NCHW", False): nchw.grad_input_nchw_serial,
+    ("grad_weight", "NCHW", True): nchw.grad_weight_nchw,
+    ("grad_weight", "NCHW", False): nchw.grad_weight_nchw_serial,
+    ("forward", "NHWC", True): nhwc.forward_nhwc,
+    ("forward", "NHWC", False): nhwc.forward_nhwc_serial,
+    ("grad_input", "NHWC", True): nhwc.grad_input_nhwc,
+    ("grad_input", "NHWC", False): nhwc.grad_input_nhwc_serial,
+    ("grad_weight", "NHWC", True): nhwc.grad_weight_nhwc,
+    ("grad_weight", "NHWC", False): nhwc.grad_weight_nhwc_serial,
 }
+_BIAS_KERNELS: dict[str, Callable[..., None]] = {
+    "NCHW": nchw.grad_bias_nchw,
+    "NHWC": nhwc.grad_bias_nhwc,
+}
+
+# Below this many multiply-adds (~100 us of one core) a problem runs on one
+# thread: waking the thread pool would cost more than it saves.
+PARALLEL_MIN_TERMS = 2**18
 
 # The chunked NHWC grad_weight keeps one partial weight gradient per chunk:
 # at most MAX_WEIGHT_CHUNKS of them, within PARTIALS_BUDGET_BYTES in total, and
@@ -32,11 +44,29 @@ PARTIALS_BUDGET_BYTES = 4 * 2**20
 MIN_TERMS_PER_CHUNK = 2**15
 
 
+# The NCHW kernels vectorise along image rows, the NHWC kernels along channels.
+# Channel-wise vectors pay off once a group has this many (C_in/g x C_out/g)
+# channel pairs; below it (the seed's 1 x 6, depthwise's 1 x 1) rows win.
+CHANNELS_LAST_MIN_PAIRS = 16
+
+
 class KernelChoice(NamedTuple):
-    """A kernel and the int arguments it takes after its arrays."""
+    """A kernel, the layout its arrays must be in, and the ints it takes after them."""
 
     kernel: Callable[..., None]
+    layout: Layout
     args: tuple[int, ...]
+
+
+def kernel_layout(problem: Problem) -> Layout:
+    """The layout whose kernels suit ``problem``, whatever layout its arrays come in.
+
+    When it differs from the problem's layout, the caller converts the arrays
+    (a transposed copy) and converts the results back.
+    """
+    groups = problem.geometry.groups
+    pairs = (problem.c_in // groups) * (problem.c_out // groups)
+    return NHWC if pairs >= CHANNELS_LAST_MIN_PAIRS else NCHW
 
 
 def weight_chunks(problem: Problem) -> int:
@@ -57,12 +87,14 @@ def weight_chunks(problem: Problem) -> int:
 
 def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     """The kernel that computes ``operation`` ("forward", "grad_input" or "grad_weight")."""
-    kernel = _KERNELS[operation, problem.layout.name]
-    if operation == "grad_weight" and problem.layout.name == "NHWC":
-        return KernelChoice(kernel, (*problem.kernel_args, weight_chunks(problem)))
-    return KernelChoice(kernel, problem.kernel_args)
+    layout = kernel_layout(problem)
+    parallel = problem.terms >= PARALLEL_MIN_TERMS
+    kernel = _KERNELS[operation, layout.name, parallel]
+    if operation == "grad_weight" and layout is NHWC and parallel:
+        return KernelChoice(kernel, layout, (*problem.kernel_args, weight_chunks(problem)))
+    return KernelChoice(kernel, layout, problem.kernel_args)
 
 
 def select_bias_kernel(layout_name: str) -> Callable[..., None]:
     """The kernel that sums grad_output into grad_bias for ``layout_name``."""
-    return _KERNELS["grad_bias", layout_name]
+    return _BIAS_KERNELS[layout_name]

@@ -2,6 +2,10 @@
 
 from typing import NamedTuple
 
+import numpy as np
+
+from .kernels import relayout
+
 
 class Layout(NamedTuple):
     """Where a layout stores each logical axis.
@@ -34,6 +38,36 @@ class Layout(NamedTuple):
     def weight_shape(self, c_out: int, cin_g: int, kh: int, kw: int) -> tuple[int, ...]:
         """Weight shape in this layout."""
         return _place(self.weight_axes, (c_out, cin_g, kh, kw))
+
+
+def relayout_image(array: np.ndarray, source: Layout, target: Layout) -> np.ndarray:
+    """A C-contiguous batched image array in ``source`` layout, as one in ``target``.
+
+    Returns ``array`` itself when the layouts agree, else a parallel copy.
+    """
+    if source is target:
+        return array
+    copy = relayout.nchw_to_nhwc if target.name == "NHWC" else relayout.nhwc_to_nchw
+    n, c, h, w = source.image_dims(array.shape)
+    result = np.empty(target.image_shape(n, c, h, w), array.dtype)
+    if result.size:
+        copy(array, result)
+    return result
+
+
+def convert_weight(array: np.ndarray, source: Layout, target: Layout) -> np.ndarray:
+    """A view of a weight array in ``source`` layout, axes ordered as ``target``."""
+    if source is target:
+        return array
+    oihw = array.transpose(source.weight_axes)
+    return oihw.transpose(_inverse(target.weight_axes))
+
+
+def _inverse(axes: tuple[int, ...]) -> tuple[int, ...]:
+    inverse = [0] * len(axes)
+    for logical, position in enumerate(axes):
+        inverse[position] = logical
+    return tuple(inverse)
 
 
 def _place(axes: tuple[int, ...], values: tuple[int, ...]) -> tuple[int, ...]:

@@ -16,11 +16,50 @@ def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, gr
     return describe(layout, np.dtype(dtype), image, weight, **opts)
 
 
+@pytest.mark.parametrize("user_layout", [NCHW, NHWC])
+@pytest.mark.parametrize("operation", ["forward", "grad_input", "grad_weight"])
+@pytest.mark.parametrize(
+    "c_in, c_out, groups, family",
+    [
+        (1, 6, 1, nchw),  # the seed: few channel pairs, vectorise along rows
+        (8, 8, 8, nchw),  # depthwise: one pair per group
+        (1, 16, 1, nhwc),  # mnist-like: enough output channels to vectorise over
+        (64, 64, 1, nhwc),  # dense
+        (8, 16, 2, nhwc),  # grouped, 4 x 8 pairs per group
+    ],
+)
+def test_channel_pairs_pick_the_kernel_family(user_layout, operation, c_in, c_out, groups, family):
+    p = problem(user_layout, c_in=c_in, c_out=c_out, groups=groups)
+    choice = _dispatch.select_kernel(operation, p)
+    expected_layout = NHWC if family is nhwc else NCHW
+    assert choice.layout is expected_layout
+    assert _dispatch.kernel_layout(p) is expected_layout
+    name = f"{operation}_{expected_layout.name.lower()}"
+    assert choice.kernel in (getattr(family, name), getattr(family, f"{name}_serial"))
+
+
 @pytest.mark.parametrize("layout, module", [(NCHW, nchw), (NHWC, nhwc)])
 @pytest.mark.parametrize("operation", ["forward", "grad_input", "grad_weight"])
-def test_layout_picks_its_kernel_family(layout, module, operation):
-    choice = _dispatch.select_kernel(operation, problem(layout))
-    assert choice.kernel is getattr(module, f"{operation}_{layout.name.lower()}")
+def test_small_problems_run_serially_large_in_parallel(layout, module, operation):
+    c = 4 if layout is NCHW else 8  # 16 or 64 channel pairs: NCHW or NHWC kernels
+    small = problem(layout, c_in=c, c_out=c, n=1, size=4)
+    large = problem(layout, c_in=c, c_out=c, n=16, size=64)
+    assert small.terms < _dispatch.PARALLEL_MIN_TERMS <= large.terms
+    family = _dispatch.kernel_layout(small).name.lower()
+    module = nchw if family == "nchw" else nhwc
+    assert _dispatch.select_kernel(operation, small).kernel is getattr(
+        module, f"{operation}_{family}_serial"
+    )
+    assert _dispatch.select_kernel(operation, large).kernel is getattr(
+        module, f"{operation}_{family}"
+    )
+
+
+def test_threshold_is_on_pairs_per_group():
+    below = problem(c_in=1, c_out=_dispatch.CHANNELS_LAST_MIN_PAIRS - 1)
+    at = problem(c_in=1, c_out=_dispatch.CHANNELS_LAST_MIN_PAIRS)
+    assert _dispatch.kernel_layout(below) is NCHW
+    assert _dispatch.kernel_layout(at) is NHWC
 
 
 def test_bias_kernel_per_layout():
@@ -29,8 +68,14 @@ def test_bias_kernel_per_layout():
 
 
 def test_geometry_arguments_follow_the_options():
-    p = problem(stride=(2, 3), padding=((1, 2), (3, 0)), dilation=(2, 1), groups=2)
-    assert _dispatch.select_kernel("grad_input", p).args == (2, 3, 1, 3, 2, 1, 2)
+    opts = {"stride": (2, 3), "padding": ((1, 2), (3, 0)), "dilation": (2, 1), "groups": 2}
+    small = problem(c_in=8, c_out=16, **opts)
+    assert _dispatch.select_kernel("grad_input", small).args == (2, 3, 1, 3, 2, 1, 2)
+    assert _dispatch.select_kernel("grad_weight", small).args == (2, 3, 1, 3, 2, 1, 2)
+    large = problem(c_in=8, c_out=16, n=16, size=64, **opts)
+    chunks = _dispatch.weight_chunks(large)
+    assert chunks > 1
+    assert _dispatch.select_kernel("grad_weight", large).args == (2, 3, 1, 3, 2, 1, 2, chunks)
 
 
 def test_choice_is_pure_and_repeatable():

@@ -70,83 +70,122 @@ def _row_gather_axpy(dest, scale, src, offset, stride, lo, hi):
             dest[j] += scale * src[j * stride + offset]
 
 
+# Each operation is one task body -- the work for one output-owning index --
+# and two drivers that loop over the tasks: in parallel with prange, or
+# serially for small problems, where waking threads costs more than it saves.
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
+    """Task: y[n, co] += conv2d(x, w)[n, co] for the output plane (n, co) = divmod(task, C_out)."""
+    height, width = x.shape[2], x.shape[3]
+    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    cin_g = x.shape[1] // groups
+    n = task // c_out
+    co = task - n * c_out
+    g0 = (co // (c_out // groups)) * cin_g
+    for ci2 in range(cin_g):
+        for p in range(kh):
+            i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
+            for i in range(i_lo, i_hi):
+                x_row = x[n, g0 + ci2, i * sh + p * dh - pt]
+                y_row = y[n, co, i]
+                for q in range(kw):
+                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                    _row_gather_axpy(y_row, w[co, ci2, p, q], x_row, q * dw - pl, sw, j_lo, j_hi)
+
+
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def forward_nchw(x, w, y, sh, sw, pt, pl, dh, dw, groups):
     """y += conv2d(x, w); parallel over (n, co) output planes."""
-    n_batch, c_in, height, width = x.shape
-    c_out, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    for task in prange(y.shape[0] * y.shape[1]):
+        _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def forward_nchw_serial(x, w, y, sh, sw, pt, pl, dh, dw, groups):
+    """y += conv2d(x, w), one thread."""
+    for task in range(y.shape[0] * y.shape[1]):
+        _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
+    """Task: gi[n, ci] += scatter-add of w * g for the input plane (n, ci) = divmod(task, C_in)."""
+    c_in, height, width = gi.shape[1], gi.shape[2], gi.shape[3]
+    c_out, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
     kh, kw = w.shape[2], w.shape[3]
     cin_g = c_in // groups
     cout_g = c_out // groups
-    for task in prange(n_batch * c_out):
-        n = task // c_out
-        co = task - n * c_out
-        g0 = (co // cout_g) * cin_g
-        for ci2 in range(cin_g):
-            for p in range(kh):
-                i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-                for i in range(i_lo, i_hi):
-                    x_row = x[n, g0 + ci2, i * sh + p * dh - pt]
-                    y_row = y[n, co, i]
-                    for q in range(kw):
-                        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                        _row_gather_axpy(
-                            y_row, w[co, ci2, p, q], x_row, q * dw - pl, sw, j_lo, j_hi
-                        )
+    n = task // c_in
+    ci = task - n * c_in
+    group = ci // cin_g
+    ci2 = ci - group * cin_g
+    for co in range(group * cout_g, (group + 1) * cout_g):
+        for p in range(kh):
+            i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
+            for i in range(i_lo, i_hi):
+                gi_row = gi[n, ci, i * sh + p * dh - pt]
+                g_row = g[n, co, i]
+                for q in range(kw):
+                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                    _row_axpy(gi_row, q * dw - pl, sw, w[co, ci2, p, q], g_row, j_lo, j_hi)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def grad_input_nchw(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     """gi += scatter-add of w * g; parallel over (n, ci) input planes."""
-    n_batch, c_in, height, width = gi.shape
+    for task in prange(gi.shape[0] * gi.shape[1]):
+        _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def grad_input_nchw_serial(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
+    """gi += scatter-add of w * g, one thread."""
+    for task in range(gi.shape[0] * gi.shape[1]):
+        _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
+    """Task: gw[co, ci2] += correlation of x with g for (co, ci2) = divmod(task, C_in/groups).
+
+    The KH x KW plane is summed over (n, i) in a fixed order.
+    """
+    height, width = x.shape[2], x.shape[3]
     c_out, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
-    kh, kw = w.shape[2], w.shape[3]
-    cin_g = c_in // groups
-    cout_g = c_out // groups
-    for task in prange(n_batch * c_in):
-        n = task // c_in
-        ci = task - n * c_in
-        group = ci // cin_g
-        ci2 = ci - group * cin_g
-        for co in range(group * cout_g, (group + 1) * cout_g):
-            for p in range(kh):
-                i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-                for i in range(i_lo, i_hi):
-                    gi_row = gi[n, ci, i * sh + p * dh - pt]
-                    g_row = g[n, co, i]
-                    for q in range(kw):
-                        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                        _row_axpy(gi_row, q * dw - pl, sw, w[co, ci2, p, q], g_row, j_lo, j_hi)
+    cin_g, kh, kw = gw.shape[1], gw.shape[2], gw.shape[3]
+    co = task // cin_g
+    ci2 = task - co * cin_g
+    ci = (co // (c_out // groups)) * cin_g + ci2
+    acc = np.zeros((kh, kw), dtype=gw.dtype)
+    for n in range(x.shape[0]):
+        for p in range(kh):
+            i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
+            for i in range(i_lo, i_hi):
+                x_row = x[n, ci, i * sh + p * dh - pt]
+                g_row = g[n, co, i]
+                for q in range(kw):
+                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                    acc[p, q] += _row_dot(x_row, q * dw - pl, sw, g_row, j_lo, j_hi)
+    for p in range(kh):
+        for q in range(kw):
+            gw[co, ci2, p, q] += acc[p, q]
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def grad_weight_nchw(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
-    """gw += valid correlation of x with g; parallel over (co, ci2) kernel planes.
+    """gw += valid correlation of x with g; parallel over (co, ci2) kernel planes."""
+    for task in prange(gw.shape[0] * gw.shape[1]):
+        _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups)
 
-    Each task sums its KH x KW kernel plane over (n, i) in a fixed order.
-    """
-    n_batch, c_in, height, width = x.shape
-    c_out, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
-    kh, kw = gw.shape[2], gw.shape[3]
-    cin_g = c_in // groups
-    cout_g = c_out // groups
-    for task in prange(c_out * cin_g):
-        co = task // cin_g
-        ci2 = task - co * cin_g
-        ci = (co // cout_g) * cin_g + ci2
-        acc = np.zeros((kh, kw), dtype=gw.dtype)
-        for n in range(n_batch):
-            for p in range(kh):
-                i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-                for i in range(i_lo, i_hi):
-                    x_row = x[n, ci, i * sh + p * dh - pt]
-                    g_row = g[n, co, i]
-                    for q in range(kw):
-                        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                        acc[p, q] += _row_dot(x_row, q * dw - pl, sw, g_row, j_lo, j_hi)
-        for p in range(kh):
-            for q in range(kw):
-                gw[co, ci2, p, q] += acc[p, q]
+
+@njit(cache=True, fastmath=FASTMATH)
+def grad_weight_nchw_serial(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
+    """gw += valid correlation of x with g, one thread."""
+    for task in range(gw.shape[0] * gw.shape[1]):
+        _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)

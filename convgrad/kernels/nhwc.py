@@ -39,64 +39,127 @@ def _dot(a, b):
     return acc
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def forward_nhwc(x, w, y, sh, sw, pt, pl, dh, dw, groups):
-    """y += conv2d(x, w); parallel over (n, i) output rows."""
-    n_batch, height, width, c_in = x.shape
+# Each operation is one task body -- the work for one output-owning index --
+# and two drivers that loop over the tasks: in parallel with prange, or
+# serially for small problems, where waking threads costs more than it saves.
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
+    """Task: y[n, i] += conv2d(x, w)[n, i] for the output row (n, i) = divmod(task, OH)."""
+    height, width, c_in = x.shape[1], x.shape[2], x.shape[3]
     out_h, out_w, c_out = y.shape[1], y.shape[2], y.shape[3]
     kh, kw = w.shape[0], w.shape[1]
     cin_g = c_in // groups
     cout_g = c_out // groups
-    for task in prange(n_batch * out_h):
-        n = task // out_h
-        i = task - n * out_h
-        for p in range(kh):
-            r = i * sh + p * dh - pt
-            if r < 0 or r >= height:
-                continue
-            for q in range(kw):
-                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                for j in range(j_lo, j_hi):
-                    c = j * sw + q * dw - pl
-                    for group in range(groups):
-                        co0 = group * cout_g
-                        y_part = y[n, i, j, co0 : co0 + cout_g]
-                        for ci2 in range(cin_g):
-                            xv = x[n, r, c, group * cin_g + ci2]
-                            _axpy(y_part, xv, w[p, q, ci2, co0 : co0 + cout_g])
+    n = task // out_h
+    i = task - n * out_h
+    for p in range(kh):
+        r = i * sh + p * dh - pt
+        if r < 0 or r >= height:
+            continue
+        for q in range(kw):
+            j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+            for j in range(j_lo, j_hi):
+                c = j * sw + q * dw - pl
+                for group in range(groups):
+                    co0 = group * cout_g
+                    y_part = y[n, i, j, co0 : co0 + cout_g]
+                    for ci2 in range(cin_g):
+                        xv = x[n, r, c, group * cin_g + ci2]
+                        _axpy(y_part, xv, w[p, q, ci2, co0 : co0 + cout_g])
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def grad_input_nhwc(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
-    """gi += scatter-add of w * g; parallel over (n, r) input rows.
+def forward_nhwc(x, w, y, sh, sw, pt, pl, dh, dw, groups):
+    """y += conv2d(x, w); parallel over (n, i) output rows."""
+    for task in prange(y.shape[0] * y.shape[1]):
+        _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
 
-    Each task owns one input row and gathers the output rows that touch it,
-    so no two tasks add into the same cell.
+
+@njit(cache=True, fastmath=FASTMATH)
+def forward_nhwc_serial(x, w, y, sh, sw, pt, pl, dh, dw, groups):
+    """y += conv2d(x, w), one thread."""
+    for task in range(y.shape[0] * y.shape[1]):
+        _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
+    """Task: gi[n, r] += scatter-add of w * g for the input row (n, r) = divmod(task, H).
+
+    The task gathers the output rows that touch input row r, so no two tasks
+    add into the same cell.
     """
-    n_batch, height, width, c_in = gi.shape
+    height, width, c_in = gi.shape[1], gi.shape[2], gi.shape[3]
     out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
     kh, kw = w.shape[0], w.shape[1]
     cin_g = c_in // groups
     cout_g = c_out // groups
-    for task in prange(n_batch * height):
-        n = task // height
-        r = task - n * height
+    n = task // height
+    r = task - n * height
+    for p in range(kh):
+        shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
+        if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
+            continue
+        i = shifted // sh
+        for q in range(kw):
+            j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+            for j in range(j_lo, j_hi):
+                c = j * sw + q * dw - pl
+                for group in range(groups):
+                    co0 = group * cout_g
+                    g_part = g[n, i, j, co0 : co0 + cout_g]
+                    for ci2 in range(cin_g):
+                        gi[n, r, c, group * cin_g + ci2] += _dot(
+                            w[p, q, ci2, co0 : co0 + cout_g], g_part
+                        )
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def grad_input_nhwc(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
+    """gi += scatter-add of w * g; parallel over (n, r) input rows."""
+    for task in prange(gi.shape[0] * gi.shape[1]):
+        _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def grad_input_nhwc_serial(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
+    """gi += scatter-add of w * g, one thread."""
+    for task in range(gi.shape[0] * gi.shape[1]):
+        _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _grad_weight_rows(x, g, acc, row_lo, row_hi, sh, sw, pt, pl, dh, dw, groups):
+    """Task: acc += correlation of x with g over the output rows [row_lo, row_hi) of (n, i).
+
+    ``acc`` has grad_weight's shape (KH, KW, C_in/groups, C_out).
+    """
+    height, width, c_in = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
+    kh, kw = acc.shape[0], acc.shape[1]
+    cin_g = c_in // groups
+    cout_g = c_out // groups
+    for row in range(row_lo, row_hi):
+        n = row // out_h
+        i = row - n * out_h
+        g_row = g[n, i]
         for p in range(kh):
-            shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
-            if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
+            r = i * sh + p * dh - pt
+            if r < 0 or r >= height:
                 continue
-            i = shifted // sh
+            x_row = x[n, r]
             for q in range(kw):
                 j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                for j in range(j_lo, j_hi):
-                    c = j * sw + q * dw - pl
-                    for group in range(groups):
-                        co0 = group * cout_g
-                        g_part = g[n, i, j, co0 : co0 + cout_g]
-                        for ci2 in range(cin_g):
-                            gi[n, r, c, group * cin_g + ci2] += _dot(
-                                w[p, q, ci2, co0 : co0 + cout_g], g_part
-                            )
+                for group in range(groups):
+                    co0 = group * cout_g
+                    for ci2 in range(cin_g):
+                        ci = group * cin_g + ci2
+                        acc_part = acc[p, q, ci2, co0 : co0 + cout_g]
+                        for j in range(j_lo, j_hi):
+                            xv = x_row[j * sw + q * dw - pl, ci]
+                            _axpy(acc_part, xv, g_row[j, co0 : co0 + cout_g])
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -108,33 +171,22 @@ def grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
     added in chunk order. The chunking depends only on the caller's choice of
     ``n_chunks``, never on the thread count, so the result is deterministic.
     """
-    n_batch, height, width, c_in = x.shape
-    out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
-    kh, kw = gw.shape[0], gw.shape[1]
-    cin_g = c_in // groups
-    cout_g = c_out // groups
-    n_rows = n_batch * out_h
+    n_rows = g.shape[0] * g.shape[1]
+    kh, kw, cin_g, c_out = gw.shape
     partial = np.zeros((n_chunks, kh, kw, cin_g, c_out), dtype=gw.dtype)
     for chunk in prange(n_chunks):
-        for row in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
-            n = row // out_h
-            i = row - n * out_h
-            for p in range(kh):
-                r = i * sh + p * dh - pt
-                if r < 0 or r >= height:
-                    continue
-                for q in range(kw):
-                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    for j in range(j_lo, j_hi):
-                        c = j * sw + q * dw - pl
-                        for group in range(groups):
-                            co0 = group * cout_g
-                            g_part = g[n, i, j, co0 : co0 + cout_g]
-                            for ci2 in range(cin_g):
-                                xv = x[n, r, c, group * cin_g + ci2]
-                                _axpy(partial[chunk, p, q, ci2, co0 : co0 + cout_g], xv, g_part)
+        row_lo = chunk * n_rows // n_chunks
+        row_hi = (chunk + 1) * n_rows // n_chunks
+        _grad_weight_rows(x, g, partial[chunk], row_lo, row_hi, sh, sw, pt, pl, dh, dw, groups)
     for chunk in range(n_chunks):
         gw += partial[chunk]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def grad_weight_nhwc_serial(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
+    """gw += valid correlation of x with g, one thread, straight into gw."""
+    n_rows = g.shape[0] * g.shape[1]
+    _grad_weight_rows(x, g, gw, 0, n_rows, sh, sw, pt, pl, dh, dw, groups)
 
 
 @njit(cache=True, fastmath=FASTMATH)

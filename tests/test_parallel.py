@@ -1,0 +1,112 @@
+"""Problems big enough for the parallel kernels: checked against the NumPy reference,
+against the serial kernels, and for the same bits at every thread count."""
+
+import numba
+import numpy as np
+import pytest
+
+import convgrad
+from convgrad import _dispatch
+from convgrad._layouts import NCHW, NHWC
+from convgrad._problem import describe
+from convgrad.reference import conv2d_backward_reference, conv2d_reference
+
+# n, c_in, c_out, size, k, stride, padding, dilation, groups
+CASES = {
+    "dense": (4, 16, 16, 20, 3, 1, 1, 1, 1),  # NHWC kernels
+    "strided-asym": (4, 8, 24, 21, 3, 2, ((1, 0), (2, 1)), 1, 1),
+    "dilated-grouped": (3, 16, 32, 18, (3, 2), 1, 2, (2, 1), 2),
+    "few-channels": (16, 1, 8, 32, 5, 1, 2, 1, 1),  # NCHW kernels
+    "depthwise": (4, 32, 64, 24, 3, (1, 2), 1, 1, 32),  # NCHW kernels, channel multiplier 2
+}
+
+
+def make(case, layout, dtype, seed=0):
+    n, c_in, c_out, size, k, stride, padding, dilation, groups = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    spec = NCHW if layout == "NCHW" else NHWC
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(spec.image_shape(n, c_in, size, size)).astype(dtype)
+    w = rng.standard_normal(spec.weight_shape(c_out, c_in // groups, kh, kw)).astype(dtype)
+    opts = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    problem = describe(spec, np.dtype(dtype), x.shape, w.shape, **opts)
+    g = rng.standard_normal(problem.output_shape).astype(dtype)
+    return problem, x, w, g, opts | {"layout": layout}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_case_is_large_enough_to_run_in_parallel(name, layout):
+    problem, *_ = make(CASES[name], layout, np.float64)
+    assert problem.terms >= _dispatch.PARALLEL_MIN_TERMS
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parallel_kernels_match_reference(name, layout, dtype):
+    problem, x, w, g, opts = make(CASES[name], layout, dtype)
+    wide = [a.astype(np.float64) for a in (g, x, w)]
+    expected = conv2d_backward_reference(*wide, **opts)
+    got = convgrad.conv2d_backward(g, x, w, **opts)
+    # longest sum behind one result entry: grad_weight's, over (n, i, j)
+    reduction = problem.n * problem.out_h * problem.out_w
+    rtol, atol = (1e-11, 1e-10) if dtype == np.float64 else (1e-4, 4e-6 * reduction**0.5)
+    for got_part, want in zip(got, expected, strict=True):
+        assert got_part.dtype == dtype
+        np.testing.assert_allclose(got_part, want, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(
+        convgrad.conv2d(x, w, **opts),
+        conv2d_reference(wide[1], wide[2], **opts),
+        rtol=rtol,
+        atol=atol,
+    )
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_bits_for_any_thread_count(name, layout):
+    _, x, w, g, opts = make(CASES[name], layout, np.float32)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results.append(
+                (convgrad.conv2d_backward(g, x, w, **opts), convgrad.conv2d(x, w, **opts))
+            )
+    finally:
+        numba.set_num_threads(before)
+    (first_grads, first_y), *rest = results
+    for grads, y in rest:
+        for a, b in zip(grads, first_grads, strict=True):
+            assert a.tobytes() == b.tobytes()
+        assert y.tobytes() == first_y.tobytes()
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("operation", ["forward", "grad_input", "grad_weight"])
+def test_serial_and_parallel_drivers_agree(name, layout, operation):
+    problem, x, w, g, _ = make(CASES[name], layout, np.float64)
+    parallel = _dispatch.select_kernel(operation, problem)
+    family = parallel.layout
+    serial_kernel = _dispatch._KERNELS[operation, family.name, False]
+    # arrays in the kernels' layout
+    to = convgrad._api
+    xk, gk = to._image_for(x, problem, family), to._image_for(g, problem, family)
+    wk = to._weight_for(w, problem, family)
+    n, c_in, c_out = problem.n, problem.c_in, problem.c_out
+    if operation == "forward":
+        arrays = (xk, wk)
+        shape = family.image_shape(n, c_out, problem.out_h, problem.out_w)
+    elif operation == "grad_input":
+        arrays = (gk, wk)
+        shape = family.image_shape(n, c_in, problem.height, problem.width)
+    else:
+        arrays = (xk, gk)
+        shape = family.weight_shape(c_out, c_in // problem.geometry.groups, problem.kh, problem.kw)
+    by_parallel, by_serial = np.zeros(shape), np.zeros(shape)
+    parallel.kernel(*arrays, by_parallel, *parallel.args)
+    serial_kernel(*arrays, by_serial, *problem.kernel_args)
+    np.testing.assert_allclose(by_parallel, by_serial, rtol=1e-12, atol=1e-10)
