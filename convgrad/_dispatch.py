@@ -12,29 +12,18 @@ from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
 from .kernels import nchw, nhwc
 
-# (operation, layout, parallel) -> kernel
-_KERNELS: dict[tuple[str, str, bool], Callable[..., None]] = {
-    ("forward", "NCHW", True): nchw.forward_nchw,
-    ("forward", "NCHW", False): nchw.forward_nchw_serial,
-    ("grad_input", "NCHW", True): nchw.grad_input_nchw,
-    ("grad_input", "NCHW", False): nchw.grad_input_nchw_serial,
-    ("grad_weight", "NCHW", True): nchw.grad_weight_nchw,
-    ("grad_weight", "NCHW", False): nchw.grad_weight_nchw_serial,
-    ("forward", "NHWC", True): nhwc.forward_nhwc,
-    ("forward", "NHWC", False): nhwc.forward_nhwc_serial,
-    ("grad_input", "NHWC", True): nhwc.grad_input_nhwc,
-    ("grad_input", "NHWC", False): nhwc.grad_input_nhwc_serial,
-    ("grad_weight", "NHWC", True): nhwc.grad_weight_nhwc,
-    ("grad_weight", "NHWC", False): nhwc.grad_weight_nhwc_serial,
+_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
+    ("forward", "NCHW"): nchw.forward_nchw,
+    ("grad_input", "NCHW"): nchw.grad_input_nchw,
+    ("grad_weight", "NCHW"): nchw.grad_weight_nchw,
+    ("forward", "NHWC"): nhwc.forward_nhwc,
+    ("grad_input", "NHWC"): nhwc.grad_input_nhwc,
+    ("grad_weight", "NHWC"): nhwc.grad_weight_nhwc,
 }
 _BIAS_KERNELS: dict[str, Callable[..., None]] = {
     "NCHW": nchw.grad_bias_nchw,
     "NHWC": nhwc.grad_bias_nhwc,
 }
-
-# Below this many multiply-adds (~100 us of one core) a problem runs on one
-# thread: waking the thread pool would cost more than it saves.
-PARALLEL_MIN_TERMS = 2**18
 
 # The chunked NHWC grad_weight keeps one partial weight gradient per chunk:
 # at most MAX_WEIGHT_CHUNKS of them, within PARTIALS_BUDGET_BYTES in total, and
@@ -88,9 +77,8 @@ def weight_chunks(problem: Problem) -> int:
 def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     """The kernel that computes ``operation`` ("forward", "grad_input" or "grad_weight")."""
     layout = kernel_layout(problem)
-    parallel = problem.terms >= PARALLEL_MIN_TERMS
-    kernel = _KERNELS[operation, layout.name, parallel]
-    if operation == "grad_weight" and layout is NHWC and parallel:
+    kernel = _KERNELS[operation, layout.name]
+    if operation == "grad_weight" and layout is NHWC:
         return KernelChoice(kernel, layout, (*problem.kernel_args, weight_chunks(problem)))
     return KernelChoice(kernel, layout, problem.kernel_args)
 

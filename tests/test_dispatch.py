@@ -34,25 +34,7 @@ def test_channel_pairs_pick_the_kernel_family(user_layout, operation, c_in, c_ou
     expected_layout = NHWC if family is nhwc else NCHW
     assert choice.layout is expected_layout
     assert _dispatch.kernel_layout(p) is expected_layout
-    name = f"{operation}_{expected_layout.name.lower()}"
-    assert choice.kernel in (getattr(family, name), getattr(family, f"{name}_serial"))
-
-
-@pytest.mark.parametrize("layout, module", [(NCHW, nchw), (NHWC, nhwc)])
-@pytest.mark.parametrize("operation", ["forward", "grad_input", "grad_weight"])
-def test_small_problems_run_serially_large_in_parallel(layout, module, operation):
-    c = 4 if layout is NCHW else 8  # 16 or 64 channel pairs: NCHW or NHWC kernels
-    small = problem(layout, c_in=c, c_out=c, n=1, size=4)
-    large = problem(layout, c_in=c, c_out=c, n=16, size=64)
-    assert small.terms < _dispatch.PARALLEL_MIN_TERMS <= large.terms
-    family = _dispatch.kernel_layout(small).name.lower()
-    module = nchw if family == "nchw" else nhwc
-    assert _dispatch.select_kernel(operation, small).kernel is getattr(
-        module, f"{operation}_{family}_serial"
-    )
-    assert _dispatch.select_kernel(operation, large).kernel is getattr(
-        module, f"{operation}_{family}"
-    )
+    assert choice.kernel is getattr(family, f"{operation}_{expected_layout.name.lower()}")
 
 
 def test_threshold_is_on_pairs_per_group():
@@ -69,13 +51,14 @@ def test_bias_kernel_per_layout():
 
 def test_geometry_arguments_follow_the_options():
     opts = {"stride": (2, 3), "padding": ((1, 2), (3, 0)), "dilation": (2, 1), "groups": 2}
-    small = problem(c_in=8, c_out=16, **opts)
-    assert _dispatch.select_kernel("grad_input", small).args == (2, 3, 1, 3, 2, 1, 2)
-    assert _dispatch.select_kernel("grad_weight", small).args == (2, 3, 1, 3, 2, 1, 2)
-    large = problem(c_in=8, c_out=16, n=16, size=64, **opts)
-    chunks = _dispatch.weight_chunks(large)
+    planar = problem(c_in=4, c_out=6, **opts)  # 2 x 3 pairs per group: NCHW kernels
+    assert _dispatch.select_kernel("grad_input", planar).args == (2, 3, 1, 3, 2, 1, 2)
+    assert _dispatch.select_kernel("grad_weight", planar).args == (2, 3, 1, 3, 2, 1, 2)
+    channels_last = problem(c_in=8, c_out=16, n=16, size=64, **opts)
+    chunks = _dispatch.weight_chunks(channels_last)
     assert chunks > 1
-    assert _dispatch.select_kernel("grad_weight", large).args == (2, 3, 1, 3, 2, 1, 2, chunks)
+    expected = (2, 3, 1, 3, 2, 1, 2, chunks)
+    assert _dispatch.select_kernel("grad_weight", channels_last).args == expected
 
 
 def test_choice_is_pure_and_repeatable():

@@ -10,7 +10,6 @@ one image row at a time: the innermost loop runs along j over a row of the
 output and the matching (strided) row of the input, so it vectorises.
 """
 
-import numpy as np
 from numba import njit, prange
 
 from ._flags import FASTMATH
@@ -29,7 +28,7 @@ def _valid_range(out_len, in_len, offset, stride):
 # negative-index wraparound) and the views are known to be contiguous.
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _row_dot(a, offset, stride, b, lo, hi):
     """sum over j in [lo, hi) of a[j*stride + offset] * b[j]."""
     acc = a.dtype.type(0)
@@ -44,7 +43,7 @@ def _row_dot(a, offset, stride, b, lo, hi):
     return acc
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _row_axpy(dest, offset, stride, scale, src, lo, hi):
     """dest[j*stride + offset] += scale * src[j] for j in [lo, hi)."""
     if stride == 1:
@@ -57,7 +56,7 @@ def _row_axpy(dest, offset, stride, scale, src, lo, hi):
             dest[j * stride + offset] += scale * src[j]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _row_gather_axpy(dest, scale, src, offset, stride, lo, hi):
     """dest[j] += scale * src[j*stride + offset] for j in [lo, hi)."""
     if stride == 1:
@@ -70,12 +69,11 @@ def _row_gather_axpy(dest, scale, src, offset, stride, lo, hi):
             dest[j] += scale * src[j * stride + offset]
 
 
-# Each operation is one task body -- the work for one output-owning index --
-# and two drivers that loop over the tasks: in parallel with prange, or
-# serially for small problems, where waking threads costs more than it saves.
+# Each operation is a task body -- the work for one output-owning index --
+# and a driver that runs the tasks in parallel with prange.
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: y[n, co] += conv2d(x, w)[n, co] for the output plane (n, co) = divmod(task, C_out)."""
     height, width = x.shape[2], x.shape[3]
@@ -103,14 +101,7 @@ def forward_nchw(x, w, y, sh, sw, pt, pl, dh, dw, groups):
         _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def forward_nchw_serial(x, w, y, sh, sw, pt, pl, dh, dw, groups):
-    """y += conv2d(x, w), one thread."""
-    for task in range(y.shape[0] * y.shape[1]):
-        _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
-
-
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: gi[n, ci] += scatter-add of w * g for the input plane (n, ci) = divmod(task, C_in)."""
     c_in, height, width = gi.shape[1], gi.shape[2], gi.shape[3]
@@ -140,18 +131,12 @@ def grad_input_nchw(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
         _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def grad_input_nchw_serial(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
-    """gi += scatter-add of w * g, one thread."""
-    for task in range(gi.shape[0] * gi.shape[1]):
-        _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
-
-
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: gw[co, ci2] += correlation of x with g for (co, ci2) = divmod(task, C_in/groups).
 
-    The KH x KW plane is summed over (n, i) in a fixed order.
+    The task owns the KH x KW plane gw[co, ci2] and adds into it over (n, i)
+    in a fixed order.
     """
     height, width = x.shape[2], x.shape[3]
     c_out, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
@@ -159,7 +144,7 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
     co = task // cin_g
     ci2 = task - co * cin_g
     ci = (co // (c_out // groups)) * cin_g + ci2
-    acc = np.zeros((kh, kw), dtype=gw.dtype)
+    plane = gw[co, ci2]
     for n in range(x.shape[0]):
         for p in range(kh):
             i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
@@ -168,23 +153,13 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
                 g_row = g[n, co, i]
                 for q in range(kw):
                     j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    acc[p, q] += _row_dot(x_row, q * dw - pl, sw, g_row, j_lo, j_hi)
-    for p in range(kh):
-        for q in range(kw):
-            gw[co, ci2, p, q] += acc[p, q]
+                    plane[p, q] += _row_dot(x_row, q * dw - pl, sw, g_row, j_lo, j_hi)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def grad_weight_nchw(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
     """gw += valid correlation of x with g; parallel over (co, ci2) kernel planes."""
     for task in prange(gw.shape[0] * gw.shape[1]):
-        _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups)
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def grad_weight_nchw_serial(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
-    """gw += valid correlation of x with g, one thread."""
-    for task in range(gw.shape[0] * gw.shape[1]):
         _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups)
 
 

@@ -39,9 +39,8 @@ def _dot(a, b):
     return acc
 
 
-# Each operation is one task body -- the work for one output-owning index --
-# and two drivers that loop over the tasks: in parallel with prange, or
-# serially for small problems, where waking threads costs more than it saves.
+# Each operation is a task body -- the work for one output-owning index --
+# and a driver that runs the tasks in parallel with prange.
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -74,13 +73,6 @@ def _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
 def forward_nhwc(x, w, y, sh, sw, pt, pl, dh, dw, groups):
     """y += conv2d(x, w); parallel over (n, i) output rows."""
     for task in prange(y.shape[0] * y.shape[1]):
-        _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def forward_nhwc_serial(x, w, y, sh, sw, pt, pl, dh, dw, groups):
-    """y += conv2d(x, w), one thread."""
-    for task in range(y.shape[0] * y.shape[1]):
         _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
 
 
@@ -120,13 +112,6 @@ def _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
 def grad_input_nhwc(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     """gi += scatter-add of w * g; parallel over (n, r) input rows."""
     for task in prange(gi.shape[0] * gi.shape[1]):
-        _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def grad_input_nhwc_serial(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
-    """gi += scatter-add of w * g, one thread."""
-    for task in range(gi.shape[0] * gi.shape[1]):
         _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
 
 
@@ -180,13 +165,6 @@ def grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
         _grad_weight_rows(x, g, partial[chunk], row_lo, row_hi, sh, sw, pt, pl, dh, dw, groups)
     for chunk in range(n_chunks):
         gw += partial[chunk]
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def grad_weight_nhwc_serial(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
-    """gw += valid correlation of x with g, one thread, straight into gw."""
-    n_rows = g.shape[0] * g.shape[1]
-    _grad_weight_rows(x, g, gw, 0, n_rows, sh, sw, pt, pl, dh, dw, groups)
 
 
 @njit(cache=True, fastmath=FASTMATH)
