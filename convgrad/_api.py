@@ -226,9 +226,7 @@ def conv2d_grad_input(
         input_name="input_shape",
     )
     _check_grad_output(grad_output, problem)
-    _check_accumulate(accumulate, out is not None, "out")
-    if out is not None:
-        check_out("out", out, problem.input_shape, dtype)
+    _check_single_out(out, accumulate, problem.input_shape, dtype)
     layout = select_kernel("grad_input", problem).layout
     g = _image_for(grad_output, problem, layout)
     w = _weight_for(weight, problem, layout)
@@ -271,9 +269,7 @@ def conv2d_grad_weight(
         weight_name="weight_shape",
     )
     _check_grad_output(grad_output, problem)
-    _check_accumulate(accumulate, out is not None, "out")
-    if out is not None:
-        check_out("out", out, problem.weight_shape, dtype)
+    _check_single_out(out, accumulate, problem.weight_shape, dtype)
     layout = select_kernel("grad_weight", problem).layout
     g = _image_for(grad_output, problem, layout)
     x = _image_for(input, problem, layout)
@@ -299,9 +295,7 @@ def conv2d_grad_bias(
     batched = grad_output.ndim == 4
     g = kernel_ready(as_batched(grad_output, batched), dtype)
     c_out = spec.image_dims(g.shape)[1]
-    _check_accumulate(accumulate, out is not None, "out")
-    if out is not None:
-        check_out("out", out, (c_out,), dtype)
+    _check_single_out(out, accumulate, (c_out,), dtype)
     result = _grad_bias(spec, g, c_out, dtype, out, accumulate, (grad_output,))
     return deliver(result, out, accumulate)
 
@@ -421,6 +415,15 @@ def _check_output_mask(output_mask: object) -> tuple[bool, bool, bool]:
             f"got {output_mask!r}"
         )
     return bool(output_mask[0]), bool(output_mask[1]), bool(output_mask[2])
+
+
+def _check_single_out(
+    out: object, accumulate: object, shape: tuple[int, ...], dtype: np.dtype
+) -> None:
+    """Checks of ``out`` and ``accumulate`` for the functions returning one gradient."""
+    _check_accumulate(accumulate, out is not None, "out")
+    if out is not None:
+        check_out("out", out, shape, dtype)
 
 
 def _check_accumulate(accumulate: object, has_out: bool, out_name: str) -> None:
