@@ -14,6 +14,7 @@ import numpy as np
 
 from . import __version__, conv2d_backward
 from .reference import conv2d_backward_reference
+from .suite import SUITE
 
 # The seed notebook's figures for its first and its best loop nest (Julia, its machine).
 NOTEBOOK_V1_MIN_US = 2858.0
@@ -35,7 +36,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "through convgrad, check it against the NumPy reference, time it.",
     )
     seed.add_argument("--repeat", type=int, default=2000, help="timed calls (default 2000)")
+    bench = commands.add_parser(
+        "bench",
+        help="time the benchmark suite against PyTorch",
+        description="Time the benchmark suite's shapes (all three gradients) with convgrad in "
+        "both layouts and, when installed, torch in NCHW and channels_last, "
+        "interleaved, with one thread count for all.",
+    )
+    bench.add_argument("shapes", nargs="*", help=f"shapes to run (default all: {', '.join(SUITE)})")
+    bench.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for numba and torch (default numba's count)",
+    )
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--no-torch", action="store_true", help="time convgrad alone")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from . import bench as bench_module
+
+        return bench_module.main(
+            args.shapes, args.rounds, args.threads, args.json, not args.no_torch
+        )
     return run_seed(repeat=getattr(args, "repeat", 2000))
 
 

@@ -86,12 +86,12 @@ def _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
     for ci2 in range(cin_g):
         for p in range(kh):
             i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-            for i in range(i_lo, i_hi):
-                x_row = x[n, g0 + ci2, i * sh + p * dh - pt]
-                y_row = y[n, co, i]
-                for q in range(kw):
-                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    _row_gather_axpy(y_row, w[co, ci2, p, q], x_row, q * dw - pl, sw, j_lo, j_hi)
+            for q in range(kw):
+                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                wv = w[co, ci2, p, q]
+                for i in range(i_lo, i_hi):
+                    x_row = x[n, g0 + ci2, i * sh + p * dh - pt]
+                    _row_gather_axpy(y[n, co, i], wv, x_row, q * dw - pl, sw, j_lo, j_hi)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -116,12 +116,12 @@ def _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
     for co in range(group * cout_g, (group + 1) * cout_g):
         for p in range(kh):
             i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-            for i in range(i_lo, i_hi):
-                gi_row = gi[n, ci, i * sh + p * dh - pt]
-                g_row = g[n, co, i]
-                for q in range(kw):
-                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    _row_axpy(gi_row, q * dw - pl, sw, w[co, ci2, p, q], g_row, j_lo, j_hi)
+            for q in range(kw):
+                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                wv = w[co, ci2, p, q]
+                for i in range(i_lo, i_hi):
+                    gi_row = gi[n, ci, i * sh + p * dh - pt]
+                    _row_axpy(gi_row, q * dw - pl, sw, wv, g[n, co, i], j_lo, j_hi)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
@@ -148,12 +148,13 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
     for n in range(x.shape[0]):
         for p in range(kh):
             i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
-            for i in range(i_lo, i_hi):
-                x_row = x[n, ci, i * sh + p * dh - pt]
-                g_row = g[n, co, i]
-                for q in range(kw):
-                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    plane[p, q] += _row_dot(x_row, q * dw - pl, sw, g_row, j_lo, j_hi)
+            for q in range(kw):
+                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                acc = gw.dtype.type(0)
+                for i in range(i_lo, i_hi):
+                    x_row = x[n, ci, i * sh + p * dh - pt]
+                    acc += _row_dot(x_row, q * dw - pl, sw, g[n, co, i], j_lo, j_hi)
+                plane[p, q] += acc
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
