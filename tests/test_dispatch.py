@@ -19,17 +19,20 @@ def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, gr
 @pytest.mark.parametrize("user_layout", [NCHW, NHWC])
 @pytest.mark.parametrize("operation", ["forward", "grad_input", "grad_weight"])
 @pytest.mark.parametrize(
-    "c_in, c_out, groups, family",
+    "c_in, c_out, groups, size, family",
     [
-        (1, 6, 1, nchw),  # the seed: few channel pairs, vectorise along rows
-        (8, 8, 8, nchw),  # depthwise: one pair per group
-        (1, 16, 1, nhwc),  # mnist-like: enough output channels to vectorise over
-        (64, 64, 1, nhwc),  # dense
-        (8, 16, 2, nhwc),  # grouped, 4 x 8 pairs per group
+        (1, 6, 1, 28, nchw),  # the seed: 26-long rows beat 6 channels
+        (8, 8, 8, 56, nchw),  # depthwise: one output channel per group
+        (16, 16, 1, 64, nchw),  # big images, few channels: rows
+        (1, 32, 1, 28, nhwc),  # mnist-like: 32 channels beat 28-long rows
+        (64, 64, 1, 56, nhwc),  # dense
+        (8, 32, 2, 16, nhwc),  # grouped: 16 channels per group beat 16-long rows
     ],
 )
-def test_channel_pairs_pick_the_kernel_family(user_layout, operation, c_in, c_out, groups, family):
-    p = problem(user_layout, c_in=c_in, c_out=c_out, groups=groups)
+def test_vector_length_picks_the_kernel_family(
+    user_layout, operation, c_in, c_out, groups, size, family
+):
+    p = problem(user_layout, c_in=c_in, c_out=c_out, groups=groups, size=size)
     choice = _dispatch.select_kernel(operation, p)
     expected_layout = NHWC if family is nhwc else NCHW
     assert choice.layout is expected_layout
@@ -37,11 +40,12 @@ def test_channel_pairs_pick_the_kernel_family(user_layout, operation, c_in, c_ou
     assert choice.kernel is getattr(family, f"{operation}_{expected_layout.name.lower()}")
 
 
-def test_threshold_is_on_pairs_per_group():
-    below = problem(c_in=1, c_out=_dispatch.CHANNELS_LAST_MIN_PAIRS - 1)
-    at = problem(c_in=1, c_out=_dispatch.CHANNELS_LAST_MIN_PAIRS)
-    assert _dispatch.kernel_layout(below) is NCHW
-    assert _dispatch.kernel_layout(at) is NHWC
+def test_rows_win_up_to_the_row_preference():
+    at = problem(c_in=1, c_out=8, size=16)  # OW = 16 = 2 * 8: rows
+    above = problem(c_in=1, c_out=9, size=16)  # 18 > 16: channels
+    assert at.out_w == _dispatch.ROW_PREFERENCE * 8
+    assert _dispatch.kernel_layout(at) is NCHW
+    assert _dispatch.kernel_layout(above) is NHWC
 
 
 def test_bias_kernel_per_layout():
@@ -51,10 +55,10 @@ def test_bias_kernel_per_layout():
 
 def test_geometry_arguments_follow_the_options():
     opts = {"stride": (2, 3), "padding": ((1, 2), (3, 0)), "dilation": (2, 1), "groups": 2}
-    planar = problem(c_in=4, c_out=6, **opts)  # 2 x 3 pairs per group: NCHW kernels
+    planar = problem(c_in=4, c_out=6, size=32, **opts)  # 3 channels per group, OW 12: NCHW
     assert _dispatch.select_kernel("grad_input", planar).args == (2, 3, 1, 3, 2, 1, 2)
     assert _dispatch.select_kernel("grad_weight", planar).args == (2, 3, 1, 3, 2, 1, 2)
-    channels_last = problem(c_in=8, c_out=16, n=16, size=64, **opts)
+    channels_last = problem(c_in=8, c_out=32, n=16, size=64, **opts)  # 16 channels, OW 22
     chunks = _dispatch.weight_chunks(channels_last)
     assert chunks > 1
     expected = (2, 3, 1, 3, 2, 1, 2, chunks)
