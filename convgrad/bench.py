@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from . import __version__, conv2d_backward
+from .reference import conv2d_backward_reference
 from .suite import SUITE, Shape
 
 PAUSE_BETWEEN_LIBRARIES_S = 0.002  # let another library's spinning threads go idle
@@ -41,7 +42,9 @@ def make_arrays(shape: Shape, layout: str, seed: int = 0) -> tuple[np.ndarray, .
     return g, x, w
 
 
-def contenders(shape: Shape, with_torch: bool) -> dict[str, Callable[[], object]]:
+def contenders(
+    shape: Shape, with_torch: bool, with_reference: bool = False
+) -> dict[str, Callable[[], object]]:
     """Name -> a call computing all three gradients of ``shape``."""
     calls: dict[str, Callable[[], object]] = {}
     for layout in ("NCHW", "NHWC"):
@@ -49,6 +52,9 @@ def contenders(shape: Shape, with_torch: bool) -> dict[str, Callable[[], object]
         calls[f"convgrad {layout}"] = lambda g=g, x=x, w=w, layout=layout: conv2d_backward(
             g, x, w, layout=layout, **shape.options
         )
+    if with_reference:
+        g, x, w = make_arrays(shape, "NCHW")
+        calls["numpy reference"] = lambda: conv2d_backward_reference(g, x, w, **shape.options)
     if with_torch:
         import torch
 
@@ -120,6 +126,7 @@ def run(
     threads: int | None = None,
     with_torch: bool = True,
     progress: TextIO | None = sys.stderr,
+    with_reference: bool = False,
 ) -> dict:
     """Benchmark ``names`` and return the results as a JSON-ready dict."""
     threads = threads or numba.get_num_threads()
@@ -132,7 +139,7 @@ def run(
         torch_before = torch.get_num_threads()
         torch.set_num_threads(threads)
     try:
-        return _run(names, rounds, threads, with_torch, progress)
+        return _run(names, rounds, threads, with_torch, progress, with_reference)
     finally:
         numba.set_num_threads(numba_before)
         if torch_before is not None:
@@ -140,7 +147,12 @@ def run(
 
 
 def _run(
-    names: Sequence[str], rounds: int, threads: int, with_torch: bool, progress: TextIO | None
+    names: Sequence[str],
+    rounds: int,
+    threads: int,
+    with_torch: bool,
+    progress: TextIO | None,
+    with_reference: bool,
 ) -> dict:
     peaks = {np.dtype(t).name: gemm_peak_gflops(t) for t in {SUITE[n].dtype for n in names}}
     rows = []
@@ -149,7 +161,7 @@ def _run(
             bar = "#" * done + "-" * (len(names) - done)
             print(f"\r[{bar}] {done}/{len(names)} {name:<16}", end="", file=progress, flush=True)
         shape = SUITE[name]
-        times = measure(contenders(shape, with_torch), rounds)
+        times = measure(contenders(shape, with_torch, with_reference), rounds)
         best_layout = min(("NCHW", "NHWC"), key=lambda lay: times[f"convgrad {lay}"])
         ours = times[f"convgrad {best_layout}"]
         other = times[f"convgrad {'NHWC' if best_layout == 'NCHW' else 'NCHW'}"]
@@ -164,6 +176,8 @@ def _run(
             "other_layout_ratio": other / ours,
             "target": shape.target,
         }
+        if with_reference:
+            row["reference_us"] = times["numpy reference"] * 1e6
         if with_torch:
             theirs = min(times["torch NCHW"], times["torch channels_last"])
             row |= {
@@ -189,7 +203,10 @@ def _run(
 def format_table(result: dict) -> str:
     """The results as a Markdown table."""
     torch_cols = "torch_us" in result["rows"][0] if result["rows"] else False
+    reference_cols = "reference_us" in result["rows"][0] if result["rows"] else False
     head = ["shape", "convgrad µs", "layout", "other layout", "GFLOP/s", "% GEMM peak"]
+    if reference_cols:
+        head += ["NumPy reference µs"]
     if torch_cols:
         head += ["torch µs", "speed-up", "target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -221,7 +238,12 @@ def format_table(result: dict) -> str:
 
 
 def main(
-    shapes: Sequence[str], rounds: int, threads: int | None, as_json: bool, with_torch: bool
+    shapes: Sequence[str],
+    rounds: int,
+    threads: int | None,
+    as_json: bool,
+    with_torch: bool,
+    with_reference: bool = False,
 ) -> int:
     """The ``convgrad bench`` command."""
     unknown = [name for name in shapes if name not in SUITE]
@@ -237,6 +259,8 @@ def main(
         except ImportError:
             print("torch is not installed: timing convgrad alone", file=sys.stderr)
             with_torch = False
-    result = run(list(shapes) or list(SUITE), rounds, threads, with_torch)
+    result = run(
+        list(shapes) or list(SUITE), rounds, threads, with_torch, with_reference=with_reference
+    )
     print(json.dumps(result, indent=2) if as_json else format_table(result))
     return 0

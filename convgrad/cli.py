@@ -52,13 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="threads for numba and torch (default numba's count)",
     )
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    bench.add_argument("--no-torch", action="store_true", help="time convgrad alone")
+    bench.add_argument("--no-torch", action="store_true", help="leave torch out")
+    bench.add_argument(
+        "--reference",
+        action="store_true",
+        help="also time convgrad.reference, the plain NumPy implementation",
+    )
     args = parser.parse_args(argv)
     if args.command == "bench":
         from . import bench as bench_module
 
         return bench_module.main(
-            args.shapes, args.rounds, args.threads, args.json, not args.no_torch
+            args.shapes, args.rounds, args.threads, args.json, not args.no_torch, args.reference
         )
     return run_seed(repeat=getattr(args, "repeat", 2000))
 

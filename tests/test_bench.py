@@ -43,6 +43,12 @@ def test_bench_table_with_torch(capsys):
     assert "| seed |" in table and "1 threads" in table and "speed-up" in table
 
 
+def test_bench_with_the_numpy_reference(capsys):
+    assert cli.main(["bench", "lenet2", "--rounds", "1", "--no-torch", "--reference"]) == 0
+    table = capsys.readouterr().out
+    assert "NumPy reference µs" in table and "| lenet2 |" in table
+
+
 def test_unknown_shape_is_refused(capsys):
     assert bench.main(["nope"], rounds=1, threads=None, as_json=False, with_torch=False) == 2
     assert "unknown shape(s) nope" in capsys.readouterr().err
