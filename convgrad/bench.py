@@ -54,7 +54,9 @@ def contenders(
         )
     if with_reference:
         g, x, w = make_arrays(shape, "NCHW")
-        calls["numpy reference"] = lambda: conv2d_backward_reference(g, x, w, **shape.options)
+        calls["numpy reference"] = lambda g=g, x=x, w=w: conv2d_backward_reference(
+            g, x, w, **shape.options
+        )
     if with_torch:
         import torch
 
@@ -219,6 +221,8 @@ def format_table(result: dict) -> str:
             f"{row['gflops']:.1f}",
             f"{row['peak_percent']:.0f}",
         ]
+        if reference_cols:
+            cells.append(f"{row['reference_us']:,.0f}")
         if torch_cols:
             cells += [
                 f"{row['torch_us']:,.0f}",
