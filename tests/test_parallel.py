@@ -84,3 +84,42 @@ def test_same_bits_for_any_thread_count(name, layout):
         for a, b in zip(grads, first_grads, strict=True):
             assert a.tobytes() == b.tobytes()
         assert y.tobytes() == first_y.tobytes()
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_nan_and_inf_reach_exactly_their_dependants(name, layout):
+    """A NaN in input and an Inf in grad_output reach exactly the entries that read them.
+
+    Expected masks come from the NumPy reference run on indicator arrays (1 at the
+    bad entry, 0 elsewhere, all other operands positive): an entry depends on the
+    bad value exactly when its indicator result is positive. Zero padding adds no
+    terms, so an Inf never meets a padded zero.
+    """
+    _, x, w, g, opts = make(CASES[name], layout, np.float64)
+    x, w, g = np.abs(x) + 0.5, np.abs(w) + 0.5, np.abs(g) + 0.5  # positive: no cancellation
+    rng = np.random.default_rng(1)
+    bad_x = tuple(int(rng.integers(s)) for s in x.shape)
+    bad_g = tuple(int(rng.integers(s)) for s in g.shape)
+    x_bad, g_bad = x.copy(), g.copy()
+    x_bad[bad_x], g_bad[bad_g] = np.nan, np.inf
+
+    def indicator(shape, index):
+        marked = np.zeros(shape)
+        marked[index] = 1.0
+        return marked
+
+    # NaN in the input: reaches grad_weight (and the forward output) only.
+    _, gw, _ = convgrad.conv2d_backward(g, x_bad, w, **opts)
+    _, expected_gw, _ = conv2d_backward_reference(g, indicator(x.shape, bad_x), w, **opts)
+    np.testing.assert_array_equal(np.isnan(gw), expected_gw > 0)
+    y = convgrad.conv2d(x_bad, w, **opts)
+    np.testing.assert_array_equal(
+        np.isnan(y), conv2d_reference(indicator(x.shape, bad_x), w, **opts) > 0
+    )
+    # +Inf in grad_output: +Inf in every gradient entry that reads it.
+    gi, gw, gb = convgrad.conv2d_backward(g_bad, x, w, **opts)
+    expected = conv2d_backward_reference(indicator(g.shape, bad_g), x, w, **opts)
+    for got, want in zip((gi, gw, gb), expected, strict=True):
+        np.testing.assert_array_equal(np.isposinf(got), want > 0)
+        assert np.isfinite(got[want == 0]).all()
