@@ -206,9 +206,34 @@ def conv2d_grad_input(
 ) -> np.ndarray:
     """Gradient of :func:`conv2d` with respect to its input.
 
-    ``input_shape`` is needed because, with stride > 1, several input sizes
-    give the same output size. See :func:`conv2d_backward` for the other
-    parameters; ``out`` is one array of shape ``input_shape``.
+    Parameters
+    ----------
+    grad_output : ndarray
+        (N, C_out, OH, OW) for NCHW, (N, OH, OW, C_out) for NHWC, or unbatched.
+    weight : ndarray
+        The forward pass's weight.
+    input_shape : tuple of int
+        Shape of the forward pass's input (3 or 4 ints, matching grad_output).
+        Needed because with stride > 1 several input sizes give one output size.
+    stride, padding, dilation, groups, layout
+        The forward pass's options, as in :func:`conv2d`.
+    out : ndarray, optional
+        Array of shape ``input_shape`` and the arrays' dtype to write into.
+    accumulate : bool
+        Add into ``out`` instead of overwriting it; needs ``out``.
+
+    Returns
+    -------
+    ndarray
+        grad_input, of shape ``input_shape`` (``out`` itself when given).
+
+    Examples
+    --------
+    >>> import numpy as np, convgrad
+    >>> g = np.ones((1, 1, 4, 4)); w = np.ones((1, 1, 3, 3))
+    >>> convgrad.conv2d_grad_input(g, w, (1, 1, 8, 8), stride=2, padding=1)[0, 0, :2]
+    array([[1., 2., 1., 2., 1., 2., 1., 1.],
+           [2., 4., 2., 4., 2., 4., 2., 2.]])
     """
     spec = get_layout(layout)
     dtype = common_float_dtype(grad_output=grad_output, weight=weight)
@@ -249,9 +274,35 @@ def conv2d_grad_weight(
 ) -> np.ndarray:
     """Gradient of :func:`conv2d` with respect to its weight.
 
-    ``weight_shape`` is the weight's shape in the layout's convention. See
-    :func:`conv2d_backward` for the other parameters; ``out`` is one array of
-    shape ``weight_shape``.
+    Parameters
+    ----------
+    grad_output : ndarray
+        (N, C_out, OH, OW) for NCHW, (N, OH, OW, C_out) for NHWC, or unbatched.
+    input : ndarray
+        The forward pass's input.
+    weight_shape : tuple of int
+        Shape of the weight in the layout's convention: (C_out, C_in/groups,
+        KH, KW) for NCHW, (KH, KW, C_in/groups, C_out) for NHWC.
+    stride, padding, dilation, groups, layout
+        The forward pass's options, as in :func:`conv2d`.
+    out : ndarray, optional
+        Array of shape ``weight_shape`` and the arrays' dtype to write into.
+    accumulate : bool
+        Add into ``out`` instead of overwriting it; needs ``out``.
+
+    Returns
+    -------
+    ndarray
+        grad_weight, of shape ``weight_shape`` (``out`` itself when given).
+
+    Examples
+    --------
+    >>> import numpy as np, convgrad
+    >>> x = np.ones((1, 1, 4, 4)); g = np.ones((1, 2, 2, 2))
+    >>> convgrad.conv2d_grad_weight(g, x, (2, 1, 3, 3))[1, 0]
+    array([[4., 4., 4.],
+           [4., 4., 4.],
+           [4., 4., 4.]])
     """
     spec = get_layout(layout)
     dtype = common_float_dtype(grad_output=grad_output, input=input)
@@ -286,8 +337,27 @@ def conv2d_grad_bias(
 ) -> np.ndarray:
     """Gradient of :func:`conv2d` with respect to its bias: grad_output summed per channel.
 
-    ``grad_output`` is (N, C_out, OH, OW) for NCHW or (N, OH, OW, C_out) for
-    NHWC, or unbatched; the result (and ``out``) has shape (C_out,).
+    Parameters
+    ----------
+    grad_output : ndarray
+        (N, C_out, OH, OW) for NCHW, (N, OH, OW, C_out) for NHWC, or unbatched.
+    layout : {"NCHW", "NHWC"}
+    out : ndarray, optional
+        Array of shape (C_out,) and grad_output's dtype to write into.
+    accumulate : bool
+        Add into ``out`` instead of overwriting it; needs ``out``.
+
+    Returns
+    -------
+    ndarray
+        grad_bias, of shape (C_out,) (``out`` itself when given). It is summed
+        in float64 and rounded to the dtype once.
+
+    Examples
+    --------
+    >>> import numpy as np, convgrad
+    >>> convgrad.conv2d_grad_bias(np.ones((2, 5, 5, 3), np.float32), layout="NHWC")
+    array([50., 50., 50.], dtype=float32)
     """
     spec = get_layout(layout)
     dtype = common_float_dtype(grad_output=grad_output)
