@@ -14,7 +14,7 @@ from ._arrays import (
     destination,
     kernel_ready,
 )
-from ._dispatch import select_bias_kernel, select_kernel
+from ._dispatch import kernel_layout, select_bias_kernel, select_kernel
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
 from ._problem import Problem, describe
 
@@ -88,18 +88,18 @@ def conv2d(
     if bias is not None and bias.shape != (problem.c_out,):
         raise ValueError(f"bias must have shape ({problem.c_out},) = (C_out,); got {bias.shape}")
     choice = select_kernel("forward", problem)
-    layout = choice.layout
+    family = choice.layout
     output = np.zeros(
-        layout.image_shape(problem.n, problem.c_out, problem.out_h, problem.out_w), dtype
+        family.image_shape(problem.n, problem.c_out, problem.out_h, problem.out_w), dtype
     )
     if problem.terms:
-        x = _image_for(input, problem, layout)
-        choice.kernel(x, _weight_for(weight, problem, layout), output, *choice.args)
+        x = _image_for(input, problem, family)
+        choice.kernel(x, _weight_for(weight, problem, family), output, *choice.args)
     if bias is not None:
         channel_shape = [1, 1, 1, 1]
-        channel_shape[layout.image_axes[1]] = problem.c_out
+        channel_shape[family.image_axes[1]] = problem.c_out
         output += bias.astype(dtype, copy=False).reshape(channel_shape)
-    return _to_user_image(output, layout, problem)
+    return _to_user_image(output, family, problem)
 
 
 def conv2d_backward(
@@ -170,20 +170,21 @@ def conv2d_backward(
     _check_grad_output(grad_output, problem)
     mask = _check_output_mask(output_mask)
     outs = _check_out_tuple(out, mask, accumulate, problem)
-    layout = select_kernel("grad_input", problem).layout
-    g = _image_for(grad_output, problem, layout)
+    # grad_output goes to the kernels' layout once, unless only grad_bias needs it.
+    family = kernel_layout(problem) if mask[0] or mask[1] else problem.layout
+    g = _image_for(grad_output, problem, family)
     originals = (grad_output, input, weight)
     # Every kernel runs before any result is copied into ``out``: an ``out``
     # array may alias input or grad_output, which later kernels still read.
     results: list[np.ndarray | None] = [None, None, None]
     if mask[0]:
-        w = _weight_for(weight, problem, layout)
+        w = _weight_for(weight, problem, family)
         results[0] = _grad_input(problem, g, w, outs[0], accumulate, originals)
     if mask[1]:
-        x = _image_for(input, problem, layout)
+        x = _image_for(input, problem, family)
         results[1] = _grad_weight(problem, x, g, outs[1], accumulate, originals)
     if mask[2]:
-        results[2] = _grad_bias(layout, g, problem.c_out, dtype, outs[2], accumulate, originals)
+        results[2] = _grad_bias(family, g, problem.c_out, dtype, outs[2], accumulate, originals)
     grad_input, grad_weight, grad_bias = (
         None if result is None else deliver(result, entry, accumulate)
         for result, entry in zip(results, outs, strict=True)
@@ -252,9 +253,9 @@ def conv2d_grad_input(
     )
     _check_grad_output(grad_output, problem)
     _check_single_out(out, accumulate, problem.input_shape, dtype)
-    layout = select_kernel("grad_input", problem).layout
-    g = _image_for(grad_output, problem, layout)
-    w = _weight_for(weight, problem, layout)
+    family = kernel_layout(problem)
+    g = _image_for(grad_output, problem, family)
+    w = _weight_for(weight, problem, family)
     result = _grad_input(problem, g, w, out, accumulate, (grad_output, weight))
     return deliver(result, out, accumulate)
 
@@ -321,9 +322,9 @@ def conv2d_grad_weight(
     )
     _check_grad_output(grad_output, problem)
     _check_single_out(out, accumulate, problem.weight_shape, dtype)
-    layout = select_kernel("grad_weight", problem).layout
-    g = _image_for(grad_output, problem, layout)
-    x = _image_for(input, problem, layout)
+    family = kernel_layout(problem)
+    g = _image_for(grad_output, problem, family)
+    x = _image_for(input, problem, family)
     result = _grad_weight(problem, x, g, out, accumulate, (grad_output, input))
     return deliver(result, out, accumulate)
 
@@ -404,18 +405,17 @@ def _grad_input(
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
     choice = select_kernel("grad_input", problem)
-    layout = choice.layout
-    if layout is problem.layout:
+    family = choice.layout
+    if family is problem.layout:
         result = destination(out, problem.input_shape, problem.dtype, accumulate, originals)
-        buffer = as_batched(result, problem.batched)
-    else:
-        buffer = np.zeros(
-            layout.image_shape(problem.n, problem.c_in, problem.height, problem.width),
-            problem.dtype,
-        )
+        if problem.terms:
+            choice.kernel(g, w, as_batched(result, problem.batched), *choice.args)
+        return result
+    shape = family.image_shape(problem.n, problem.c_in, problem.height, problem.width)
+    buffer = np.zeros(shape, problem.dtype)
     if problem.terms:
         choice.kernel(g, w, buffer, *choice.args)
-    return result if layout is problem.layout else _to_user_image(buffer, layout, problem)
+    return _to_user_image(buffer, family, problem)
 
 
 def _grad_weight(
@@ -427,21 +427,17 @@ def _grad_weight(
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
     choice = select_kernel("grad_weight", problem)
-    layout = choice.layout
-    if layout is problem.layout:
+    family = choice.layout
+    if family is problem.layout:
         buffer = destination(out, problem.weight_shape, problem.dtype, accumulate, originals)
-        result = buffer
     else:
+        cin_g = problem.c_in // problem.geometry.groups
         buffer = np.zeros(
-            layout.weight_shape(
-                problem.c_out, problem.c_in // problem.geometry.groups, problem.kh, problem.kw
-            ),
-            problem.dtype,
+            family.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw), problem.dtype
         )
-        result = convert_weight(buffer, layout, problem.layout)
     if problem.terms:
         choice.kernel(x, g, buffer, *choice.args)
-    return result
+    return convert_weight(buffer, family, problem.layout)
 
 
 def _grad_bias(
