@@ -14,9 +14,10 @@ from ._arrays import (
     destination,
     kernel_ready,
 )
-from ._dispatch import kernel_layout, select_bias_kernel, select_kernel
+from ._dispatch import KernelChoice, kernel_layout, select_bias_kernel, select_kernel
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
 from ._problem import Problem, describe
+from .kernels.nchw_flat import all_finite
 
 Shape = tuple[int, ...]
 
@@ -396,6 +397,13 @@ def _to_user_image(array: np.ndarray, layout: Layout, problem: Problem) -> np.nd
     return result if problem.batched else result[0]
 
 
+def _exact_if_needed(choice: KernelChoice, *arrays: np.ndarray) -> KernelChoice:
+    """``choice``, or its exact alternative when it needs finite inputs and one is not."""
+    if choice.exact is not None and not all(all_finite(a) for a in arrays if a.size):
+        return choice.exact
+    return choice
+
+
 def _grad_input(
     problem: Problem,
     g: np.ndarray,
@@ -404,7 +412,7 @@ def _grad_input(
     accumulate: bool,
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
-    choice = select_kernel("grad_input", problem)
+    choice = _exact_if_needed(select_kernel("grad_input", problem), g, w)
     family = choice.layout
     if family is problem.layout:
         result = destination(out, problem.input_shape, problem.dtype, accumulate, originals)
@@ -426,7 +434,7 @@ def _grad_weight(
     accumulate: bool,
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
-    choice = select_kernel("grad_weight", problem)
+    choice = _exact_if_needed(select_kernel("grad_weight", problem), x, g)
     family = choice.layout
     if family is problem.layout:
         buffer = destination(out, problem.weight_shape, problem.dtype, accumulate, originals)

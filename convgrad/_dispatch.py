@@ -1,16 +1,27 @@
 """Pick the kernel for a problem: a pure function of layout, dtype, shape and options.
 
-Later kernel variants (tiny problems, dense blocked, depthwise, ...) are added
-here without touching the public API. Keeping the choice pure lets the tests
-check it directly, and keeps results independent of the thread count.
+Three kernel families, by what their innermost loop runs along:
+
+- "flat" (``kernels/nchw_flat.py``, NCHW, stride 1 only): whole zero-padded
+  image planes, OH * (W + padding) long, four output channels at a time;
+- "rows" (``kernels/nchw.py``, NCHW): one output row, OW long;
+- "channels" (``kernels/nhwc.py``, NHWC): a group's output channels.
+
+The choice depends only on the problem, never on the data or thread count,
+so results are reproducible. The one data-dependent step is the flat
+kernels' exactness condition: they multiply zero padding by the data, exact
+only for finite values, so each flat choice names the exact kernel the
+caller runs instead when an input holds NaN or Inf.
 """
+
+from __future__ import annotations
 
 from collections.abc import Callable
 from typing import NamedTuple
 
 from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
-from .kernels import nchw, nhwc
+from .kernels import nchw, nchw_flat, nhwc
 
 _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NCHW"): nchw.forward_nchw,
@@ -20,10 +31,28 @@ _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("grad_input", "NHWC"): nhwc.grad_input_nhwc,
     ("grad_weight", "NHWC"): nhwc.grad_weight_nhwc,
 }
+_FLAT_KERNELS: dict[str, Callable[..., None]] = {
+    "grad_input": nchw_flat.grad_input_nchw_flat,
+    "grad_weight": nchw_flat.grad_weight_nchw_flat,
+}
 _BIAS_KERNELS: dict[str, Callable[..., None]] = {
     "NCHW": nchw.grad_bias_nchw,
     "NHWC": nhwc.grad_bias_nhwc,
 }
+
+# Rows vs channels: the longer inner vector wins, rows up to twice the
+# channel count (channel loops pay a per-pixel overhead that rows pay per row).
+ROW_PREFERENCE = 2
+
+# Flat planes pay for padded copies of the images, which pay off once a group
+# has FLAT_MIN_PAIRS (C_in/g x C_out/g) channel pairs to reuse them and a plane
+# is at least FLAT_MIN_LENGTH_PER_CHANNEL times longer than the channel vector.
+FLAT_MIN_PAIRS = 16
+FLAT_MIN_LENGTH_PER_CHANNEL = 4
+
+# Working memory: padded images are made a chunk at a time, within the larger
+# of this and a quarter of the input and grad_output bytes (at least one image).
+WORKSPACE_MIN_BYTES = 4 * 2**20
 
 # The chunked NHWC grad_weight keeps one partial weight gradient per chunk:
 # at most MAX_WEIGHT_CHUNKS of them, within PARTIALS_BUDGET_BYTES in total, and
@@ -33,29 +62,54 @@ PARTIALS_BUDGET_BYTES = 4 * 2**20
 MIN_TERMS_PER_CHUNK = 2**15
 
 
-# The NCHW kernels vectorise along output rows (OW long), the NHWC kernels
-# along a group's output channels (C_out/groups long). The longer vector wins;
-# rows are favoured up to twice the channel count, as measured on the suite
-# (channel loops also pay a per-pixel overhead that row loops pay per row).
-ROW_PREFERENCE = 2
-
-
 class KernelChoice(NamedTuple):
-    """A kernel, the layout its arrays must be in, and the ints it takes after them."""
+    """A kernel, the layout its arrays must be in, and the ints it takes after them.
+
+    ``exact`` is the choice to run instead when an input is not finite (None:
+    this kernel is exact for any input).
+    """
 
     kernel: Callable[..., None]
     layout: Layout
     args: tuple[int, ...]
+    exact: KernelChoice | None = None
 
 
-def kernel_layout(problem: Problem) -> Layout:
-    """The layout whose kernels suit ``problem``, whatever layout its arrays come in.
+def flat_suits(problem: Problem) -> bool:
+    """Whether the flat-plane kernels suit ``problem``'s gradients."""
+    if problem.geometry.stride != (1, 1):
+        return False
+    groups = problem.geometry.groups
+    cin_g, cout_g = problem.c_in // groups, problem.c_out // groups
+    _, _, left, right = problem.geometry.padding
+    plane = problem.out_h * (problem.width + left + right)
+    return cin_g * cout_g >= FLAT_MIN_PAIRS and plane >= FLAT_MIN_LENGTH_PER_CHANNEL * cout_g
 
-    When it differs from the problem's layout, the caller converts the arrays
-    (a parallel copy) and converts the results back.
+
+def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
+    """The layout whose kernels suit ``operation``, whatever layout the arrays come in.
+
+    Both gradients always share one layout. When it differs from the problem's
+    layout, the caller converts the arrays (a parallel copy) and the results back.
     """
+    if operation != "forward" and flat_suits(problem):
+        return NCHW
     cout_g = problem.c_out // problem.geometry.groups
     return NHWC if ROW_PREFERENCE * cout_g > problem.out_w else NCHW
+
+
+def image_chunk(problem: Problem) -> int:
+    """How many images the flat kernels pad at a time."""
+    top, bottom, left, right = problem.geometry.padding
+    pitch = problem.width + left + right
+    per_image = problem.c_in * (problem.height + top + bottom + 1) + problem.c_out * problem.out_h
+    per_image *= pitch * problem.dtype.itemsize
+    images = (
+        problem.c_in * problem.height * problem.width
+        + problem.c_out * problem.out_h * problem.out_w
+    ) * problem.dtype.itemsize
+    budget = max(WORKSPACE_MIN_BYTES, problem.n * images // 4)
+    return int(max(1, min(problem.n, budget // max(1, per_image))))
 
 
 def weight_chunks(problem: Problem) -> int:
@@ -76,11 +130,16 @@ def weight_chunks(problem: Problem) -> int:
 
 def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     """The kernel that computes ``operation`` ("forward", "grad_input" or "grad_weight")."""
-    layout = kernel_layout(problem)
+    layout = kernel_layout(problem, operation)
     kernel = _KERNELS[operation, layout.name]
     if operation == "grad_weight" and layout is NHWC:
         return KernelChoice(kernel, layout, (*problem.kernel_args, weight_chunks(problem)))
-    return KernelChoice(kernel, layout, problem.kernel_args)
+    exact = KernelChoice(kernel, layout, problem.kernel_args)
+    if operation == "forward" or not flat_suits(problem):
+        return exact
+    _, _, (dh, dw), groups = problem.geometry
+    args = (*problem.geometry.padding, dh, dw, groups, image_chunk(problem))
+    return KernelChoice(_FLAT_KERNELS[operation], NCHW, args, exact)
 
 
 def select_bias_kernel(layout_name: str) -> Callable[..., None]:

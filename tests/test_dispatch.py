@@ -6,7 +6,7 @@ import pytest
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import nchw, nhwc
+from convgrad.kernels import nchw, nchw_flat, nhwc
 
 
 def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, groups=1, **opts):
@@ -17,35 +17,90 @@ def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, gr
 
 
 @pytest.mark.parametrize("user_layout", [NCHW, NHWC])
-@pytest.mark.parametrize("operation", ["forward", "grad_input", "grad_weight"])
 @pytest.mark.parametrize(
-    "c_in, c_out, groups, size, family",
+    "c_in, c_out, groups, size, stride, family",
     [
-        (1, 6, 1, 28, nchw),  # the seed: 26-long rows beat 6 channels
-        (8, 8, 8, 56, nchw),  # depthwise: one output channel per group
-        (16, 16, 1, 64, nchw),  # big images, few channels: rows
-        (1, 32, 1, 28, nhwc),  # mnist-like: 32 channels beat 28-long rows
-        (64, 64, 1, 56, nhwc),  # dense
-        (8, 32, 2, 16, nhwc),  # grouped: 16 channels per group beat 16-long rows
+        (1, 6, 1, 28, 1, nchw),  # the seed: 26-long rows beat 6 channels
+        (8, 8, 8, 56, 1, nchw),  # depthwise: one output channel per group
+        (16, 16, 1, 64, 2, nchw),  # big images, few channels: rows
+        (1, 32, 1, 28, 2, nhwc),  # mnist-like: 32 channels beat 14-long rows
+        (64, 64, 1, 56, 2, nhwc),  # dense
+        (8, 32, 2, 16, 1, nhwc),  # grouped: 16 channels per group beat 16-long rows
     ],
 )
-def test_vector_length_picks_the_kernel_family(
-    user_layout, operation, c_in, c_out, groups, size, family
-):
-    p = problem(user_layout, c_in=c_in, c_out=c_out, groups=groups, size=size)
-    choice = _dispatch.select_kernel(operation, p)
+def test_rows_or_channels_by_vector_length(user_layout, c_in, c_out, groups, size, stride, family):
+    p = problem(user_layout, c_in=c_in, c_out=c_out, groups=groups, size=size, stride=stride)
     expected_layout = NHWC if family is nhwc else NCHW
-    assert choice.layout is expected_layout
-    assert _dispatch.kernel_layout(p) is expected_layout
-    assert choice.kernel is getattr(family, f"{operation}_{expected_layout.name.lower()}")
+    assert _dispatch.kernel_layout(p, "forward") is expected_layout
+    for operation in ("forward", "grad_input", "grad_weight"):
+        if operation != "forward" and _dispatch.flat_suits(p):
+            continue
+        choice = _dispatch.select_kernel(operation, p)
+        assert choice.layout is expected_layout
+        assert choice.kernel is getattr(family, f"{operation}_{expected_layout.name.lower()}")
+        assert choice.exact is None or choice.exact.kernel is choice.kernel
 
 
 def test_rows_win_up_to_the_row_preference():
     at = problem(c_in=1, c_out=8, size=16)  # OW = 16 = 2 * 8: rows
     above = problem(c_in=1, c_out=9, size=16)  # 18 > 16: channels
     assert at.out_w == _dispatch.ROW_PREFERENCE * 8
-    assert _dispatch.kernel_layout(at) is NCHW
-    assert _dispatch.kernel_layout(above) is NHWC
+    assert _dispatch.kernel_layout(at, "forward") is NCHW
+    assert _dispatch.kernel_layout(above, "forward") is NHWC
+
+
+@pytest.mark.parametrize("user_layout", [NCHW, NHWC])
+@pytest.mark.parametrize(
+    "c_in, c_out, groups, size, k, stride, flat",
+    [
+        (64, 64, 1, 56, 3, 1, True),  # resnet 3x3: 56 x 58 planes
+        (1, 32, 1, 28, 3, 1, True),  # mnist: 32 pairs, 28 x 30 planes
+        (16, 16, 1, 64, 7, 1, True),  # big kernel
+        (64, 64, 1, 56, 3, 2, False),  # stride 2: no flat planes
+        (8, 8, 8, 56, 3, 1, False),  # depthwise: one pair per group, padding does not pay
+        (1, 6, 1, 28, 3, 1, False),  # the seed: 6 pairs
+        (256, 256, 1, 14, 1, 1, False),  # pointwise: 196-long planes < 4 x 256 channels
+    ],
+)
+def test_flat_planes_for_stride_one_with_enough_reuse(
+    user_layout, c_in, c_out, groups, size, k, stride, flat
+):
+    p = problem(
+        user_layout,
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups,
+        size=size,
+        k=k,
+        stride=stride,
+        padding=k // 2,
+    )
+    assert _dispatch.flat_suits(p) is flat
+    for operation in ("grad_input", "grad_weight"):
+        choice = _dispatch.select_kernel(operation, p)
+        if flat:
+            assert choice.kernel is getattr(nchw_flat, f"{operation}_nchw_flat")
+            assert choice.layout is NCHW and _dispatch.kernel_layout(p) is NCHW
+            # the exact alternative for non-finite inputs: the rows kernel
+            assert choice.exact.kernel is getattr(nchw, f"{operation}_nchw")
+            assert choice.exact.args == p.kernel_args
+            top, bottom, left, right = p.geometry.padding
+            assert choice.args[:4] == (top, bottom, left, right)
+            assert choice.args[-1] == _dispatch.image_chunk(p)
+        else:
+            assert choice.kernel is not getattr(nchw_flat, f"{operation}_nchw_flat")
+    assert _dispatch.select_kernel("forward", p).exact is None
+
+
+def test_image_chunk_bounds_working_memory():
+    small = problem(n=8, c_in=64, c_out=64, size=56)
+    assert _dispatch.image_chunk(small) >= 1
+    big = problem(n=64, c_in=64, c_out=64, size=56)
+    chunk = _dispatch.image_chunk(big)
+    per_image = (64 * 59 + 64 * 56) * 58 * 4
+    images = (64 * 56 * 56 + 64 * 56 * 56) * 4 * 64
+    assert 1 <= chunk < 64
+    assert chunk * per_image <= max(_dispatch.WORKSPACE_MIN_BYTES, images // 4)
 
 
 def test_bias_kernel_per_layout():

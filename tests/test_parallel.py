@@ -34,12 +34,24 @@ def make(case, layout, dtype, seed=0):
     return problem, x, w, g, opts | {"layout": layout}
 
 
+FAMILIES = {  # which kernels each case runs on
+    "dense": "flat",
+    "dilated-grouped": "flat",
+    "strided-asym": "channels",
+    "few-channels": "rows",
+    "depthwise": "rows",
+}
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_cases_cover_both_kernel_families(name, layout):
+def test_cases_cover_every_kernel_family(name, layout):
     problem, *_ = make(CASES[name], layout, np.float64)
-    planar = name in ("few-channels", "depthwise")
-    assert _dispatch.kernel_layout(problem) is (NCHW if planar else NHWC)
+    choice = _dispatch.select_kernel("grad_weight", problem)
+    family = {"nchw_flat": "flat", "nchw": "rows", "nhwc": "channels"}[
+        choice.kernel.py_func.__module__.rsplit(".", 1)[1]
+    ]
+    assert family == FAMILIES[name]
     assert problem.n * problem.out_h >= 16  # enough tasks and weight chunks to split
 
 

@@ -1,0 +1,194 @@
+"""Stride-1 NCHW kernels on zero-padded, flattened image planes.
+
+With stride 1, output position (i, j) reads padded-input position
+(i + p*dh, j + q*dw). Give grad_output's rows the padded input's pitch Wp
+(zero columns past OW) and both planes flatten: with k = i*Wp + j,
+
+    grad_weight[co, ci2, p, q] += sum over k of xpad[n, ci].flat[k + p*dh*Wp + q*dw]
+                                                * gpad[n, co].flat[k]
+    gipad[n, ci].flat[k + p*dh*Wp + q*dw] += w[co, ci2, p, q] * gpad[n, co].flat[k]
+
+so each (p, q) is one long dot product or axpy of OH*Wp terms instead of OH
+short rows. The zero columns add x*0 or w*0 terms, which are exact for
+finite values; the caller checks the inputs with ``all_finite`` and uses the
+row kernels (``nchw.py``) otherwise, keeping NaN/Inf semantics exact.
+
+Images are padded ``n_chunk`` at a time, which bounds the working memory.
+The padded input has one spare zero row so every shifted window stays inside.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._flags import FASTMATH
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def all_finite(a):
+    """True when no element of the C-contiguous array ``a`` is NaN or +-Inf."""
+    flat = a.reshape(a.size)
+    block = 4096
+    n_blocks = (flat.size + block - 1) // block
+    bad = 0
+    for b in prange(n_blocks):
+        part = flat[b * block : min((b + 1) * block, flat.size)]
+        probe = part[0] * 0  # x*0 is 0 for finite x, NaN for NaN or Inf
+        for k in range(1, part.shape[0]):
+            probe += part[k] * 0
+        if probe != 0:
+            bad += 1
+    return bad == 0
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _pad_planes(src, top, left, rows, pitch):
+    """Copy of ``src`` (N, C, H, W) inside zeros of shape (N, C, rows, pitch) at (top, left)."""
+    n_batch, channels, height, width = src.shape
+    padded = np.zeros((n_batch, channels, rows, pitch), dtype=src.dtype)
+    for task in prange(n_batch * channels):
+        n = task // channels
+        c = task - n * channels
+        for r in range(height):
+            source = src[n, c, r]
+            target = padded[n, c, top + r, left : left + width]
+            for k in range(width):
+                target[k] = source[k]
+    return padded
+
+
+# Output channels are handled four at a time where a group has four left:
+# one pass over the input plane then feeds four dot products (grad_weight),
+# and one pass over the padded gi plane takes four axpys (grad_input).
+BLOCK = 4
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _dot(a, b):
+    """sum of a * b over two equally long contiguous vectors."""
+    acc = a.dtype.type(0)
+    for k in range(a.shape[0]):
+        acc += a[k] * b[k]
+    return acc
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _dot4(a, b0, b1, b2, b3):
+    """(sum a*b0, sum a*b1, sum a*b2, sum a*b3) in one pass over a."""
+    s0 = s1 = s2 = s3 = a.dtype.type(0)
+    for k in range(a.shape[0]):
+        v = a[k]
+        s0 += v * b0[k]
+        s1 += v * b1[k]
+        s2 += v * b2[k]
+        s3 += v * b3[k]
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _axpy(dest, scale, src):
+    """dest += scale * src over two equally long contiguous vectors."""
+    for k in range(src.shape[0]):
+        dest[k] += scale * src[k]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
+    """dest += w0*s0 + w1*s1 + w2*s2 + w3*s3 in one pass over dest."""
+    for k in range(dest.shape[0]):
+        dest[k] += w0 * s0[k] + w1 * s1[k] + w2 * s2[k] + w3 * s3[k]
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def grad_weight_nchw_flat(x, g, gw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
+    """gw += valid correlation of x with g (stride 1).
+
+    Parallel over (block of up to four output channels of one group, ci2);
+    each task owns those channels' kernel planes gw[co, ci2].
+    """
+    n_batch, _, height, width = x.shape
+    c_out, out_h = g.shape[1], g.shape[2]
+    cin_g, kh, kw = gw.shape[1], gw.shape[2], gw.shape[3]
+    cout_g = c_out // groups
+    blocks = (cout_g + BLOCK - 1) // BLOCK  # per group
+    rows, pitch = height + pt + pb + 1, width + pl + pr
+    length = out_h * pitch
+    for n0 in range(0, n_batch, n_chunk):
+        n1 = min(n0 + n_chunk, n_batch)
+        xpad = _pad_planes(x[n0:n1], pt, pl, rows, pitch)
+        gpad = _pad_planes(g[n0:n1], 0, 0, out_h, pitch)
+        for task in prange(groups * blocks * cin_g):
+            block = task // cin_g
+            ci2 = task - block * cin_g
+            group = block // blocks
+            co0 = group * cout_g + (block - group * blocks) * BLOCK
+            co1 = min(co0 + BLOCK, (group + 1) * cout_g)
+            ci = group * cin_g + ci2
+            for n in range(n1 - n0):
+                x_flat = xpad[n, ci].reshape(rows * pitch)
+                for p in range(kh):
+                    for q in range(kw):
+                        shift = p * dh * pitch + q * dw
+                        window = x_flat[shift : shift + length]
+                        if co1 - co0 == BLOCK:
+                            s0, s1, s2, s3 = _dot4(
+                                window,
+                                gpad[n, co0].reshape(length),
+                                gpad[n, co0 + 1].reshape(length),
+                                gpad[n, co0 + 2].reshape(length),
+                                gpad[n, co0 + 3].reshape(length),
+                            )
+                            gw[co0, ci2, p, q] += s0
+                            gw[co0 + 1, ci2, p, q] += s1
+                            gw[co0 + 2, ci2, p, q] += s2
+                            gw[co0 + 3, ci2, p, q] += s3
+                        else:
+                            for co in range(co0, co1):
+                                gw[co, ci2, p, q] += _dot(window, gpad[n, co].reshape(length))
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def grad_input_nchw_flat(g, w, gi, pt, pb, pl, pr, dh, dw, groups, n_chunk):
+    """gi += scatter-add of w * g (stride 1); parallel over (n, ci) input planes."""
+    n_batch, c_in, height, width = gi.shape
+    c_out, out_h = g.shape[1], g.shape[2]
+    kh, kw = w.shape[2], w.shape[3]
+    cin_g = c_in // groups
+    cout_g = c_out // groups
+    rows, pitch = height + pt + pb + 1, width + pl + pr
+    length = out_h * pitch
+    for n0 in range(0, n_batch, n_chunk):
+        n1 = min(n0 + n_chunk, n_batch)
+        gpad = _pad_planes(g[n0:n1], 0, 0, out_h, pitch)
+        for task in prange((n1 - n0) * c_in):
+            n = task // c_in
+            ci = task - n * c_in
+            group = ci // cin_g
+            ci2 = ci - group * cin_g
+            gi_flat = np.zeros(rows * pitch, dtype=gi.dtype)  # this task's padded gi plane
+            co = group * cout_g
+            end = co + cout_g
+            while co < end:
+                for p in range(kh):
+                    for q in range(kw):
+                        shift = p * dh * pitch + q * dw
+                        target = gi_flat[shift : shift + length]
+                        if end - co >= BLOCK:
+                            _axpy4(
+                                target,
+                                w[co, ci2, p, q],
+                                gpad[n, co].reshape(length),
+                                w[co + 1, ci2, p, q],
+                                gpad[n, co + 1].reshape(length),
+                                w[co + 2, ci2, p, q],
+                                gpad[n, co + 2].reshape(length),
+                                w[co + 3, ci2, p, q],
+                                gpad[n, co + 3].reshape(length),
+                            )
+                        else:
+                            _axpy(target, w[co, ci2, p, q], gpad[n, co].reshape(length))
+                co += BLOCK if end - co >= BLOCK else 1
+            for r in range(height):
+                target = gi[n0 + n, ci, r]
+                source = gi_flat[(r + pt) * pitch + pl : (r + pt) * pitch + pl + width]
+                for k in range(width):
+                    target[k] += source[k]

@@ -1,0 +1,102 @@
+"""The flat-plane kernels (stride 1) against the row kernels, over random geometry.
+
+The row kernels are checked against the naive reference elsewhere; here the flat
+kernels must agree with them for any padding, dilation, groups, channel count and
+image chunk, and the API must fall back to the exact kernels on NaN or Inf.
+"""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convgrad
+from convgrad import _dispatch
+from convgrad._layouts import NCHW
+from convgrad._problem import describe
+from convgrad.kernels import nchw, nchw_flat
+
+
+@st.composite
+def flat_problems(draw):
+    groups = draw(st.integers(1, 3))
+    cin_g, cout_g = draw(st.integers(1, 6)), draw(st.integers(1, 9))
+    n = draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    height = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[1]), 12))
+    width = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[2] - pads[3]), 12))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    chunk = draw(st.integers(1, n))
+    problem = describe(
+        NCHW,
+        np.dtype(dtype),
+        (n, groups * cin_g, height, width),
+        (groups * cout_g, cin_g, kh, kw),
+        stride=1,
+        padding=(pads[:2], pads[2:]),
+        dilation=(dh, dw),
+        groups=groups,
+    )
+    return problem, chunk, draw(st.integers(0, 2**32 - 1))
+
+
+def arrays(problem, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((problem.n, problem.c_in, problem.height, problem.width))
+    w = rng.standard_normal(problem.weight_shape)
+    g = rng.standard_normal((problem.n, problem.c_out, problem.out_h, problem.out_w))
+    return (a.astype(problem.dtype) for a in (x, w, g))
+
+
+def tolerance(problem):
+    return (1e-4, 1e-4) if problem.dtype == np.float32 else (1e-11, 1e-11)
+
+
+@settings(deadline=None, max_examples=150)
+@given(flat_problems())
+def test_flat_kernels_match_row_kernels(case):
+    problem, chunk, seed = case
+    x, w, g = arrays(problem, seed)
+    (dh, dw), groups = problem.geometry.dilation, problem.geometry.groups
+    flat_args = (*problem.geometry.padding, dh, dw, groups, chunk)
+    rtol, atol = tolerance(problem)
+
+    expected = np.zeros_like(w)
+    nchw.grad_weight_nchw(x, g, expected, *problem.kernel_args)
+    got = np.zeros_like(w)
+    nchw_flat.grad_weight_nchw_flat(x, g, got, *flat_args)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
+
+    expected = np.zeros_like(x)
+    nchw.grad_input_nchw(g, w, expected, *problem.kernel_args)
+    got = np.ones_like(x)  # the kernels add into what is there
+    nchw_flat.grad_input_nchw_flat(g, w, got, *flat_args)
+    np.testing.assert_allclose(got - 1, expected, rtol=rtol, atol=atol)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(0, 5000), st.sampled_from([np.nan, np.inf, -np.inf]))
+def test_all_finite_finds_any_bad_value(position, bad):
+    a = np.ones(5001)
+    assert nchw_flat.all_finite(a)
+    a[position] = bad
+    assert not nchw_flat.all_finite(a)
+
+
+def test_api_takes_the_exact_kernels_on_non_finite_input():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 10, 10))
+    w = rng.standard_normal((8, 4, 3, 3))
+    g = rng.standard_normal((2, 8, 10, 10))
+    problem = describe(NCHW, x.dtype, x.shape, w.shape, stride=1, padding=1, dilation=1, groups=1)
+    assert _dispatch.flat_suits(problem)
+    # Inf in the first column of a row: the flat kernels would multiply it by a
+    # zero pad column of grad_output and leave NaN in grad_weight; exact kernels don't.
+    x[0, 1, 4, 0] = np.inf
+    _, gw, _ = convgrad.conv2d_backward(g, np.abs(x), np.abs(w), padding=1)
+    _, exact, _ = convgrad.conv2d_backward(
+        g, np.abs(x), np.abs(w), padding=1, output_mask=(False, True, False)
+    )
+    assert not np.isnan(gw).any()
+    np.testing.assert_array_equal(gw, exact)
