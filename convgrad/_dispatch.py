@@ -1,11 +1,15 @@
 """Pick the kernel for a problem: a pure function of layout, dtype, shape and options.
 
-Three kernel families, by what their innermost loop runs along:
+Four kernel families, by what their innermost loop runs along:
 
 - "flat" (``kernels/nchw_flat.py``, NCHW, stride 1 only): whole zero-padded
   image planes, OH * (W + padding) long, four output channels at a time;
 - "rows" (``kernels/nchw.py``, NCHW): one output row, OW long;
-- "channels" (``kernels/nhwc.py``, NHWC): a group's output channels.
+- "channels" (``kernels/nhwc.py``, NHWC): a group's output channels;
+- "depthwise channels" (``kernels/nhwc_depthwise.py``, NHWC, groups == C_in
+  == C_out): all channels, elementwise. Depthwise problems stay in the
+  user's layout (rows for NCHW), as their little arithmetic per byte would
+  not pay for a relayout.
 
 The choice depends only on the problem, never on the data or thread count,
 so results are reproducible. The one data-dependent step is the flat
@@ -21,7 +25,7 @@ from typing import NamedTuple
 
 from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
-from .kernels import nchw, nchw_flat, nhwc
+from .kernels import nchw, nchw_flat, nhwc, nhwc_depthwise
 
 _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NCHW"): nchw.forward_nchw,
@@ -30,6 +34,11 @@ _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NHWC"): nhwc.forward_nhwc,
     ("grad_input", "NHWC"): nhwc.grad_input_nhwc,
     ("grad_weight", "NHWC"): nhwc.grad_weight_nhwc,
+}
+_DEPTHWISE_NHWC_KERNELS: dict[str, Callable[..., None]] = {
+    "forward": nhwc_depthwise.forward_nhwc_depthwise,
+    "grad_input": nhwc_depthwise.grad_input_nhwc_depthwise,
+    "grad_weight": nhwc_depthwise.grad_weight_nhwc_depthwise,
 }
 _FLAT_KERNELS: dict[str, Callable[..., None]] = {
     "grad_input": nchw_flat.grad_input_nchw_flat,
@@ -75,6 +84,12 @@ class KernelChoice(NamedTuple):
     exact: KernelChoice | None = None
 
 
+def is_depthwise(problem: Problem) -> bool:
+    """One input and one output channel per group (groups == C_in == C_out)."""
+    groups = problem.geometry.groups
+    return problem.c_in == groups and problem.c_out == groups
+
+
 def flat_suits(problem: Problem) -> bool:
     """Whether the flat-plane kernels suit ``problem``'s gradients."""
     if problem.geometry.stride != (1, 1):
@@ -92,6 +107,8 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
     Both gradients always share one layout. When it differs from the problem's
     layout, the caller converts the arrays (a parallel copy) and the results back.
     """
+    if is_depthwise(problem):
+        return problem.layout
     if operation != "forward" and flat_suits(problem):
         return NCHW
     cout_g = problem.c_out // problem.geometry.groups
@@ -131,6 +148,10 @@ def weight_chunks(problem: Problem) -> int:
 def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     """The kernel that computes ``operation`` ("forward", "grad_input" or "grad_weight")."""
     layout = kernel_layout(problem, operation)
+    if is_depthwise(problem) and layout is NHWC:
+        kernel = _DEPTHWISE_NHWC_KERNELS[operation]
+        chunks = (weight_chunks(problem),) if operation == "grad_weight" else ()
+        return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks))
     kernel = _KERNELS[operation, layout.name]
     if operation == "grad_weight" and layout is NHWC:
         return KernelChoice(kernel, layout, (*problem.kernel_args, weight_chunks(problem)))

@@ -6,7 +6,7 @@ import pytest
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import nchw, nchw_flat, nhwc
+from convgrad.kernels import nchw, nchw_flat, nhwc, nhwc_depthwise
 
 
 def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, groups=1, **opts):
@@ -21,7 +21,6 @@ def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, gr
     "c_in, c_out, groups, size, stride, family",
     [
         (1, 6, 1, 28, 1, nchw),  # the seed: 26-long rows beat 6 channels
-        (8, 8, 8, 56, 1, nchw),  # depthwise: one output channel per group
         (16, 16, 1, 64, 2, nchw),  # big images, few channels: rows
         (1, 32, 1, 28, 2, nhwc),  # mnist-like: 32 channels beat 14-long rows
         (64, 64, 1, 56, 2, nhwc),  # dense
@@ -39,6 +38,25 @@ def test_rows_or_channels_by_vector_length(user_layout, c_in, c_out, groups, siz
         assert choice.layout is expected_layout
         assert choice.kernel is getattr(family, f"{operation}_{expected_layout.name.lower()}")
         assert choice.exact is None or choice.exact.kernel is choice.kernel
+
+
+@pytest.mark.parametrize("multiplier, stride", [(1, 1), (1, 2), (2, 1)])
+def test_depthwise_stays_in_the_users_layout(multiplier, stride):
+    for user_layout in (NCHW, NHWC):
+        p = problem(user_layout, c_in=8, c_out=8 * multiplier, groups=8, size=56, stride=stride)
+        assert _dispatch.is_depthwise(p) is (multiplier == 1)
+        for operation in ("forward", "grad_input", "grad_weight"):
+            choice = _dispatch.select_kernel(operation, p)
+            if multiplier == 1:
+                assert choice.layout is user_layout
+                module = nchw if user_layout is NCHW else nhwc_depthwise
+                suffix = "nchw" if user_layout is NCHW else "nhwc_depthwise"
+                assert choice.kernel is getattr(module, f"{operation}_{suffix}")
+            else:  # a channel multiplier: one channel pair per group, 56-long rows
+                assert choice.layout is NCHW
+                assert choice.kernel is getattr(nchw, f"{operation}_nchw")
+    p = problem(NHWC, c_in=8, c_out=8, groups=8, size=56, n=16)
+    assert _dispatch.select_kernel("grad_weight", p).args[-1] == _dispatch.weight_chunks(p)
 
 
 def test_rows_win_up_to_the_row_preference():

@@ -18,6 +18,7 @@ CASES = {
     "dilated-grouped": (3, 16, 32, 18, (3, 2), 1, 2, (2, 1), 2),
     "few-channels": (16, 1, 8, 32, 5, 1, 2, 1, 1),  # NCHW kernels
     "depthwise": (4, 32, 64, 24, 3, (1, 2), 1, 1, 32),  # NCHW kernels, channel multiplier 2
+    "depthwise-pure": (4, 48, 48, 22, (3, 2), 1, ((0, 2), (1, 1)), 2, 48),
 }
 
 
@@ -34,12 +35,13 @@ def make(case, layout, dtype, seed=0):
     return problem, x, w, g, opts | {"layout": layout}
 
 
-FAMILIES = {  # which kernels each case runs on
-    "dense": "flat",
-    "dilated-grouped": "flat",
-    "strided-asym": "channels",
-    "few-channels": "rows",
-    "depthwise": "rows",
+FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
+    "dense": ("flat", "flat"),
+    "dilated-grouped": ("flat", "flat"),
+    "strided-asym": ("channels", "channels"),
+    "few-channels": ("rows", "rows"),
+    "depthwise": ("rows", "rows"),
+    "depthwise-pure": ("rows", "depthwise"),
 }
 
 
@@ -48,10 +50,13 @@ FAMILIES = {  # which kernels each case runs on
 def test_cases_cover_every_kernel_family(name, layout):
     problem, *_ = make(CASES[name], layout, np.float64)
     choice = _dispatch.select_kernel("grad_weight", problem)
-    family = {"nchw_flat": "flat", "nchw": "rows", "nhwc": "channels"}[
-        choice.kernel.py_func.__module__.rsplit(".", 1)[1]
-    ]
-    assert family == FAMILIES[name]
+    family = {
+        "nchw_flat": "flat",
+        "nchw": "rows",
+        "nhwc": "channels",
+        "nhwc_depthwise": "depthwise",
+    }[choice.kernel.py_func.__module__.rsplit(".", 1)[1]]
+    assert family == FAMILIES[name][layout == "NHWC"]
     assert problem.n * problem.out_h >= 16  # enough tasks and weight chunks to split
 
 

@@ -1,0 +1,98 @@
+"""Depthwise kernels for the NHWC layout: groups == C_in == C_out, weights (KH, KW, 1, C).
+
+Each channel is its own one-channel convolution,
+
+    y[n, i, j, c] = sum over p, q of x[n, i*sh + p*dh - pt, j*sw + q*dw - pl, c] * w[p, q, 0, c]
+
+so the innermost loop runs elementwise along the contiguous channel axis, C long,
+instead of over a group's single channel pair as in ``nhwc.py``.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._flags import FASTMATH
+
+
+@njit(cache=True, inline="always")
+def _valid_range(out_len, in_len, offset, stride):
+    """Half-open range of output positions k with 0 <= k*stride + offset < in_len."""
+    lo = max(0, -(offset // stride))
+    hi = min(out_len, (in_len - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _multiply_add(dest, a, b):
+    """dest += a * b, elementwise over equally long contiguous vectors."""
+    for k in range(dest.shape[0]):
+        dest[k] += a[k] * b[k]
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
+    """y += depthwise conv2d(x, w); parallel over (n, i) output rows."""
+    height, width = x.shape[1], x.shape[2]
+    out_h, out_w = y.shape[1], y.shape[2]
+    kh, kw = w.shape[0], w.shape[1]
+    for task in prange(y.shape[0] * out_h):
+        n = task // out_h
+        i = task - n * out_h
+        for p in range(kh):
+            r = i * sh + p * dh - pt
+            if r < 0 or r >= height:
+                continue
+            for q in range(kw):
+                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                for j in range(j_lo, j_hi):
+                    _multiply_add(y[n, i, j], w[p, q, 0], x[n, r, j * sw + q * dw - pl])
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
+    """gi += scatter-add of w * g; parallel over (n, r) input rows, each gathering its sources."""
+    height, width = gi.shape[1], gi.shape[2]
+    out_h, out_w = g.shape[1], g.shape[2]
+    kh, kw = w.shape[0], w.shape[1]
+    for task in prange(gi.shape[0] * height):
+        n = task // height
+        r = task - n * height
+        for p in range(kh):
+            shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
+            if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
+                continue
+            i = shifted // sh
+            for q in range(kw):
+                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                for j in range(j_lo, j_hi):
+                    _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
+    """gw += per-channel valid correlation of x with g.
+
+    Output rows are split into ``n_chunks`` fixed chunks summed in parallel into
+    their own partial gradients, then added in chunk order: deterministic for
+    any thread count.
+    """
+    height, width = x.shape[1], x.shape[2]
+    out_h, out_w, channels = g.shape[1], g.shape[2], g.shape[3]
+    kh, kw = gw.shape[0], gw.shape[1]
+    n_rows = g.shape[0] * out_h
+    partial = np.zeros((n_chunks, kh, kw, 1, channels), dtype=gw.dtype)
+    for chunk in prange(n_chunks):
+        for row in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
+            n = row // out_h
+            i = row - n * out_h
+            for p in range(kh):
+                r = i * sh + p * dh - pt
+                if r < 0 or r >= height:
+                    continue
+                for q in range(kw):
+                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                    acc = partial[chunk, p, q, 0]
+                    for j in range(j_lo, j_hi):
+                        _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
+    for chunk in range(n_chunks):
+        gw += partial[chunk]
