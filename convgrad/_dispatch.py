@@ -1,6 +1,9 @@
 """Pick the kernel for a problem: a pure function of layout, dtype, shape and options.
 
-Four kernel families, by what their innermost loop runs along:
+Five kernel families, by what their innermost loop runs along:
+
+- "gemm" (``kernels/gemm.py``, both layouts): 1x1 kernels with stride 1 and
+  no padding are plain matrix products, run through NumPy's BLAS;
 
 - "flat" (``kernels/nchw_flat.py``, NCHW, stride 1 only): whole zero-padded
   image planes, OH * (W + padding) long, four output channels at a time;
@@ -25,7 +28,7 @@ from typing import NamedTuple
 
 from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
-from .kernels import nchw, nchw_flat, nhwc, nhwc_depthwise
+from .kernels import gemm, nchw, nchw_flat, nhwc, nhwc_depthwise
 
 _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NCHW"): nchw.forward_nchw,
@@ -34,6 +37,12 @@ _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NHWC"): nhwc.forward_nhwc,
     ("grad_input", "NHWC"): nhwc.grad_input_nhwc,
     ("grad_weight", "NHWC"): nhwc.grad_weight_nhwc,
+}
+_GEMM_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
+    ("grad_input", "NCHW"): gemm.grad_input_gemm_nchw,
+    ("grad_weight", "NCHW"): gemm.grad_weight_gemm_nchw,
+    ("grad_input", "NHWC"): gemm.grad_input_gemm_nhwc,
+    ("grad_weight", "NHWC"): gemm.grad_weight_gemm_nhwc,
 }
 _DEPTHWISE_NHWC_KERNELS: dict[str, Callable[..., None]] = {
     "forward": nhwc_depthwise.forward_nhwc_depthwise,
@@ -58,6 +67,10 @@ ROW_PREFERENCE = 2
 # is at least FLAT_MIN_LENGTH_PER_CHANNEL times longer than the channel vector.
 FLAT_MIN_PAIRS = 16
 FLAT_MIN_LENGTH_PER_CHANNEL = 4
+
+# BLAS products pay off from the same channel-pair count as flat planes; their
+# temporaries are formed a tile of rows at a time, at most GEMM_TILE_BYTES each.
+GEMM_TILE_BYTES = 4 * 2**20
 
 # Working memory: padded images are made a chunk at a time, within the larger
 # of this and a quarter of the input and grad_output bytes (at least one image).
@@ -90,6 +103,25 @@ def is_depthwise(problem: Problem) -> bool:
     return problem.c_in == groups and problem.c_out == groups
 
 
+def gemm_suits(problem: Problem) -> bool:
+    """Whether the gradients are plain matrix products (1x1 kernel, stride 1, no padding)."""
+    groups = problem.geometry.groups
+    pairs = (problem.c_in // groups) * (problem.c_out // groups)
+    return (
+        (problem.kh, problem.kw) == (1, 1)
+        and problem.geometry.stride == (1, 1)
+        and problem.geometry.padding == (0, 0, 0, 0)
+        and pairs >= FLAT_MIN_PAIRS
+    )
+
+
+def gemm_rows_per_tile(problem: Problem) -> int:
+    """Rows (pixels) of the matrix products formed at a time."""
+    groups = problem.geometry.groups
+    widest = max(problem.c_in // groups, problem.c_out // groups, 1)
+    return max(1, GEMM_TILE_BYTES // (widest * problem.dtype.itemsize))
+
+
 def flat_suits(problem: Problem) -> bool:
     """Whether the flat-plane kernels suit ``problem``'s gradients."""
     if problem.geometry.stride != (1, 1):
@@ -107,7 +139,7 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
     Both gradients always share one layout. When it differs from the problem's
     layout, the caller converts the arrays (a parallel copy) and the results back.
     """
-    if is_depthwise(problem):
+    if is_depthwise(problem) or (operation != "forward" and gemm_suits(problem)):
         return problem.layout
     if operation != "forward" and flat_suits(problem):
         return NCHW
@@ -148,6 +180,9 @@ def weight_chunks(problem: Problem) -> int:
 def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     """The kernel that computes ``operation`` ("forward", "grad_input" or "grad_weight")."""
     layout = kernel_layout(problem, operation)
+    if operation != "forward" and gemm_suits(problem):
+        args = (problem.geometry.groups, gemm_rows_per_tile(problem))
+        return KernelChoice(_GEMM_KERNELS[operation, layout.name], layout, args)
     if is_depthwise(problem) and layout is NHWC:
         kernel = _DEPTHWISE_NHWC_KERNELS[operation]
         chunks = (weight_chunks(problem),) if operation == "grad_weight" else ()

@@ -19,6 +19,7 @@ CASES = {
     "few-channels": (16, 1, 8, 32, 5, 1, 2, 1, 1),  # NCHW kernels
     "depthwise": (4, 32, 64, 24, 3, (1, 2), 1, 1, 32),  # NCHW kernels, channel multiplier 2
     "depthwise-pure": (4, 48, 48, 22, (3, 2), 1, ((0, 2), (1, 1)), 2, 48),
+    "pointwise-grouped": (4, 32, 48, 12, 1, 1, 0, 1, 2),  # BLAS matrix products
 }
 
 
@@ -42,6 +43,7 @@ FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
     "few-channels": ("rows", "rows"),
     "depthwise": ("rows", "rows"),
     "depthwise-pure": ("rows", "depthwise"),
+    "pointwise-grouped": ("gemm", "gemm"),
 }
 
 
@@ -55,7 +57,8 @@ def test_cases_cover_every_kernel_family(name, layout):
         "nchw": "rows",
         "nhwc": "channels",
         "nhwc_depthwise": "depthwise",
-    }[choice.kernel.py_func.__module__.rsplit(".", 1)[1]]
+        "gemm": "gemm",
+    }[getattr(choice.kernel, "py_func", choice.kernel).__module__.rsplit(".", 1)[1]]
     assert family == FAMILIES[name][layout == "NHWC"]
     assert problem.n * problem.out_h >= 16  # enough tasks and weight chunks to split
 
