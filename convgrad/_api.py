@@ -1,6 +1,6 @@
 """The public functions: validate and normalise, pick a kernel, run it."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -14,7 +14,13 @@ from ._arrays import (
     destination,
     kernel_ready,
 )
-from ._dispatch import KernelChoice, kernel_layout, select_bias_kernel, select_kernel
+from ._dispatch import (
+    KernelChoice,
+    gemm_suits,
+    kernel_layout,
+    select_bias_kernel,
+    select_kernel,
+)
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
 from ._problem import Problem, describe
 from .kernels.nchw_flat import all_finite
@@ -177,15 +183,20 @@ def conv2d_backward(
     originals = (grad_output, input, weight)
     # Every kernel runs before any result is copied into ``out``: an ``out``
     # array may alias input or grad_output, which later kernels still read.
+    # grad_bias goes first: after a BLAS product OpenBLAS's threads spin for a
+    # while, and a numba kernel started then competes with them for the cores.
     results: list[np.ndarray | None] = [None, None, None]
+    if mask[2]:
+        bias_kernel = select_bias_kernel(family, gemm_suits(problem) and (mask[0] or mask[1]))
+        results[2] = _grad_bias(
+            bias_kernel, g, problem.c_out, dtype, outs[2], accumulate, originals
+        )
     if mask[0]:
         w = _weight_for(weight, problem, family)
         results[0] = _grad_input(problem, g, w, outs[0], accumulate, originals)
     if mask[1]:
         x = _image_for(input, problem, family)
         results[1] = _grad_weight(problem, x, g, outs[1], accumulate, originals)
-    if mask[2]:
-        results[2] = _grad_bias(family, g, problem.c_out, dtype, outs[2], accumulate, originals)
     grad_input, grad_weight, grad_bias = (
         None if result is None else deliver(result, entry, accumulate)
         for result, entry in zip(results, outs, strict=True)
@@ -368,7 +379,7 @@ def conv2d_grad_bias(
     g = kernel_ready(as_batched(grad_output, batched), dtype)
     c_out = spec.image_dims(g.shape)[1]
     _check_single_out(out, accumulate, (c_out,), dtype)
-    result = _grad_bias(spec, g, c_out, dtype, out, accumulate, (grad_output,))
+    result = _grad_bias(select_bias_kernel(spec), g, c_out, dtype, out, accumulate, (grad_output,))
     return deliver(result, out, accumulate)
 
 
@@ -449,7 +460,7 @@ def _grad_weight(
 
 
 def _grad_bias(
-    layout: Layout,
+    kernel: Callable[..., None],
     g: np.ndarray,
     c_out: int,
     dtype: np.dtype,
@@ -457,10 +468,10 @@ def _grad_bias(
     accumulate: bool,
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
-    """grad_bias from ``g``, a batched kernel-ready grad_output in ``layout``."""
+    """grad_bias from ``g``, a batched kernel-ready grad_output, by ``kernel``."""
     result = destination(out, (c_out,), dtype, accumulate, originals)
     if g.size:
-        select_bias_kernel(layout.name)(g, result)
+        kernel(g, result)
     return result
 
 

@@ -24,6 +24,7 @@ caller runs instead when an input holds NaN or Inf.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 from ._layouts import NCHW, NHWC, Layout
@@ -198,6 +199,13 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     return KernelChoice(_FLAT_KERNELS[operation], NCHW, args, exact)
 
 
-def select_bias_kernel(layout_name: str) -> Callable[..., None]:
-    """The kernel that sums grad_output into grad_bias for ``layout_name``."""
-    return _BIAS_KERNELS[layout_name]
+def select_bias_kernel(layout: Layout, beside_blas: bool = False) -> Callable[..., None]:
+    """The kernel ``(g, gb)`` that sums grad_output into grad_bias for ``layout``.
+
+    ``beside_blas``: the call's other gradients run through BLAS (see
+    ``gemm_suits``); then grad_bias is a NumPy sum too, so that numba's and
+    OpenBLAS's thread pools never spin against each other.
+    """
+    if beside_blas:
+        return partial(gemm.grad_bias_numpy, channel_axis=layout.image_axes[1])
+    return _BIAS_KERNELS[layout.name]

@@ -122,8 +122,18 @@ def test_image_chunk_bounds_working_memory():
 
 
 def test_bias_kernel_per_layout():
-    assert _dispatch.select_bias_kernel("NCHW") is nchw.grad_bias_nchw
-    assert _dispatch.select_bias_kernel("NHWC") is nhwc.grad_bias_nhwc
+    assert _dispatch.select_bias_kernel(NCHW) is nchw.grad_bias_nchw
+    assert _dispatch.select_bias_kernel(NHWC) is nhwc.grad_bias_nhwc
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_bias_beside_blas_is_a_numpy_sum_over_the_other_axes(layout):
+    kernel = _dispatch.select_bias_kernel(layout, beside_blas=True)
+    g = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(layout.image_shape(2, 3, 4, 5))
+    gb = np.ones(3, np.float32)
+    kernel(g, gb)
+    channel_sums = g.transpose(layout.image_axes).sum(axis=(0, 2, 3))
+    np.testing.assert_array_equal(gb, 1 + channel_sums)
 
 
 def test_geometry_arguments_follow_the_options():

@@ -11,6 +11,19 @@ time (``rows_per_tile``), which bounds the temporary memory; tiles are added in
 a fixed order. BLAS runs on its own thread pool (OpenBLAS's thread count).
 """
 
+import numpy as np
+
+
+def grad_bias_numpy(g, gb, channel_axis):
+    """gb += g summed over every axis but ``channel_axis``, in float64.
+
+    The companion of the BLAS kernels: it keeps numba's thread pool idle in a
+    call whose other work runs on OpenBLAS's threads, so the two pools never
+    spin against each other on the same cores.
+    """
+    axes = tuple(axis for axis in range(g.ndim) if axis != channel_axis)
+    gb += g.sum(axis=axes, dtype=np.float64).astype(gb.dtype)
+
 
 def grad_input_gemm_nhwc(g, w, gi, groups, rows_per_tile):
     """gi += g @ w.T per group; g (N, H, W, C_out), w (1, 1, C_in/g, C_out), gi (N, H, W, C_in)."""
