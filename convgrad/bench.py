@@ -22,7 +22,7 @@ from . import __version__, conv2d_backward
 from .reference import conv2d_backward_reference
 from .suite import SUITE, Shape
 
-PAUSE_BETWEEN_LIBRARIES_S = 0.002  # let another library's spinning threads go idle
+PAUSE_BETWEEN_LIBRARIES_S = 0.002  # let the last library's spinning threads settle
 
 
 def make_arrays(shape: Shape, layout: str, seed: int = 0) -> tuple[np.ndarray, ...]:
