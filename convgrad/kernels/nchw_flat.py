@@ -22,6 +22,10 @@ from numba import njit, prange
 
 from ._flags import FASTMATH
 
+# Small helpers are repeated in each kernel module on purpose: numba's on-disk
+# cache keys a kernel on its own module's source, so an edited helper imported
+# from elsewhere would leave stale compiled kernels behind.
+
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def all_finite(a):

@@ -14,6 +14,10 @@ from numba import njit, prange
 
 from ._flags import FASTMATH
 
+# Small helpers are repeated in each kernel module on purpose: numba's on-disk
+# cache keys a kernel on its own module's source, so an edited helper imported
+# from elsewhere would leave stale compiled kernels behind.
+
 
 @njit(cache=True, inline="always")
 def _valid_range(out_len, in_len, offset, stride):
