@@ -5,8 +5,9 @@ Five kernel families, by what their innermost loop runs along:
 - "gemm" (``kernels/gemm.py``, both layouts): 1x1 kernels with stride 1 and
   no padding are plain matrix products, run through NumPy's BLAS;
 
-- "flat" (``kernels/nchw_flat.py``, NCHW, stride 1 only): whole zero-padded
-  image planes, OH * (W + padding) long, four output channels at a time;
+- "flat" (``kernels/nchw_flat.py``, NCHW): whole zero-padded image planes
+  (split into stride phases), OH * (W + padding) / stride long, four output
+  channels at a time;
 - "rows" (``kernels/nchw.py``, NCHW): one output row, OW long;
 - "channels" (``kernels/nhwc.py``, NHWC): a group's output channels;
 - "depthwise channels" (``kernels/nhwc_depthwise.py``, NHWC, groups == C_in
@@ -123,14 +124,18 @@ def gemm_rows_per_tile(problem: Problem) -> int:
     return max(1, GEMM_TILE_BYTES // (widest * problem.dtype.itemsize))
 
 
+def _flat_pitch(problem: Problem) -> int:
+    """Row pitch of the flat kernels' planes: the padded width over the column stride."""
+    _, _, left, right = problem.geometry.padding
+    stride_w = problem.geometry.stride[1]
+    return (problem.width + left + right + stride_w - 1) // stride_w
+
+
 def flat_suits(problem: Problem) -> bool:
     """Whether the flat-plane kernels suit ``problem``'s gradients."""
-    if problem.geometry.stride != (1, 1):
-        return False
     groups = problem.geometry.groups
     cin_g, cout_g = problem.c_in // groups, problem.c_out // groups
-    _, _, left, right = problem.geometry.padding
-    plane = problem.out_h * (problem.width + left + right)
+    plane = problem.out_h * _flat_pitch(problem)
     return cin_g * cout_g >= FLAT_MIN_PAIRS and plane >= FLAT_MIN_LENGTH_PER_CHANNEL * cout_g
 
 
@@ -149,10 +154,12 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
 
 
 def image_chunk(problem: Problem) -> int:
-    """How many images the flat kernels pad at a time."""
-    top, bottom, left, right = problem.geometry.padding
-    pitch = problem.width + left + right
-    per_image = problem.c_in * (problem.height + top + bottom + 1) + problem.c_out * problem.out_h
+    """How many images the flat kernels pad (and split into phases) at a time."""
+    top, bottom, _, _ = problem.geometry.padding
+    stride_h, stride_w = problem.geometry.stride
+    pitch = _flat_pitch(problem)
+    phase_rows = (problem.height + top + bottom + stride_h - 1) // stride_h + 1
+    per_image = problem.c_in * stride_h * stride_w * phase_rows + problem.c_out * problem.out_h
     per_image *= pitch * problem.dtype.itemsize
     images = (
         problem.c_in * problem.height * problem.width
@@ -194,8 +201,8 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     exact = KernelChoice(kernel, layout, problem.kernel_args)
     if operation == "forward" or not flat_suits(problem):
         return exact
-    _, _, (dh, dw), groups = problem.geometry
-    args = (*problem.geometry.padding, dh, dw, groups, image_chunk(problem))
+    (sh, sw), padding, (dh, dw), groups = problem.geometry
+    args = (sh, sw, *padding, dh, dw, groups, image_chunk(problem))
     return KernelChoice(_FLAT_KERNELS[operation], NCHW, args, exact)
 
 

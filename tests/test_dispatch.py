@@ -74,13 +74,15 @@ def test_rows_win_up_to_the_row_preference():
         (64, 64, 1, 56, 3, 1, True),  # resnet 3x3: 56 x 58 planes
         (1, 32, 1, 28, 3, 1, True),  # mnist: 32 pairs, 28 x 30 planes
         (16, 16, 1, 64, 7, 1, True),  # big kernel
-        (64, 64, 1, 56, 3, 2, False),  # stride 2: no flat planes
+        (64, 64, 1, 56, 3, 2, True),  # stride 2: 28 x 29 planes >= 4 x 64 channels
+        (128, 128, 1, 28, 3, 2, False),  # stride 2: 14 x 15 planes < 4 x 128 channels
+        (3, 64, 1, 112, 7, 2, True),  # a stem: stride 2 but 56 x 59 planes
         (8, 8, 8, 56, 3, 1, False),  # depthwise: one pair per group, padding does not pay
         (1, 6, 1, 28, 3, 1, False),  # the seed: 6 pairs
         (256, 256, 1, 14, 1, 1, False),  # pointwise: 196-long planes < 4 x 256 channels
     ],
 )
-def test_flat_planes_for_stride_one_with_enough_reuse(
+def test_flat_planes_for_long_planes_and_enough_reuse(
     user_layout, c_in, c_out, groups, size, k, stride, flat
 ):
     p = problem(
@@ -102,8 +104,7 @@ def test_flat_planes_for_stride_one_with_enough_reuse(
             # the exact alternative for non-finite inputs: the rows kernel
             assert choice.exact.kernel is getattr(nchw, f"{operation}_nchw")
             assert choice.exact.args == p.kernel_args
-            top, bottom, left, right = p.geometry.padding
-            assert choice.args[:4] == (top, bottom, left, right)
+            assert choice.args[:6] == (stride, stride, *p.geometry.padding)
             assert choice.args[-1] == _dispatch.image_chunk(p)
         else:
             assert choice.kernel is not getattr(nchw_flat, f"{operation}_nchw_flat")
@@ -115,7 +116,7 @@ def test_image_chunk_bounds_working_memory():
     assert _dispatch.image_chunk(small) >= 1
     big = problem(n=64, c_in=64, c_out=64, size=56)
     chunk = _dispatch.image_chunk(big)
-    per_image = (64 * 59 + 64 * 56) * 58 * 4
+    per_image = (64 * 59 + 64 * 56) * 58 * 4  # stride 1: one phase of 59 rows, pitch 58
     images = (64 * 56 * 56 + 64 * 56 * 56) * 4 * 64
     assert 1 <= chunk < 64
     assert chunk * per_image <= max(_dispatch.WORKSPACE_MIN_BYTES, images // 4)
@@ -141,7 +142,7 @@ def test_geometry_arguments_follow_the_options():
     planar = problem(c_in=4, c_out=6, size=32, **opts)  # 3 channels per group, OW 12: NCHW
     assert _dispatch.select_kernel("grad_input", planar).args == (2, 3, 1, 3, 2, 1, 2)
     assert _dispatch.select_kernel("grad_weight", planar).args == (2, 3, 1, 3, 2, 1, 2)
-    channels_last = problem(c_in=8, c_out=32, n=16, size=64, **opts)  # 16 channels, OW 22
+    channels_last = problem(c_in=8, c_out=32, n=16, size=16, **opts)  # 9 x 7 planes < 4 x 16
     chunks = _dispatch.weight_chunks(channels_last)
     assert chunks > 1
     expected = (2, 3, 1, 3, 2, 1, 2, chunks)

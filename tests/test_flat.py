@@ -1,4 +1,4 @@
-"""The flat-plane kernels (stride 1) against the row kernels, over random geometry.
+"""The flat-plane kernels against the row kernels, over random geometry and strides.
 
 The row kernels are checked against the naive reference elsewhere; here the flat
 kernels must agree with them for any padding, dilation, groups, channel count and
@@ -23,6 +23,7 @@ def flat_problems(draw):
     n = draw(st.integers(1, 4))
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
     height = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[1]), 12))
     width = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[2] - pads[3]), 12))
@@ -33,7 +34,7 @@ def flat_problems(draw):
         np.dtype(dtype),
         (n, groups * cin_g, height, width),
         (groups * cout_g, cin_g, kh, kw),
-        stride=1,
+        stride=(sh, sw),
         padding=(pads[:2], pads[2:]),
         dilation=(dh, dw),
         groups=groups,
@@ -58,8 +59,8 @@ def tolerance(problem):
 def test_flat_kernels_match_row_kernels(case):
     problem, chunk, seed = case
     x, w, g = arrays(problem, seed)
-    (dh, dw), groups = problem.geometry.dilation, problem.geometry.groups
-    flat_args = (*problem.geometry.padding, dh, dw, groups, chunk)
+    (sh, sw), padding, (dh, dw), groups = problem.geometry
+    flat_args = (sh, sw, *padding, dh, dw, groups, chunk)
     rtol, atol = tolerance(problem)
 
     expected = np.zeros_like(w)

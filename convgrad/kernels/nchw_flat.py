@@ -1,20 +1,28 @@
-"""Stride-1 NCHW kernels on zero-padded, flattened image planes.
+"""NCHW gradient kernels on zero-padded, flattened image planes (any stride).
 
-With stride 1, output position (i, j) reads padded-input position
-(i + p*dh, j + q*dw). Give grad_output's rows the padded input's pitch Wp
-(zero columns past OW) and both planes flatten: with k = i*Wp + j,
+Split the zero-padded input into its stride phases,
 
-    grad_weight[co, ci2, p, q] += sum over k of xpad[n, ci].flat[k + p*dh*Wp + q*dw]
+    phase[a*sw + b][u, v] = xpad[u*sh + a, v*sw + b]    (0 <= a < sh, 0 <= b < sw),
+
+all with one pitch Wq = ceil(Wp / sw). Output position (i, j) of kernel tap
+(p, q) reads xpad[i*sh + p*dh, j*sw + q*dw] = phase[a*sw + b][i + ru, j + cv]
+with p*dh = ru*sh + a and q*dw = cv*sw + b: a stride-1 access into one phase.
+Give grad_output's rows the same pitch (zero columns past OW) and both planes
+flatten: with k = i*Wq + j and shift = ru*Wq + cv,
+
+    grad_weight[co, ci2, p, q] += sum over k of phase[n, ci, a*sw + b].flat[k + shift]
                                                 * gpad[n, co].flat[k]
-    gipad[n, ci].flat[k + p*dh*Wp + q*dw] += w[co, ci2, p, q] * gpad[n, co].flat[k]
+    giphase[n, ci, a*sw + b].flat[k + shift] += w[co, ci2, p, q] * gpad[n, co].flat[k]
 
-so each (p, q) is one long dot product or axpy of OH*Wp terms instead of OH
-short rows. The zero columns add x*0 or w*0 terms, which are exact for
-finite values; the caller checks the inputs with ``all_finite`` and uses the
-row kernels (``nchw.py``) otherwise, keeping NaN/Inf semantics exact.
+so each (p, q) is one long dot product or axpy of OH*Wq terms instead of OH
+short rows. (With stride 1 there is one phase: the padded image itself.) The
+zero columns add x*0 or w*0 terms, which are exact for finite values; the
+caller checks the inputs with ``all_finite`` and uses the row kernels
+(``nchw.py``) otherwise, keeping NaN/Inf semantics exact.
 
-Images are padded ``n_chunk`` at a time, which bounds the working memory.
-The padded input has one spare zero row so every shifted window stays inside.
+Images are split ``n_chunk`` at a time, which bounds the working memory. Each
+phase has one spare zero row so every shifted window stays inside, and valid
+columns never wrap: (OW - 1) + cv <= (Wp - 1) // sw < Wq.
 """
 
 import numpy as np
@@ -45,19 +53,29 @@ def all_finite(a):
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _pad_planes(src, top, left, rows, pitch):
-    """Copy of ``src`` (N, C, H, W) inside zeros of shape (N, C, rows, pitch) at (top, left)."""
+def _phase_planes(src, top, left, sh, sw, rows, pitch):
+    """``src`` (N, C, H, W) zero-padded at (top, left), split into stride phases.
+
+    Returns (N, C, sh*sw, rows, pitch) with out[n, c, a*sw + b, u, v] =
+    padded[n, c, u*sh + a, v*sw + b], zeros elsewhere.
+    """
     n_batch, channels, height, width = src.shape
-    padded = np.zeros((n_batch, channels, rows, pitch), dtype=src.dtype)
+    planes = np.zeros((n_batch, channels, sh * sw, rows, pitch), dtype=src.dtype)
     for task in prange(n_batch * channels):
         n = task // channels
         c = task - n * channels
         for r in range(height):
+            a, u = (top + r) % sh, (top + r) // sh
             source = src[n, c, r]
-            target = padded[n, c, top + r, left : left + width]
-            for k in range(width):
-                target[k] = source[k]
-    return padded
+            if sw == 1:
+                target = planes[n, c, a, u, left : left + width]
+                for k in range(width):
+                    target[k] = source[k]
+            else:
+                for k in range(width):
+                    column = left + k
+                    planes[n, c, a * sw + column % sw, u, column // sw] = source[k]
+    return planes
 
 
 # Output channels are handled four at a time where a group has four left:
@@ -103,8 +121,8 @@ def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def grad_weight_nchw_flat(x, g, gw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
-    """gw += valid correlation of x with g (stride 1).
+def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
+    """gw += valid correlation of x with g.
 
     Parallel over (block of up to four output channels of one group, ci2);
     each task owns those channels' kernel planes gw[co, ci2].
@@ -114,12 +132,13 @@ def grad_weight_nchw_flat(x, g, gw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
     cin_g, kh, kw = gw.shape[1], gw.shape[2], gw.shape[3]
     cout_g = c_out // groups
     blocks = (cout_g + BLOCK - 1) // BLOCK  # per group
-    rows, pitch = height + pt + pb + 1, width + pl + pr
+    pitch = (width + pl + pr + sw - 1) // sw
+    rows = (height + pt + pb + sh - 1) // sh + 1
     length = out_h * pitch
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        xpad = _pad_planes(x[n0:n1], pt, pl, rows, pitch)
-        gpad = _pad_planes(g[n0:n1], 0, 0, out_h, pitch)
+        phases = _phase_planes(x[n0:n1], pt, pl, sh, sw, rows, pitch)
+        gpad = _phase_planes(g[n0:n1], 0, 0, 1, 1, out_h, pitch)
         for task in prange(groups * blocks * cin_g):
             block = task // cin_g
             ci2 = task - block * cin_g
@@ -128,18 +147,19 @@ def grad_weight_nchw_flat(x, g, gw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
             co1 = min(co0 + BLOCK, (group + 1) * cout_g)
             ci = group * cin_g + ci2
             for n in range(n1 - n0):
-                x_flat = xpad[n, ci].reshape(rows * pitch)
                 for p in range(kh):
                     for q in range(kw):
-                        shift = p * dh * pitch + q * dw
+                        phase = ((p * dh) % sh) * sw + (q * dw) % sw
+                        shift = ((p * dh) // sh) * pitch + (q * dw) // sw
+                        x_flat = phases[n, ci, phase].reshape(rows * pitch)
                         window = x_flat[shift : shift + length]
                         if co1 - co0 == BLOCK:
                             s0, s1, s2, s3 = _dot4(
                                 window,
-                                gpad[n, co0].reshape(length),
-                                gpad[n, co0 + 1].reshape(length),
-                                gpad[n, co0 + 2].reshape(length),
-                                gpad[n, co0 + 3].reshape(length),
+                                gpad[n, co0, 0].reshape(length),
+                                gpad[n, co0 + 1, 0].reshape(length),
+                                gpad[n, co0 + 2, 0].reshape(length),
+                                gpad[n, co0 + 3, 0].reshape(length),
                             )
                             gw[co0, ci2, p, q] += s0
                             gw[co0 + 1, ci2, p, q] += s1
@@ -147,52 +167,61 @@ def grad_weight_nchw_flat(x, g, gw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
                             gw[co0 + 3, ci2, p, q] += s3
                         else:
                             for co in range(co0, co1):
-                                gw[co, ci2, p, q] += _dot(window, gpad[n, co].reshape(length))
+                                gw[co, ci2, p, q] += _dot(window, gpad[n, co, 0].reshape(length))
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def grad_input_nchw_flat(g, w, gi, pt, pb, pl, pr, dh, dw, groups, n_chunk):
-    """gi += scatter-add of w * g (stride 1); parallel over (n, ci) input planes."""
+def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
+    """gi += scatter-add of w * g; parallel over (n, ci) input planes."""
     n_batch, c_in, height, width = gi.shape
     c_out, out_h = g.shape[1], g.shape[2]
     kh, kw = w.shape[2], w.shape[3]
     cin_g = c_in // groups
     cout_g = c_out // groups
-    rows, pitch = height + pt + pb + 1, width + pl + pr
+    pitch = (width + pl + pr + sw - 1) // sw
+    rows = (height + pt + pb + sh - 1) // sh + 1
     length = out_h * pitch
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        gpad = _pad_planes(g[n0:n1], 0, 0, out_h, pitch)
+        gpad = _phase_planes(g[n0:n1], 0, 0, 1, 1, out_h, pitch)
         for task in prange((n1 - n0) * c_in):
             n = task // c_in
             ci = task - n * c_in
             group = ci // cin_g
             ci2 = ci - group * cin_g
-            gi_flat = np.zeros(rows * pitch, dtype=gi.dtype)  # this task's padded gi plane
+            # this task's gi, zero-padded and split into phases like the input
+            gi_phases = np.zeros((sh * sw, rows * pitch), dtype=gi.dtype)
             co = group * cout_g
             end = co + cout_g
             while co < end:
                 for p in range(kh):
                     for q in range(kw):
-                        shift = p * dh * pitch + q * dw
-                        target = gi_flat[shift : shift + length]
+                        phase = ((p * dh) % sh) * sw + (q * dw) % sw
+                        shift = ((p * dh) // sh) * pitch + (q * dw) // sw
+                        target = gi_phases[phase, shift : shift + length]
                         if end - co >= BLOCK:
                             _axpy4(
                                 target,
                                 w[co, ci2, p, q],
-                                gpad[n, co].reshape(length),
+                                gpad[n, co, 0].reshape(length),
                                 w[co + 1, ci2, p, q],
-                                gpad[n, co + 1].reshape(length),
+                                gpad[n, co + 1, 0].reshape(length),
                                 w[co + 2, ci2, p, q],
-                                gpad[n, co + 2].reshape(length),
+                                gpad[n, co + 2, 0].reshape(length),
                                 w[co + 3, ci2, p, q],
-                                gpad[n, co + 3].reshape(length),
+                                gpad[n, co + 3, 0].reshape(length),
                             )
                         else:
-                            _axpy(target, w[co, ci2, p, q], gpad[n, co].reshape(length))
+                            _axpy(target, w[co, ci2, p, q], gpad[n, co, 0].reshape(length))
                 co += BLOCK if end - co >= BLOCK else 1
             for r in range(height):
+                a, u = (pt + r) % sh, (pt + r) // sh
                 target = gi[n0 + n, ci, r]
-                source = gi_flat[(r + pt) * pitch + pl : (r + pt) * pitch + pl + width]
-                for k in range(width):
-                    target[k] += source[k]
+                if sw == 1:
+                    source = gi_phases[a, u * pitch + pl : u * pitch + pl + width]
+                    for k in range(width):
+                        target[k] += source[k]
+                else:
+                    for k in range(width):
+                        column = pl + k
+                        target[k] += gi_phases[a * sw + column % sw, u * pitch + column // sw]
