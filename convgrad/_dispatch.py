@@ -4,7 +4,6 @@ Five kernel families, by what their innermost loop runs along:
 
 - "gemm" (``kernels/gemm.py``, both layouts): 1x1 kernels with stride 1 and
   no padding are plain matrix products, run through NumPy's BLAS;
-
 - "flat" (``kernels/nchw_flat.py``, NCHW): whole zero-padded image planes
   (split into stride phases), OH * (W + padding) / stride long, four output
   channels at a time;
