@@ -53,34 +53,48 @@ def all_finite(a):
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _phase_planes(src, top, left, sh, sw, rows, pitch):
+def _phase_planes(src, top, left, sh, sw, planes):
     """``src`` (N, C, H, W) zero-padded at (top, left), split into stride phases.
 
-    Returns (N, C, sh*sw, rows, pitch) with out[n, c, a*sw + b, u, v] =
+    Fills ``planes`` (at least N, C, sh*sw, rows, pitch) with out[n, c, a*sw + b, u, v] =
     padded[n, c, u*sh + a, v*sw + b], zeros elsewhere.
     """
     n_batch, channels, height, width = src.shape
-    planes = np.zeros((n_batch, channels, sh * sw, rows, pitch), dtype=src.dtype)
     for task in prange(n_batch * channels):
         n = task // channels
         c = task - n * channels
+        plane = planes[n, c]
+        plane[:] = 0
         for r in range(height):
             a, u = (top + r) % sh, (top + r) // sh
             source = src[n, c, r]
             if sw == 1:
-                target = planes[n, c, a, u, left : left + width]
+                target = plane[a, u, left : left + width]
                 for k in range(width):
                     target[k] = source[k]
             else:
                 for k in range(width):
                     column = left + k
-                    planes[n, c, a * sw + column % sw, u, column // sw] = source[k]
-    return planes
+                    plane[a * sw + column % sw, u, column // sw] = source[k]
 
 
-# Output channels are handled four at a time where a group has four left:
-# one pass over the input plane then feeds four dot products (grad_weight),
-# and one pass over the padded gi plane takes four axpys (grad_input).
+def _workspaces(n_chunk, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, pr, dtype):
+    """Phase planes for ``n_chunk`` images of the input (or grad_input) and of grad_output.
+
+    Allocated here, by NumPy, so that the working memory is visible to
+    ``tracemalloc`` (the asv memory tracks) and sized by the dispatch's chunk.
+    """
+    pitch = (width + pl + pr + sw - 1) // sw
+    rows = (height + pt + pb + sh - 1) // sh + 1
+    images = np.empty((n_chunk, c_in, sh * sw, rows, pitch), dtype)
+    grads = np.empty((n_chunk, c_out, 1, out_h, pitch), dtype)
+    return images, grads
+
+
+# Channels are handled in blocks of four: a full block of four input and four
+# output channels makes sixteen dot products (grad_weight) or four axpys into
+# four gi planes (grad_input) in one pass; partial blocks (a group with fewer
+# than four channels left) fall back to four or one at a time.
 BLOCK = 4
 
 
@@ -120,108 +134,230 @@ def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
         dest[k] += w0 * s0[k] + w1 * s1[k] + w2 * s2[k] + w3 * s3[k]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, fastmath=FASTMATH)
+def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
+    """The 16 dot products a_i . b_j (i, j < 4), returned i-major, in one pass.
+
+    Eight loads feed sixteen multiply-adds per element, and LLVM keeps the
+    sixteen sums in vector registers: about twice the rate of ``_dot4``.
+    """
+    z = a0.dtype.type(0)
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
+    for k in range(a0.shape[0]):
+        x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
+        y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
+        s00 += x0 * y0
+        s01 += x0 * y1
+        s02 += x0 * y2
+        s03 += x0 * y3
+        s10 += x1 * y0
+        s11 += x1 * y1
+        s12 += x1 * y2
+        s13 += x1 * y3
+        s20 += x2 * y0
+        s21 += x2 * y1
+        s22 += x2 * y2
+        s23 += x2 * y3
+        s30 += x3 * y0
+        s31 += x3 * y1
+        s32 += x3 * y2
+        s33 += x3 * y3
+    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _axpy4x4(d0, d1, d2, d3, w, s0, s1, s2, s3):
+    """d_i += sum over j < 4 of w[j, i] * s_j, for i < 4, in one pass.
+
+    Each element of the four sources feeds all four destinations: 8 loads and
+    4 stores per 16 multiply-adds, against 5 and 1 per 4 for ``_axpy4``.
+    """
+    w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
+    w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
+    w20, w21, w22, w23 = w[2, 0], w[2, 1], w[2, 2], w[2, 3]
+    w30, w31, w32, w33 = w[3, 0], w[3, 1], w[3, 2], w[3, 3]
+    for k in range(d0.shape[0]):
+        g0, g1, g2, g3 = s0[k], s1[k], s2[k], s3[k]
+        d0[k] += w00 * g0 + w10 * g1 + w20 * g2 + w30 * g3
+        d1[k] += w01 * g0 + w11 * g1 + w21 * g2 + w31 * g3
+        d2[k] += w02 * g0 + w12 * g1 + w22 * g2 + w32 * g3
+        d3[k] += w03 * g0 + w13 * g1 + w23 * g2 + w33 * g3
+
+
 def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
+    """gw += valid correlation of x with g, ``n_chunk`` images at a time."""
+    images, grads = _workspaces(
+        min(n_chunk, x.shape[0]), x.shape[1], g.shape[1], x.shape[2], x.shape[3], g.shape[2],
+        sh, sw, pt, pb, pl, pr, x.dtype,
+    )  # fmt: skip
+    _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads)
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads):
     """gw += valid correlation of x with g.
 
-    Parallel over (block of up to four output channels of one group, ci2);
-    each task owns those channels' kernel planes gw[co, ci2].
+    Parallel over (block of up to four output channels, block of up to four
+    input channels) of one group; each task owns those channels' kernel planes
+    gw[co, ci2] and takes full 4 x 4 blocks sixteen dot products at a time.
     """
     n_batch, _, height, width = x.shape
     c_out, out_h = g.shape[1], g.shape[2]
     cin_g, kh, kw = gw.shape[1], gw.shape[2], gw.shape[3]
     cout_g = c_out // groups
-    blocks = (cout_g + BLOCK - 1) // BLOCK  # per group
+    co_blocks = (cout_g + BLOCK - 1) // BLOCK  # per group
+    ci_blocks = (cin_g + BLOCK - 1) // BLOCK
     pitch = (width + pl + pr + sw - 1) // sw
     rows = (height + pt + pb + sh - 1) // sh + 1
     length = out_h * pitch
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        phases = _phase_planes(x[n0:n1], pt, pl, sh, sw, rows, pitch)
-        gpad = _phase_planes(g[n0:n1], 0, 0, 1, 1, out_h, pitch)
-        for task in prange(groups * blocks * cin_g):
-            block = task // cin_g
-            ci2 = task - block * cin_g
-            group = block // blocks
-            co0 = group * cout_g + (block - group * blocks) * BLOCK
+        _phase_planes(x[n0:n1], pt, pl, sh, sw, images)
+        _phase_planes(g[n0:n1], 0, 0, 1, 1, grads)
+        phases, gpad = images, grads
+        for task in prange(groups * co_blocks * ci_blocks):
+            block = task // ci_blocks
+            ci2_0 = (task - block * ci_blocks) * BLOCK
+            ci2_1 = min(ci2_0 + BLOCK, cin_g)
+            group = block // co_blocks
+            co0 = group * cout_g + (block - group * co_blocks) * BLOCK
             co1 = min(co0 + BLOCK, (group + 1) * cout_g)
-            ci = group * cin_g + ci2
+            ci0 = group * cin_g + ci2_0
             for n in range(n1 - n0):
+                g0 = gpad[n, co0, 0].reshape(length)
+                g1 = gpad[n, min(co0 + 1, co1 - 1), 0].reshape(length)
+                g2 = gpad[n, min(co0 + 2, co1 - 1), 0].reshape(length)
+                g3 = gpad[n, min(co0 + 3, co1 - 1), 0].reshape(length)
                 for p in range(kh):
                     for q in range(kw):
                         phase = ((p * dh) % sh) * sw + (q * dw) % sw
                         shift = ((p * dh) // sh) * pitch + (q * dw) // sw
-                        x_flat = phases[n, ci, phase].reshape(rows * pitch)
-                        window = x_flat[shift : shift + length]
-                        if co1 - co0 == BLOCK:
-                            s0, s1, s2, s3 = _dot4(
-                                window,
-                                gpad[n, co0, 0].reshape(length),
-                                gpad[n, co0 + 1, 0].reshape(length),
-                                gpad[n, co0 + 2, 0].reshape(length),
-                                gpad[n, co0 + 3, 0].reshape(length),
+                        if co1 - co0 == BLOCK and ci2_1 - ci2_0 == BLOCK:
+                            sums = _dot4x4(
+                                phases[n, ci0, phase].reshape(rows * pitch)[shift : shift + length],
+                                phases[n, ci0 + 1, phase].reshape(rows * pitch)[
+                                    shift : shift + length
+                                ],
+                                phases[n, ci0 + 2, phase].reshape(rows * pitch)[
+                                    shift : shift + length
+                                ],
+                                phases[n, ci0 + 3, phase].reshape(rows * pitch)[
+                                    shift : shift + length
+                                ],
+                                g0,
+                                g1,
+                                g2,
+                                g3,
                             )
-                            gw[co0, ci2, p, q] += s0
-                            gw[co0 + 1, ci2, p, q] += s1
-                            gw[co0 + 2, ci2, p, q] += s2
-                            gw[co0 + 3, ci2, p, q] += s3
-                        else:
-                            for co in range(co0, co1):
-                                gw[co, ci2, p, q] += _dot(window, gpad[n, co, 0].reshape(length))
+                            for a in range(BLOCK):
+                                for b in range(BLOCK):
+                                    gw[co0 + b, ci2_0 + a, p, q] += sums[a * BLOCK + b]
+                            continue
+                        for ci2 in range(ci2_0, ci2_1):
+                            x_flat = phases[n, group * cin_g + ci2, phase].reshape(rows * pitch)
+                            window = x_flat[shift : shift + length]
+                            if co1 - co0 == BLOCK:
+                                s0, s1, s2, s3 = _dot4(window, g0, g1, g2, g3)
+                                gw[co0, ci2, p, q] += s0
+                                gw[co0 + 1, ci2, p, q] += s1
+                                gw[co0 + 2, ci2, p, q] += s2
+                                gw[co0 + 3, ci2, p, q] += s3
+                            else:
+                                for co in range(co0, co1):
+                                    g_flat = gpad[n, co, 0].reshape(length)
+                                    gw[co, ci2, p, q] += _dot(window, g_flat)
+
+
+def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
+    """gi += scatter-add of w * g, ``n_chunk`` images at a time."""
+    images, grads = _workspaces(
+        min(n_chunk, gi.shape[0]), gi.shape[1], g.shape[1], gi.shape[2], gi.shape[3], g.shape[2],
+        sh, sw, pt, pb, pl, pr, gi.dtype,
+    )  # fmt: skip
+    _grad_input(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads)
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
-    """gi += scatter-add of w * g; parallel over (n, ci) input planes."""
+def _grad_input(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads):
+    """gi += scatter-add of w * g.
+
+    Parallel over (image, block of up to four input channels of one group);
+    full 4 x 4 channel blocks feed four gi planes from four g planes at once.
+    """
     n_batch, c_in, height, width = gi.shape
     c_out, out_h = g.shape[1], g.shape[2]
     kh, kw = w.shape[2], w.shape[3]
     cin_g = c_in // groups
     cout_g = c_out // groups
+    ci_blocks = (cin_g + BLOCK - 1) // BLOCK  # per group
     pitch = (width + pl + pr + sw - 1) // sw
     rows = (height + pt + pb + sh - 1) // sh + 1
     length = out_h * pitch
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        gpad = _phase_planes(g[n0:n1], 0, 0, 1, 1, out_h, pitch)
-        for task in prange((n1 - n0) * c_in):
-            n = task // c_in
-            ci = task - n * c_in
-            group = ci // cin_g
-            ci2 = ci - group * cin_g
-            # this task's gi, zero-padded and split into phases like the input
-            gi_phases = np.zeros((sh * sw, rows * pitch), dtype=gi.dtype)
+        _phase_planes(g[n0:n1], 0, 0, 1, 1, grads)
+        gpad = grads
+        for task in prange((n1 - n0) * groups * ci_blocks):
+            n = task // (groups * ci_blocks)
+            block = task - n * groups * ci_blocks
+            group = block // ci_blocks
+            ci2_0 = (block - group * ci_blocks) * BLOCK
+            width_b = min(BLOCK, cin_g - ci2_0)
+            # this task's gi planes, zero-padded and split into phases like the input
+            gi_phases = images[n, group * cin_g + ci2_0 : group * cin_g + ci2_0 + width_b]
+            gi_phases = gi_phases.reshape(width_b, sh * sw, rows * pitch)
+            gi_phases[:] = 0
             co = group * cout_g
             end = co + cout_g
             while co < end:
+                full = end - co >= BLOCK
                 for p in range(kh):
                     for q in range(kw):
                         phase = ((p * dh) % sh) * sw + (q * dw) % sw
                         shift = ((p * dh) // sh) * pitch + (q * dw) // sw
-                        target = gi_phases[phase, shift : shift + length]
-                        if end - co >= BLOCK:
-                            _axpy4(
-                                target,
-                                w[co, ci2, p, q],
+                        if full and width_b == BLOCK:
+                            _axpy4x4(
+                                gi_phases[0, phase, shift : shift + length],
+                                gi_phases[1, phase, shift : shift + length],
+                                gi_phases[2, phase, shift : shift + length],
+                                gi_phases[3, phase, shift : shift + length],
+                                w[co : co + BLOCK, ci2_0 : ci2_0 + BLOCK, p, q],
                                 gpad[n, co, 0].reshape(length),
-                                w[co + 1, ci2, p, q],
                                 gpad[n, co + 1, 0].reshape(length),
-                                w[co + 2, ci2, p, q],
                                 gpad[n, co + 2, 0].reshape(length),
-                                w[co + 3, ci2, p, q],
                                 gpad[n, co + 3, 0].reshape(length),
                             )
-                        else:
-                            _axpy(target, w[co, ci2, p, q], gpad[n, co, 0].reshape(length))
-                co += BLOCK if end - co >= BLOCK else 1
-            for r in range(height):
-                a, u = (pt + r) % sh, (pt + r) // sh
-                target = gi[n0 + n, ci, r]
-                if sw == 1:
-                    source = gi_phases[a, u * pitch + pl : u * pitch + pl + width]
-                    for k in range(width):
-                        target[k] += source[k]
-                else:
-                    for k in range(width):
-                        column = pl + k
-                        target[k] += gi_phases[a * sw + column % sw, u * pitch + column // sw]
+                            continue
+                        for b in range(width_b):
+                            target = gi_phases[b, phase, shift : shift + length]
+                            ci2 = ci2_0 + b
+                            if full:
+                                _axpy4(
+                                    target,
+                                    w[co, ci2, p, q],
+                                    gpad[n, co, 0].reshape(length),
+                                    w[co + 1, ci2, p, q],
+                                    gpad[n, co + 1, 0].reshape(length),
+                                    w[co + 2, ci2, p, q],
+                                    gpad[n, co + 2, 0].reshape(length),
+                                    w[co + 3, ci2, p, q],
+                                    gpad[n, co + 3, 0].reshape(length),
+                                )
+                            else:
+                                _axpy(target, w[co, ci2, p, q], gpad[n, co, 0].reshape(length))
+                co += BLOCK if full else 1
+            for b in range(width_b):
+                ci = group * cin_g + ci2_0 + b
+                planes = gi_phases[b]
+                for r in range(height):
+                    a, u = (pt + r) % sh, (pt + r) // sh
+                    target = gi[n0 + n, ci, r]
+                    if sw == 1:
+                        source = planes[a, u * pitch + pl : u * pitch + pl + width]
+                        for k in range(width):
+                            target[k] += source[k]
+                    else:
+                        for k in range(width):
+                            column = pl + k
+                            target[k] += planes[a * sw + column % sw, u * pitch + column // sw]
