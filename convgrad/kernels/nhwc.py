@@ -151,8 +151,17 @@ def _grad_weight_rows(x, g, acc, row_lo, row_hi, sh, sw, pt, pl, dh, dw, groups)
                             _axpy(acc_part, xv, g_row[j, co0 : co0 + cout_g])
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
 def grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
+    """gw += the weight gradient, summed in ``n_chunks`` partials.
+
+    The partials are allocated here, by NumPy, so the asv memory tracks see them.
+    """
+    partial = np.zeros((n_chunks, *gw.shape), dtype=gw.dtype)
+    _grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, partial)
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, partial):
     """gw += valid correlation of x with g.
 
     The (n, i) output rows are split into ``n_chunks`` fixed chunks, each summed
@@ -161,8 +170,6 @@ def grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
     ``n_chunks``, never on the thread count, so the result is deterministic.
     """
     n_rows = g.shape[0] * g.shape[1]
-    kh, kw, cin_g, c_out = gw.shape
-    partial = np.zeros((n_chunks, kh, kw, cin_g, c_out), dtype=gw.dtype)
     for chunk in prange(n_chunks):
         row_lo = chunk * n_rows // n_chunks
         row_hi = (chunk + 1) * n_rows // n_chunks

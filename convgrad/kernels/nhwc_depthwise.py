@@ -72,8 +72,17 @@ def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
 def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
+    """gw += the weight gradient, summed in ``n_chunks`` partials.
+
+    The partials are allocated here, by NumPy, so the asv memory tracks see them.
+    """
+    partial = np.zeros((n_chunks, *gw.shape), dtype=gw.dtype)
+    _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, partial)
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, partial):
     """gw += per-channel valid correlation of x with g.
 
     Output rows are split into ``n_chunks`` fixed chunks summed in parallel into
@@ -81,10 +90,9 @@ def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunk
     any thread count.
     """
     height, width = x.shape[1], x.shape[2]
-    out_h, out_w, channels = g.shape[1], g.shape[2], g.shape[3]
+    out_h, out_w = g.shape[1], g.shape[2]
     kh, kw = gw.shape[0], gw.shape[1]
     n_rows = g.shape[0] * out_h
-    partial = np.zeros((n_chunks, kh, kw, 1, channels), dtype=gw.dtype)
     for chunk in prange(n_chunks):
         for row in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
             n = row // out_h
