@@ -192,9 +192,9 @@ def working_memory_bytes(call: Callable[[], object]) -> int:
     """Peak bytes allocated during ``call`` beyond the arrays it returns (tracemalloc).
 
     tracemalloc sees NumPy's allocations (NumPy reports them to it) but not
-    memory that a numba kernel allocates internally (numba's own allocator), so
-    a kernel whose scratch space is allocated inside the JIT-compiled code is
-    undercounted by that much.
+    memory allocated inside JIT-compiled code (numba's own allocator). convgrad
+    allocates its kernels' workspaces with NumPy for that reason; a kernel that
+    allocated inside compiled code would be undercounted by that much.
     """
     call()  # warm caches so the measured call allocates only what it needs
     tracemalloc.start()

@@ -167,6 +167,46 @@ def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
 
 
 @njit(cache=True, fastmath=FASTMATH)
+def _window(plane, shift, length):
+    """The ``length`` values of a (rows, pitch) plane from flat position ``shift`` on."""
+    return plane.reshape(plane.size)[shift : shift + length]
+
+
+# Kernel taps of one row handled together by ``_dot3x4``.
+TAPS = 3
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _dot3x4(x, d, b0, b1, b2, b3):
+    """The 12 sums over k of x[k + t*d] * b_j[k] (t < 3, j < 4), returned t-major.
+
+    Three taps d apart in one kernel row read overlapping stretches of x, so
+    one load of each b_j feeds three multiply-adds: for planes with fewer than
+    four input channels this is what ``_dot4x4`` is for the others.
+    """
+    n = b0.shape[0]
+    x0, x1, x2 = x[:n], x[d : d + n], x[2 * d : 2 * d + n]
+    z = x.dtype.type(0)
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = z
+    for k in range(n):
+        y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
+        u, v, w = x0[k], x1[k], x2[k]
+        s00 += u * y0
+        s01 += u * y1
+        s02 += u * y2
+        s03 += u * y3
+        s10 += v * y0
+        s11 += v * y1
+        s12 += v * y2
+        s13 += v * y3
+        s20 += w * y0
+        s21 += w * y1
+        s22 += w * y2
+        s23 += w * y3
+    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23)
+
+
+@njit(cache=True, fastmath=FASTMATH)
 def _axpy4x4(d0, d1, d2, d3, w, s0, s1, s2, s3):
     """d_i += sum over j < 4 of w[j, i] * s_j, for i < 4, in one pass.
 
@@ -229,22 +269,16 @@ def _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, imag
                 g1 = gpad[n, min(co0 + 1, co1 - 1), 0].reshape(length)
                 g2 = gpad[n, min(co0 + 2, co1 - 1), 0].reshape(length)
                 g3 = gpad[n, min(co0 + 3, co1 - 1), 0].reshape(length)
-                for p in range(kh):
-                    for q in range(kw):
-                        phase = ((p * dh) % sh) * sw + (q * dw) % sw
-                        shift = ((p * dh) // sh) * pitch + (q * dw) // sw
-                        if co1 - co0 == BLOCK and ci2_1 - ci2_0 == BLOCK:
+                if co1 - co0 == BLOCK and ci2_1 - ci2_0 == BLOCK:
+                    for p in range(kh):
+                        for q in range(kw):
+                            phase = ((p * dh) % sh) * sw + (q * dw) % sw
+                            shift = ((p * dh) // sh) * pitch + (q * dw) // sw
                             sums = _dot4x4(
-                                phases[n, ci0, phase].reshape(rows * pitch)[shift : shift + length],
-                                phases[n, ci0 + 1, phase].reshape(rows * pitch)[
-                                    shift : shift + length
-                                ],
-                                phases[n, ci0 + 2, phase].reshape(rows * pitch)[
-                                    shift : shift + length
-                                ],
-                                phases[n, ci0 + 3, phase].reshape(rows * pitch)[
-                                    shift : shift + length
-                                ],
+                                _window(phases[n, ci0, phase], shift, length),
+                                _window(phases[n, ci0 + 1, phase], shift, length),
+                                _window(phases[n, ci0 + 2, phase], shift, length),
+                                _window(phases[n, ci0 + 3, phase], shift, length),
                                 g0,
                                 g1,
                                 g2,
@@ -253,9 +287,24 @@ def _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, imag
                             for a in range(BLOCK):
                                 for b in range(BLOCK):
                                     gw[co0 + b, ci2_0 + a, p, q] += sums[a * BLOCK + b]
-                            continue
-                        for ci2 in range(ci2_0, ci2_1):
+                    continue
+                for ci2 in range(ci2_0, ci2_1):
+                    for p in range(kh):
+                        q = 0
+                        while q < kw:
+                            phase = ((p * dh) % sh) * sw + (q * dw) % sw
+                            shift = ((p * dh) // sh) * pitch + (q * dw) // sw
                             x_flat = phases[n, group * cin_g + ci2, phase].reshape(rows * pitch)
+                            if co1 - co0 == BLOCK and sh == 1 and sw == 1 and q + TAPS <= kw:
+                                # few input channels: three taps of one kernel row share
+                                # each load of grad_output instead
+                                window = x_flat[shift : shift + length + (TAPS - 1) * dw]
+                                sums3 = _dot3x4(window, dw, g0, g1, g2, g3)
+                                for t in range(TAPS):
+                                    for b in range(BLOCK):
+                                        gw[co0 + b, ci2, p, q + t] += sums3[t * BLOCK + b]
+                                q += TAPS
+                                continue
                             window = x_flat[shift : shift + length]
                             if co1 - co0 == BLOCK:
                                 s0, s1, s2, s3 = _dot4(window, g0, g1, g2, g3)
@@ -267,6 +316,7 @@ def _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, imag
                                 for co in range(co0, co1):
                                     g_flat = gpad[n, co, 0].reshape(length)
                                     gw[co, ci2, p, q] += _dot(window, g_flat)
+                            q += 1
 
 
 def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
