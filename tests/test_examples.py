@@ -113,3 +113,33 @@ def test_training_reaches_95_percent(digits):
     _, history = digits.train(epochs=15, seed=0, log=lambda line: None)
     assert history["test_acc"][-1] >= 0.95
     assert history["loss"][-1] < history["loss"][0]
+
+
+def test_seed_notebook_agrees_and_prints_the_table(tmp_path):
+    printed = run_script("seed_notebook", "--repeat", "3", "--budget", "0", cwd=tmp_path)
+    assert "MISMATCH" not in printed
+    assert printed.count("  ok  ") == 5  # four ports and convgrad
+    for row in ("notebook v1, Julia (its machine)", "notebook v5, Julia (its machine)"):
+        assert row in printed
+    assert "2,858.0" in printed and "126.9" in printed
+    timed = [line for line in printed.splitlines() if line.startswith(("v1 ", "v5 ", "convgrad."))]
+    assert len(timed) == 5 and all(line.split()[-3] == "3" for line in timed)  # calls column
+
+
+def test_the_notebooks_v1_as_written_gets_grad_input_wrong():
+    # Why the port flips the gradient in v1 (as the notebook's v2 does): unflipped,
+    # grad_input is a correlation; grad_weight and grad_bias are right either way.
+    seed = load_example("seed_notebook")
+    from convgrad.cli import seed_case
+    from convgrad.reference import conv2d_backward_reference
+
+    gradient, image, weights = seed_case()
+    want = conv2d_backward_reference(
+        *(a.astype(np.float64) for a in (gradient, image, weights)), layout="NHWC"
+    )
+    for flip, input_right in ((True, True), (False, False)):
+        v1, v5 = seed.build(lambda function: function, flip_in_v1=flip)
+        got = v1(image, weights, gradient)
+        assert (seed.max_error(got[:1], want[:1]) < 1e-5) is input_right
+        assert seed.max_error(got[1:], want[1:]) < 1e-5
+        assert seed.max_error(v5(image, weights, gradient), want) < 1e-5
