@@ -360,6 +360,14 @@ def run(
     """
     out = sys.stdout if stdout is None else stdout
     cases = make_cases(count, seed, quick)
+    if not as_json:  # first, so that a first run's minute of compiling is not silent
+        print(
+            f"convgrad {__version__} check: {len(cases)} random cases (seed {seed}"
+            f"{', quick' if quick else ''}), conv2d and all three gradients against\n"
+            "convgrad.reference in float64 (a first run compiles the kernels: a minute or so)",
+            file=out,
+            flush=True,
+        )
     bar = ProgressBar(len(cases), enabled=progress)
     start = time.perf_counter()
     outcomes = []
@@ -389,12 +397,6 @@ def run(
         }
         print(json.dumps(report, indent=2), file=out)
         return 1 if failed else 0
-    print(
-        f"convgrad {__version__} check: {len(cases)} random cases (seed {seed}"
-        f"{', quick' if quick else ''}), forward and all three gradients against "
-        "convgrad.reference in float64",
-        file=out,
-    )
     print(format_table(rows), file=out)
     print(
         "(worst: the largest error as a fraction of its tolerance; 1 would be at the limit)",
