@@ -264,10 +264,10 @@ def plot(history: dict[str, list[float]], net: Net, path: str | Path) -> None:
     columns = (len(filters) + 1) // 2
     grid = figure.add_gridspec(2, 2 + columns, width_ratios=[3, 3] + [1] * columns)
     loss_axes = figure.add_subplot(grid[:, 0])
-    loss_axes.plot(epochs, history["loss"], marker="o", label="train (mean over the epoch)")
+    loss_axes.plot(epochs, history["loss"], marker="o", label="train (epoch mean)")
     loss_axes.plot(epochs, history["test_loss"], marker="o", label="test")
     loss_axes.set(title="cross-entropy loss", xlabel="epoch", yscale="log")
-    loss_axes.legend()
+    loss_axes.legend(loc="upper right", fontsize=8)
     acc_axes = figure.add_subplot(grid[:, 1])
     acc_axes.plot(epochs, 100 * np.array(history["train_acc"]), marker="o", label="train")
     acc_axes.plot(epochs, 100 * np.array(history["test_acc"]), marker="o", label="test")
@@ -276,7 +276,7 @@ def plot(history: dict[str, list[float]], net: Net, path: str | Path) -> None:
     acc_axes.set(title="accuracy (%)", xlabel="epoch", ylim=(min(80, 100 * lowest - 2), 100.5))
     for axes in (loss_axes, acc_axes):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    acc_axes.legend(loc="lower right")
+    acc_axes.legend(loc="lower right", fontsize=8)
     limit = float(np.abs(filters).max())
     for k, kernel in enumerate(filters):
         axes = figure.add_subplot(grid[k // columns, 2 + k % columns])
