@@ -2,7 +2,9 @@
 
 With no command it runs the seed notebook's case (one 28x28 image, six 3x3
 filters, HWC layout) through convgrad, checks the result against the NumPy
-reference and prints the timing.
+reference and prints the timing. ``check`` (``check.py``) runs every kernel
+path against the reference; ``info`` (``info.py``) reports the machine, the
+threading layer and the kernel cache; ``bench`` (``bench.py``) times the suite.
 """
 
 import argparse
@@ -58,7 +60,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also time convgrad.reference, the plain NumPy implementation",
     )
+    check = commands.add_parser(
+        "check",
+        help="check every kernel path against the NumPy reference",
+        description="Run random convolutions through every kernel family (rows, channels, "
+        "flat planes, BLAS 1x1, depthwise; grouped problems wherever they land) in both "
+        "layouts and dtypes, with strides, asymmetric padding and dilation, and compare "
+        "conv2d and all three gradients with convgrad.reference in float64. Prints a table "
+        "per path; exits 1 on any mismatch.",
+    )
+    check.add_argument("--count", type=int, default=None, help="random cases (default 240)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the cases (default 0)")
+    check.add_argument(
+        "--quick",
+        action="store_true",
+        help="24 small cases, one for each kind of problem, layout and dtype",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info = commands.add_parser(
+        "info",
+        help="versions, CPU, threading layer, kernel cache",
+        description="Print convgrad's, numba's, numpy's and Python's versions, the CPU and its "
+        "SIMD features, numba's threading layer and thread count, where the compiled kernels "
+        "are cached, whether that directory is writable, and which kernels are in it.",
+    )
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        from . import check as check_module
+
+        count = args.count if args.count is not None else (24 if args.quick else 240)
+        if count < 1:
+            parser.error(f"check --count must be at least 1; got {count}")
+        return check_module.run(count, args.seed, args.quick, args.json)
+    if args.command == "info":
+        from . import info as info_module
+
+        return info_module.run(args.json)
     if args.command == "bench":
         from . import bench as bench_module
 
