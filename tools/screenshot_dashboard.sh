@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Render the asv dashboard (asv publish), serve it (asv preview) and take a screenshot of one
 # benchmark's graph with headless Chromium (Debian's package: apt-get install chromium).
+# Needs npm (tools/vendor_dashboard.py fetches the page's JavaScript libraries).
 # Usage: bash tools/screenshot_dashboard.sh [BENCHMARK] [OUTPUT.png]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ output=${2:-docs/asv-dashboard.png}
 port=8765
 
 asv publish >/dev/null
+python tools/vendor_dashboard.py .asv/html  # the page's CDN scripts, from npm: no internet here
 asv preview --port "$port" >/dev/null 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
