@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._threading import run_kernel
 from .kernels import relayout
 
 
@@ -51,7 +52,7 @@ def relayout_image(array: np.ndarray, source: Layout, target: Layout) -> np.ndar
     n, c, h, w = source.image_dims(array.shape)
     result = np.empty(target.image_shape(n, c, h, w), array.dtype)
     if result.size:
-        copy(array, result)
+        run_kernel(copy, array, result)
     return result
 
 
