@@ -1,10 +1,12 @@
 """convgrad: fast, exact 2-D convolution backward pass on Numba CPU kernels.
 
 Public API: :func:`conv2d`, :func:`conv2d_backward`, :func:`conv2d_grad_input`,
-:func:`conv2d_grad_weight`, :func:`conv2d_grad_bias`.
+:func:`conv2d_grad_weight`, :func:`conv2d_grad_bias`; :func:`warmup` compiles
+the kernels ahead of time.
 """
 
 from ._api import conv2d, conv2d_backward, conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight
+from ._warmup import warmup
 
 __version__ = "0.1.0"
 
@@ -15,4 +17,5 @@ __all__ = [
     "conv2d_grad_bias",
     "conv2d_grad_input",
     "conv2d_grad_weight",
+    "warmup",
 ]

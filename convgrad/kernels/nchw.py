@@ -12,6 +12,7 @@ output and the matching (strided) row of the input, so it vectorises.
 
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._flags import FASTMATH
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -19,7 +20,7 @@ from ._flags import FASTMATH
 # from elsewhere would leave stale compiled kernels behind.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _valid_range(out_len, in_len, offset, stride):
     """Half-open range of output positions k with 0 <= k*stride + offset < in_len."""
     lo = max(0, -(offset // stride))
@@ -32,7 +33,7 @@ def _valid_range(out_len, in_len, offset, stride):
 # negative-index wraparound) and the views are known to be contiguous.
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _row_dot(a, offset, stride, b, lo, hi):
     """sum over j in [lo, hi) of a[j*stride + offset] * b[j]."""
     acc = a.dtype.type(0)
@@ -47,7 +48,7 @@ def _row_dot(a, offset, stride, b, lo, hi):
     return acc
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _row_axpy(dest, offset, stride, scale, src, lo, hi):
     """dest[j*stride + offset] += scale * src[j] for j in [lo, hi)."""
     if stride == 1:
@@ -60,7 +61,7 @@ def _row_axpy(dest, offset, stride, scale, src, lo, hi):
             dest[j * stride + offset] += scale * src[j]
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _row_gather_axpy(dest, scale, src, offset, stride, lo, hi):
     """dest[j] += scale * src[j*stride + offset] for j in [lo, hi)."""
     if stride == 1:
@@ -77,7 +78,7 @@ def _row_gather_axpy(dest, scale, src, offset, stride, lo, hi):
 # and a driver that runs the tasks in parallel with prange.
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: y[n, co] += conv2d(x, w)[n, co] for the output plane (n, co) = divmod(task, C_out)."""
     height, width = x.shape[2], x.shape[3]
@@ -98,14 +99,14 @@ def _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
                     _row_gather_axpy(y[n, co, i], wv, x_row, q * dw - pl, sw, j_lo, j_hi)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def forward_nchw(x, w, y, sh, sw, pt, pl, dh, dw, groups):
     """y += conv2d(x, w); parallel over (n, co) output planes."""
     for task in prange(y.shape[0] * y.shape[1]):
         _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: gi[n, ci] += scatter-add of w * g for the input plane (n, ci) = divmod(task, C_in)."""
     c_in, height, width = gi.shape[1], gi.shape[2], gi.shape[3]
@@ -128,14 +129,14 @@ def _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
                     _row_axpy(gi_row, q * dw - pl, sw, wv, g[n, co, i], j_lo, j_hi)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_input_nchw(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     """gi += scatter-add of w * g; parallel over (n, ci) input planes."""
     for task in prange(gi.shape[0] * gi.shape[1]):
         _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: gw[co, ci2] += correlation of x with g for (co, ci2) = divmod(task, C_in/groups).
 
@@ -161,14 +162,14 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
                 plane[p, q] += acc
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nchw(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
     """gw += valid correlation of x with g; parallel over (co, ci2) kernel planes."""
     for task in prange(gw.shape[0] * gw.shape[1]):
         _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_bias_nchw(g, gb):
     """gb += sum of g over (n, i, j), accumulated in float64; parallel over co."""
     n_batch, c_out, out_h, out_w = g.shape

@@ -28,6 +28,7 @@ columns never wrap: (OW - 1) + cv <= (Wp - 1) // sw < Wq.
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._flags import FASTMATH
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -35,7 +36,7 @@ from ._flags import FASTMATH
 # from elsewhere would leave stale compiled kernels behind.
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def all_finite(a):
     """True when no element of the C-contiguous array ``a`` is NaN or +-Inf."""
     flat = a.reshape(a.size)
@@ -52,7 +53,7 @@ def all_finite(a):
     return bad == 0
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _phase_planes(src, top, left, sh, sw, rows, pitch):
     """``src`` (N, C, H, W) zero-padded at (top, left), split into stride phases.
 
@@ -84,7 +85,7 @@ def _phase_planes(src, top, left, sh, sw, rows, pitch):
 BLOCK = 4
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _dot(a, b):
     """sum of a * b over two equally long contiguous vectors."""
     acc = a.dtype.type(0)
@@ -93,7 +94,7 @@ def _dot(a, b):
     return acc
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _dot4(a, b0, b1, b2, b3):
     """(sum a*b0, sum a*b1, sum a*b2, sum a*b3) in one pass over a."""
     s0 = s1 = s2 = s3 = a.dtype.type(0)
@@ -106,21 +107,21 @@ def _dot4(a, b0, b1, b2, b3):
     return s0, s1, s2, s3
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _axpy(dest, scale, src):
     """dest += scale * src over two equally long contiguous vectors."""
     for k in range(src.shape[0]):
         dest[k] += scale * src[k]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
     """dest += w0*s0 + w1*s1 + w2*s2 + w3*s3 in one pass over dest."""
     for k in range(dest.shape[0]):
         dest[k] += w0 * s0[k] + w1 * s1[k] + w2 * s2[k] + w3 * s3[k]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
     """gw += valid correlation of x with g.
 
@@ -170,7 +171,7 @@ def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_ch
                                 gw[co, ci2, p, q] += _dot(window, gpad[n, co, 0].reshape(length))
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
     """gi += scatter-add of w * g; parallel over (n, ci) input planes."""
     n_batch, c_in, height, width = gi.shape

@@ -11,6 +11,7 @@ instead of over a group's single channel pair as in ``nhwc.py``.
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._flags import FASTMATH
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -18,7 +19,7 @@ from ._flags import FASTMATH
 # from elsewhere would leave stale compiled kernels behind.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _valid_range(out_len, in_len, offset, stride):
     """Half-open range of output positions k with 0 <= k*stride + offset < in_len."""
     lo = max(0, -(offset // stride))
@@ -26,14 +27,14 @@ def _valid_range(out_len, in_len, offset, stride):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _multiply_add(dest, a, b):
     """dest += a * b, elementwise over equally long contiguous vectors."""
     for k in range(dest.shape[0]):
         dest[k] += a[k] * b[k]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
     """y += depthwise conv2d(x, w); parallel over (n, i) output rows."""
     height, width = x.shape[1], x.shape[2]
@@ -52,7 +53,7 @@ def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(y[n, i, j], w[p, q, 0], x[n, r, j * sw + q * dw - pl])
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     """gi += scatter-add of w * g; parallel over (n, r) input rows, each gathering its sources."""
     height, width = gi.shape[1], gi.shape[2]
@@ -72,7 +73,7 @@ def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
     """gw += per-channel valid correlation of x with g.
 
