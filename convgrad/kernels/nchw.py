@@ -10,6 +10,7 @@ one image row at a time: the innermost loop runs along j over a row of the
 output and the matching (strided) row of the input, so it vectorises.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
@@ -141,7 +142,9 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: gw[co, ci2] += correlation of x with g for (co, ci2) = divmod(task, C_in/groups).
 
     The task owns the KH x KW plane gw[co, ci2] and adds into it over (n, i)
-    in a fixed order.
+    in a fixed order: one image's rows summed in the dtype (a block of OH x OW
+    terms at most), the images' sums in float64, rounded once at the end, so
+    the error does not grow with the batch.
     """
     height, width = x.shape[2], x.shape[3]
     c_out, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
@@ -149,7 +152,7 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
     co = task // cin_g
     ci2 = task - co * cin_g
     ci = (co // (c_out // groups)) * cin_g + ci2
-    plane = gw[co, ci2]
+    total = np.zeros((kh, kw), dtype=np.float64)
     for n in range(x.shape[0]):
         for p in range(kh):
             i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
@@ -159,7 +162,11 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
                 for i in range(i_lo, i_hi):
                     x_row = x[n, ci, i * sh + p * dh - pt]
                     acc += _row_dot(x_row, q * dw - pl, sw, g[n, co, i], j_lo, j_hi)
-                plane[p, q] += acc
+                total[p, q] += acc
+    plane = gw[co, ci2]
+    for p in range(kh):
+        for q in range(kw):
+            plane[p, q] += total[p, q]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)

@@ -126,7 +126,10 @@ def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_ch
     """gw += valid correlation of x with g.
 
     Parallel over (block of up to four output channels of one group, ci2);
-    each task owns those channels' kernel planes gw[co, ci2].
+    each task owns those channels' kernel planes gw[co, ci2]. Each image's
+    plane is one dot product in the dtype; the images' dot products are summed
+    in float64 (``totals``) and rounded once, so the error does not grow with
+    the batch.
     """
     n_batch, _, height, width = x.shape
     c_out, out_h = g.shape[1], g.shape[2]
@@ -136,6 +139,7 @@ def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_ch
     pitch = (width + pl + pr + sw - 1) // sw
     rows = (height + pt + pb + sh - 1) // sh + 1
     length = out_h * pitch
+    totals = np.zeros(gw.shape, dtype=np.float64)
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
         phases = _phase_planes(x[n0:n1], pt, pl, sh, sw, rows, pitch)
@@ -162,13 +166,18 @@ def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_ch
                                 gpad[n, co0 + 2, 0].reshape(length),
                                 gpad[n, co0 + 3, 0].reshape(length),
                             )
-                            gw[co0, ci2, p, q] += s0
-                            gw[co0 + 1, ci2, p, q] += s1
-                            gw[co0 + 2, ci2, p, q] += s2
-                            gw[co0 + 3, ci2, p, q] += s3
+                            totals[co0, ci2, p, q] += s0
+                            totals[co0 + 1, ci2, p, q] += s1
+                            totals[co0 + 2, ci2, p, q] += s2
+                            totals[co0 + 3, ci2, p, q] += s3
                         else:
                             for co in range(co0, co1):
-                                gw[co, ci2, p, q] += _dot(window, gpad[n, co, 0].reshape(length))
+                                s0 = _dot(window, gpad[n, co, 0].reshape(length))
+                                totals[co, ci2, p, q] += s0
+    gw_flat = gw.reshape(gw.size)
+    totals_flat = totals.reshape(totals.size)
+    for k in range(gw_flat.shape[0]):
+        gw_flat[k] += totals_flat[k]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)

@@ -73,21 +73,41 @@ def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
 
 
+# Blocked sums, as in nhwc.py: rows are summed a block of at most about
+# BLOCK_TERMS terms per entry at a time in the dtype, each block folded into a
+# float64 total, so the error does not grow with the number of rows.
+BLOCK_TERMS = 4096
+
+
+@njit(cache=CACHE)
+def _fold(total, block):
+    """total += block, then block = 0; both C-contiguous and equally large."""
+    t = total.reshape(total.size)
+    b = block.reshape(block.size)
+    for k in range(t.shape[0]):
+        t[k] += b[k]
+        b[k] = 0
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
     """gw += per-channel valid correlation of x with g.
 
     Output rows are split into ``n_chunks`` fixed chunks summed in parallel into
-    their own partial gradients, then added in chunk order: deterministic for
-    any thread count.
+    their own partial gradients (blocked, see BLOCK_TERMS), then added in chunk
+    order: deterministic for any thread count.
     """
     height, width = x.shape[1], x.shape[2]
     out_h, out_w, channels = g.shape[1], g.shape[2], g.shape[3]
     kh, kw = gw.shape[0], gw.shape[1]
     n_rows = g.shape[0] * out_h
-    partial = np.zeros((n_chunks, kh, kw, 1, channels), dtype=gw.dtype)
+    block_rows = max(1, BLOCK_TERMS // max(1, out_w))
+    totals = np.zeros((n_chunks, kh, kw, 1, channels), dtype=np.float64)
+    blocks = np.zeros((n_chunks, kh, kw, 1, channels), dtype=gw.dtype)
     for chunk in prange(n_chunks):
-        for row in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
+        row_lo = chunk * n_rows // n_chunks
+        row_hi = (chunk + 1) * n_rows // n_chunks
+        for row in range(row_lo, row_hi):
             n = row // out_h
             i = row - n * out_h
             for p in range(kh):
@@ -96,8 +116,11 @@ def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunk
                     continue
                 for q in range(kw):
                     j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    acc = partial[chunk, p, q, 0]
+                    acc = blocks[chunk, p, q, 0]
                     for j in range(j_lo, j_hi):
                         _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
-    for chunk in range(n_chunks):
-        gw += partial[chunk]
+            if (row - row_lo + 1) % block_rows == 0 or row == row_hi - 1:
+                _fold(totals[chunk], blocks[chunk])
+    for chunk in range(1, n_chunks):
+        _fold(totals[0], totals[chunk])
+    _fold(gw, totals[0])  # gw += total, rounded once
