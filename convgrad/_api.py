@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ._arrays import (
+    allocate,
     as_batched,
     check_ndim,
     check_out,
@@ -97,7 +98,7 @@ def conv2d(
         raise ValueError(f"bias must have shape ({problem.c_out},) = (C_out,); got {bias.shape}")
     choice = select_kernel("forward", problem)
     family = choice.layout
-    output = np.zeros(
+    output = allocate(
         family.image_shape(problem.n, problem.c_out, problem.out_h, problem.out_w), dtype
     )
     if problem.terms:
@@ -432,7 +433,7 @@ def _grad_input(
             run_kernel(choice.kernel, g, w, as_batched(result, problem.batched), *choice.args)
         return result
     shape = family.image_shape(problem.n, problem.c_in, problem.height, problem.width)
-    buffer = np.zeros(shape, problem.dtype)
+    buffer = allocate(shape, problem.dtype)
     if problem.terms:
         run_kernel(choice.kernel, g, w, buffer, *choice.args)
     return _to_user_image(buffer, family, problem)
@@ -452,7 +453,7 @@ def _grad_weight(
         buffer = destination(out, problem.weight_shape, problem.dtype, accumulate, originals)
     else:
         cin_g = problem.c_in // problem.geometry.groups
-        buffer = np.zeros(
+        buffer = allocate(
             family.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw), problem.dtype
         )
     if problem.terms:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._api import conv2d, conv2d_backward
 from ._arrays import FLOAT_DTYPES
-from ._layouts import get_layout
+from ._layouts import LAYOUTS, Layout
 from ._threading import kernel_guard
 
 # (C_in, C_out, H=W, K, groups) picked so that, whatever the layout of the
@@ -29,11 +29,25 @@ PROBLEMS = {
 def _dtype(value: object) -> np.dtype:
     try:
         dtype = np.dtype(value)  # type: ignore[call-overload]
-    except TypeError:
+    except Exception:  # numpy raises TypeError or ValueError, or worse for odd objects
         dtype = None
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtypes must hold float32 or float64 dtypes; got {value!r}")
     return dtype
+
+
+def _layout(value: object) -> Layout:
+    if not isinstance(value, str) or value not in LAYOUTS:
+        raise ValueError(f"layouts must hold 'NCHW' or 'NHWC'; got {value!r}")
+    return LAYOUTS[value]
+
+
+def _listed(name: str, value: object) -> list[object]:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return value.tolist()
+    raise TypeError(f"{name} must be a list; got {value!r}")
 
 
 def warmup(
@@ -70,10 +84,10 @@ def warmup(
     >>> convgrad.warmup(dtypes=["float32"], layouts=["NHWC"], forward=False)
     6
     """
-    chosen_dtypes = [_dtype(d) for d in dtypes]
-    if isinstance(layouts, str):
-        raise TypeError(f"layouts must be a list of layout names; got {layouts!r}")
-    chosen_layouts = [get_layout(name) for name in layouts]
+    chosen_dtypes = [_dtype(d) for d in _listed("dtypes", dtypes)]
+    chosen_layouts = [_layout(name) for name in _listed("layouts", layouts)]
+    if not isinstance(forward, (bool, np.bool_)):
+        raise TypeError(f"forward must be a bool; got {forward!r}")
     kernel_guard()
     runs = 0
     rng = np.random.default_rng(0)

@@ -150,7 +150,11 @@ def test_warmup_arguments():
     assert convgrad.warmup(dtypes=[], layouts=["NCHW"]) == 0
     with pytest.raises(ValueError, match="dtypes must hold float32 or float64 dtypes; got 'int8'"):
         convgrad.warmup(dtypes=["int8"])
-    with pytest.raises(ValueError, match="layout must be 'NCHW' or 'NHWC'"):
+    with pytest.raises(ValueError, match="layouts must hold 'NCHW' or 'NHWC'; got 'NCWH'"):
         convgrad.warmup(layouts=["NCWH"])
-    with pytest.raises(TypeError, match="layouts must be a list of layout names"):
+    with pytest.raises(TypeError, match="layouts must be a list; got 'NCHW'"):
         convgrad.warmup(layouts="NCHW")
+    with pytest.raises(TypeError, match="dtypes must be a list; got None"):
+        convgrad.warmup(dtypes=None)
+    with pytest.raises(TypeError, match="forward must be a bool; got 1"):
+        convgrad.warmup(forward=1)
