@@ -58,8 +58,11 @@ def random_config(rng: np.random.Generator) -> tuple[Problem, dict[str, object]]
             if family == "gemm"
             else tuple(tuple(int(p) for p in rng.integers(0, 4, 2)) for _ in range(2))
         )
-        height, width = (int(s) for s in rng.integers(1, 24, 2))
-        n = int(rng.choice([0, 1, 1, 2, 3, 5]))
+        # One draw in ten is larger: enough rows for several parallel chunks and
+        # summation blocks (see the kernels' BLOCK_TERMS) in the grad_weight kernels.
+        big = rng.random() < 0.1
+        height, width = (int(s) for s in rng.integers(1, 48 if big else 24, 2))
+        n = int(rng.integers(8, 65)) if big else int(rng.choice([0, 1, 1, 2, 3, 5]))
         options = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
         layout = LAYOUTS[str(rng.choice(["NCHW", "NHWC"]))]
         dtype = np.dtype(rng.choice([np.float32, np.float64]))
