@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ._arrays import (
+    allocate,
     as_batched,
     check_ndim,
     check_out,
@@ -23,6 +24,7 @@ from ._dispatch import (
 )
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
 from ._problem import Problem, describe
+from ._threading import run_kernel
 from .kernels.nchw_flat import all_finite
 
 Shape = tuple[int, ...]
@@ -96,12 +98,12 @@ def conv2d(
         raise ValueError(f"bias must have shape ({problem.c_out},) = (C_out,); got {bias.shape}")
     choice = select_kernel("forward", problem)
     family = choice.layout
-    output = np.zeros(
+    output = allocate(
         family.image_shape(problem.n, problem.c_out, problem.out_h, problem.out_w), dtype
     )
     if problem.terms:
         x = _image_for(input, problem, family)
-        choice.kernel(x, _weight_for(weight, problem, family), output, *choice.args)
+        run_kernel(choice.kernel, x, _weight_for(weight, problem, family), output, *choice.args)
     if bias is not None:
         channel_shape = [1, 1, 1, 1]
         channel_shape[family.image_axes[1]] = problem.c_out
@@ -410,7 +412,7 @@ def _to_user_image(array: np.ndarray, layout: Layout, problem: Problem) -> np.nd
 
 def _exact_if_needed(choice: KernelChoice, *arrays: np.ndarray) -> KernelChoice:
     """``choice``, or its exact alternative when it needs finite inputs and one is not."""
-    if choice.exact is not None and not all(all_finite(a) for a in arrays if a.size):
+    if choice.exact is not None and not all(run_kernel(all_finite, a) for a in arrays if a.size):
         return choice.exact
     return choice
 
@@ -428,12 +430,12 @@ def _grad_input(
     if family is problem.layout:
         result = destination(out, problem.input_shape, problem.dtype, accumulate, originals)
         if problem.terms:
-            choice.kernel(g, w, as_batched(result, problem.batched), *choice.args)
+            run_kernel(choice.kernel, g, w, as_batched(result, problem.batched), *choice.args)
         return result
     shape = family.image_shape(problem.n, problem.c_in, problem.height, problem.width)
-    buffer = np.zeros(shape, problem.dtype)
+    buffer = allocate(shape, problem.dtype)
     if problem.terms:
-        choice.kernel(g, w, buffer, *choice.args)
+        run_kernel(choice.kernel, g, w, buffer, *choice.args)
     return _to_user_image(buffer, family, problem)
 
 
@@ -451,11 +453,11 @@ def _grad_weight(
         buffer = destination(out, problem.weight_shape, problem.dtype, accumulate, originals)
     else:
         cin_g = problem.c_in // problem.geometry.groups
-        buffer = np.zeros(
+        buffer = allocate(
             family.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw), problem.dtype
         )
     if problem.terms:
-        choice.kernel(x, g, buffer, *choice.args)
+        run_kernel(choice.kernel, x, g, buffer, *choice.args)
     return convert_weight(buffer, family, problem.layout)
 
 
@@ -471,7 +473,7 @@ def _grad_bias(
     """grad_bias from ``g``, a batched kernel-ready grad_output, by ``kernel``."""
     result = destination(out, (c_out,), dtype, accumulate, originals)
     if g.size:
-        kernel(g, result)
+        run_kernel(kernel, g, result)
     return result
 
 

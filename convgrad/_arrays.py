@@ -6,6 +6,24 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# Largest size NumPy takes for one axis (and for a whole array, in bytes).
+MAX_SIZE = int(np.iinfo(np.intp).max)
+
+
+def allocate(shape: tuple[int, ...], dtype: np.dtype, *, zero: bool = True) -> np.ndarray:
+    """A new array (zeroed unless ``zero`` is False); MemoryError when it cannot exist.
+
+    NumPy raises ValueError for a shape whose byte size passes the address
+    space; for the caller that is the same failure as an allocation that the
+    system refuses, so both come out as MemoryError.
+    """
+    try:
+        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    except ValueError as error:
+        raise MemoryError(
+            f"cannot allocate an array of shape {shape} and dtype {np.dtype(dtype)}: {error}"
+        ) from None
+
 
 def common_float_dtype(**arrays: object) -> np.dtype:
     """The one native float dtype of all ``arrays`` (keyword = argument name).
@@ -68,6 +86,8 @@ def check_shape_tuple(name: str, shape: object, ndims: tuple[int, ...]) -> tuple
     if len(shape) not in ndims or min(shape, default=0) < 0:
         expected = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must be {expected} non-negative ints; got {tuple(shape)!r}")
+    if max(shape, default=0) > MAX_SIZE:
+        raise ValueError(f"{name} must have sizes at most {MAX_SIZE}; got {tuple(shape)!r}")
     return tuple(int(s) for s in shape)
 
 
@@ -109,7 +129,7 @@ def destination(
             if not accumulate:
                 out.fill(0)
             return out
-    return np.zeros(shape, dtype)
+    return allocate(shape, dtype)
 
 
 def deliver(result: np.ndarray, out: np.ndarray | None, accumulate: bool) -> np.ndarray:

@@ -4,6 +4,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._arrays import allocate
+from ._threading import run_kernel
 from .kernels import relayout
 
 
@@ -49,9 +51,9 @@ def relayout_image(array: np.ndarray, source: Layout, target: Layout) -> np.ndar
         return array
     copy = relayout.nchw_to_nhwc if target.name == "NHWC" else relayout.nhwc_to_nchw
     n, c, h, w = source.image_dims(array.shape)
-    result = np.empty(target.image_shape(n, c, h, w), array.dtype)
+    result = allocate(target.image_shape(n, c, h, w), array.dtype, zero=False)
     if result.size:
-        copy(array, result)
+        run_kernel(copy, array, result)
     return result
 
 

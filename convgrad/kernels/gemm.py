@@ -42,10 +42,14 @@ def grad_input_gemm_nhwc(g, w, gi, groups, rows_per_tile):
 
 
 def grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile):
-    """gw[0, 0] += x.T @ g per group; x (N, H, W, C_in), g (N, H, W, C_out)."""
+    """gw[0, 0] += x.T @ g per group; x (N, H, W, C_in), g (N, H, W, C_out).
+
+    Tiles' products are summed in float64 and rounded once (blocked sums).
+    """
     c_in, c_out = x.shape[-1], g.shape[-1]
     cin_g, cout_g = c_in // groups, c_out // groups
     x2, g2 = x.reshape(-1, c_in), g.reshape(-1, c_out)
+    total = np.zeros(gw.shape[2:], np.float64)
     for group in range(groups):
         outs, ins = (
             slice(group * cout_g, (group + 1) * cout_g),
@@ -53,7 +57,8 @@ def grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile):
         )
         for r0 in range(0, x2.shape[0], rows_per_tile):
             rows = slice(r0, r0 + rows_per_tile)
-            gw[0, 0, :, outs] += x2[rows, ins].T @ g2[rows, outs]
+            total[:, outs] += x2[rows, ins].T @ g2[rows, outs]
+    gw[0, 0] += total.astype(gw.dtype)
 
 
 def grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile):
@@ -75,15 +80,20 @@ def grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile):
 
 
 def grad_weight_gemm_nchw(x, g, gw, groups, rows_per_tile):
-    """gw[:, :, 0, 0] += sum over n of g[n] @ x[n].T per group."""
+    """gw[:, :, 0, 0] += sum over n of g[n] @ x[n].T per group.
+
+    The images' products are summed in float64 and rounded once (blocked sums).
+    """
     n_batch, c_in = x.shape[:2]
     c_out = g.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
     x3, g3 = x.reshape(n_batch, c_in, -1), g.reshape(n_batch, c_out, -1)
+    total = np.zeros(gw.shape[:2], np.float64)
     for group in range(groups):
         outs, ins = (
             slice(group * cout_g, (group + 1) * cout_g),
             slice(group * cin_g, (group + 1) * cin_g),
         )
         for n in range(n_batch):
-            gw[outs, :, 0, 0] += g3[n, outs] @ x3[n, ins].T
+            total[outs] += g3[n, outs] @ x3[n, ins].T
+    gw[:, :, 0, 0] += total.astype(gw.dtype)

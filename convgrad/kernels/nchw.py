@@ -10,8 +10,10 @@ one image row at a time: the innermost loop runs along j over a row of the
 output and the matching (strided) row of the input, so it vectorises.
 """
 
+import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._flags import FASTMATH
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -19,7 +21,7 @@ from ._flags import FASTMATH
 # from elsewhere would leave stale compiled kernels behind.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _valid_range(out_len, in_len, offset, stride):
     """Half-open range of output positions k with 0 <= k*stride + offset < in_len."""
     lo = max(0, -(offset // stride))
@@ -32,7 +34,7 @@ def _valid_range(out_len, in_len, offset, stride):
 # negative-index wraparound) and the views are known to be contiguous.
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _row_dot(a, offset, stride, b, lo, hi):
     """sum over j in [lo, hi) of a[j*stride + offset] * b[j]."""
     acc = a.dtype.type(0)
@@ -47,7 +49,7 @@ def _row_dot(a, offset, stride, b, lo, hi):
     return acc
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _row_axpy(dest, offset, stride, scale, src, lo, hi):
     """dest[j*stride + offset] += scale * src[j] for j in [lo, hi)."""
     if stride == 1:
@@ -60,7 +62,7 @@ def _row_axpy(dest, offset, stride, scale, src, lo, hi):
             dest[j * stride + offset] += scale * src[j]
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _row_gather_axpy(dest, scale, src, offset, stride, lo, hi):
     """dest[j] += scale * src[j*stride + offset] for j in [lo, hi)."""
     if stride == 1:
@@ -77,7 +79,7 @@ def _row_gather_axpy(dest, scale, src, offset, stride, lo, hi):
 # and a driver that runs the tasks in parallel with prange.
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: y[n, co] += conv2d(x, w)[n, co] for the output plane (n, co) = divmod(task, C_out)."""
     height, width = x.shape[2], x.shape[3]
@@ -98,14 +100,14 @@ def _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
                     _row_gather_axpy(y[n, co, i], wv, x_row, q * dw - pl, sw, j_lo, j_hi)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def forward_nchw(x, w, y, sh, sw, pt, pl, dh, dw, groups):
     """y += conv2d(x, w); parallel over (n, co) output planes."""
     for task in prange(y.shape[0] * y.shape[1]):
         _forward_plane(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: gi[n, ci] += scatter-add of w * g for the input plane (n, ci) = divmod(task, C_in)."""
     c_in, height, width = gi.shape[1], gi.shape[2], gi.shape[3]
@@ -128,19 +130,21 @@ def _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
                     _row_axpy(gi_row, q * dw - pl, sw, wv, g[n, co, i], j_lo, j_hi)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_input_nchw(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     """gi += scatter-add of w * g; parallel over (n, ci) input planes."""
     for task in prange(gi.shape[0] * gi.shape[1]):
         _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: gw[co, ci2] += correlation of x with g for (co, ci2) = divmod(task, C_in/groups).
 
     The task owns the KH x KW plane gw[co, ci2] and adds into it over (n, i)
-    in a fixed order.
+    in a fixed order: one image's rows summed in the dtype (a block of OH x OW
+    terms at most), the images' sums in float64, rounded once at the end, so
+    the error does not grow with the batch.
     """
     height, width = x.shape[2], x.shape[3]
     c_out, out_h, out_w = g.shape[1], g.shape[2], g.shape[3]
@@ -148,7 +152,7 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
     co = task // cin_g
     ci2 = task - co * cin_g
     ci = (co // (c_out // groups)) * cin_g + ci2
-    plane = gw[co, ci2]
+    total = np.zeros((kh, kw), dtype=np.float64)
     for n in range(x.shape[0]):
         for p in range(kh):
             i_lo, i_hi = _valid_range(out_h, height, p * dh - pt, sh)
@@ -158,17 +162,21 @@ def _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups):
                 for i in range(i_lo, i_hi):
                     x_row = x[n, ci, i * sh + p * dh - pt]
                     acc += _row_dot(x_row, q * dw - pl, sw, g[n, co, i], j_lo, j_hi)
-                plane[p, q] += acc
+                total[p, q] += acc
+    plane = gw[co, ci2]
+    for p in range(kh):
+        for q in range(kw):
+            plane[p, q] += total[p, q]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nchw(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
     """gw += valid correlation of x with g; parallel over (co, ci2) kernel planes."""
     for task in prange(gw.shape[0] * gw.shape[1]):
         _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_bias_nchw(g, gb):
     """gb += sum of g over (n, i, j), accumulated in float64; parallel over co."""
     n_batch, c_out, out_h, out_w = g.shape

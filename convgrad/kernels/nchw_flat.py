@@ -28,6 +28,7 @@ columns never wrap: (OW - 1) + cv <= (Wp - 1) // sw < Wq.
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._flags import FASTMATH
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -35,7 +36,7 @@ from ._flags import FASTMATH
 # from elsewhere would leave stale compiled kernels behind.
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def all_finite(a):
     """True when no element of the C-contiguous array ``a`` is NaN or +-Inf."""
     flat = a.reshape(a.size)
@@ -52,7 +53,7 @@ def all_finite(a):
     return bad == 0
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _phase_planes(src, top, left, sh, sw, planes):
     """``src`` (N, C, H, W) zero-padded at (top, left), split into stride phases.
 
@@ -98,7 +99,7 @@ def _workspaces(n_chunk, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, 
 BLOCK = 4
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _dot(a, b):
     """sum of a * b over two equally long contiguous vectors."""
     acc = a.dtype.type(0)
@@ -107,7 +108,7 @@ def _dot(a, b):
     return acc
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _dot4(a, b0, b1, b2, b3):
     """(sum a*b0, sum a*b1, sum a*b2, sum a*b3) in one pass over a."""
     s0 = s1 = s2 = s3 = a.dtype.type(0)
@@ -120,21 +121,21 @@ def _dot4(a, b0, b1, b2, b3):
     return s0, s1, s2, s3
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _axpy(dest, scale, src):
     """dest += scale * src over two equally long contiguous vectors."""
     for k in range(src.shape[0]):
         dest[k] += scale * src[k]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
     """dest += w0*s0 + w1*s1 + w2*s2 + w3*s3 in one pass over dest."""
     for k in range(dest.shape[0]):
         dest[k] += w0 * s0[k] + w1 * s1[k] + w2 * s2[k] + w3 * s3[k]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
     """The 16 dot products a_i . b_j (i, j < 4), returned i-major, in one pass.
 
@@ -166,7 +167,7 @@ def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
     return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _window(plane, shift, length):
     """The ``length`` values of a (rows, pitch) plane from flat position ``shift`` on."""
     return plane.reshape(plane.size)[shift : shift + length]
@@ -176,7 +177,7 @@ def _window(plane, shift, length):
 TAPS = 3
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _dot3x4(x, d, b0, b1, b2, b3):
     """The 12 sums over k of x[k + t*d] * b_j[k] (t < 3, j < 4), returned t-major.
 
@@ -206,7 +207,7 @@ def _dot3x4(x, d, b0, b1, b2, b3):
     return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _axpy4x4(d0, d1, d2, d3, w, s0, s1, s2, s3):
     """d_i += sum over j < 4 of w[j, i] * s_j, for i < 4, in one pass.
 
@@ -231,20 +232,25 @@ def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_ch
         min(n_chunk, x.shape[0]), x.shape[1], g.shape[1], x.shape[2], x.shape[3], g.shape[2],
         sh, sw, pt, pb, pl, pr, x.dtype,
     )  # fmt: skip
-    _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads)
+    totals = np.zeros(gw.shape, dtype=np.float64)
+    _grad_weight(x, g, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads, totals)
+    gw += totals  # rounded once
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads):
-    """gw += valid correlation of x with g.
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _grad_weight(x, g, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads, totals):
+    """totals += valid correlation of x with g.
 
     Parallel over (block of up to four output channels, block of up to four
     input channels) of one group; each task owns those channels' kernel planes
-    gw[co, ci2] and takes full 4 x 4 blocks sixteen dot products at a time.
+    totals[co, ci2] and takes full 4 x 4 blocks sixteen dot products at a time.
+    Each image's plane is one dot product in the dtype; the images' dot
+    products are summed in float64 (``totals``), so the error does not grow
+    with the batch.
     """
     n_batch, _, height, width = x.shape
     c_out, out_h = g.shape[1], g.shape[2]
-    cin_g, kh, kw = gw.shape[1], gw.shape[2], gw.shape[3]
+    cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
     cout_g = c_out // groups
     co_blocks = (cout_g + BLOCK - 1) // BLOCK  # per group
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
@@ -286,7 +292,7 @@ def _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, imag
                             )
                             for a in range(BLOCK):
                                 for b in range(BLOCK):
-                                    gw[co0 + b, ci2_0 + a, p, q] += sums[a * BLOCK + b]
+                                    totals[co0 + b, ci2_0 + a, p, q] += sums[a * BLOCK + b]
                     continue
                 for ci2 in range(ci2_0, ci2_1):
                     for p in range(kh):
@@ -302,20 +308,20 @@ def _grad_weight(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, imag
                                 sums3 = _dot3x4(window, dw, g0, g1, g2, g3)
                                 for t in range(TAPS):
                                     for b in range(BLOCK):
-                                        gw[co0 + b, ci2, p, q + t] += sums3[t * BLOCK + b]
+                                        totals[co0 + b, ci2, p, q + t] += sums3[t * BLOCK + b]
                                 q += TAPS
                                 continue
                             window = x_flat[shift : shift + length]
                             if co1 - co0 == BLOCK:
                                 s0, s1, s2, s3 = _dot4(window, g0, g1, g2, g3)
-                                gw[co0, ci2, p, q] += s0
-                                gw[co0 + 1, ci2, p, q] += s1
-                                gw[co0 + 2, ci2, p, q] += s2
-                                gw[co0 + 3, ci2, p, q] += s3
+                                totals[co0, ci2, p, q] += s0
+                                totals[co0 + 1, ci2, p, q] += s1
+                                totals[co0 + 2, ci2, p, q] += s2
+                                totals[co0 + 3, ci2, p, q] += s3
                             else:
                                 for co in range(co0, co1):
                                     g_flat = gpad[n, co, 0].reshape(length)
-                                    gw[co, ci2, p, q] += _dot(window, g_flat)
+                                    totals[co, ci2, p, q] += _dot(window, g_flat)
                             q += 1
 
 
@@ -328,7 +334,7 @@ def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chu
     _grad_input(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _grad_input(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads):
     """gi += scatter-add of w * g.
 

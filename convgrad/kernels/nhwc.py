@@ -12,6 +12,7 @@ The innermost loop runs over a contiguous slice of output channels, taken as a
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._flags import FASTMATH
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -19,7 +20,7 @@ from ._flags import FASTMATH
 # from elsewhere would leave stale compiled kernels behind.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _valid_range(out_len, in_len, offset, stride):
     """Half-open range of output positions k with 0 <= k*stride + offset < in_len."""
     lo = max(0, -(offset // stride))
@@ -27,14 +28,14 @@ def _valid_range(out_len, in_len, offset, stride):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _axpy(dest, scale, src):
     """dest += scale * src over two equally long contiguous vectors."""
     for k in range(src.shape[0]):
         dest[k] += scale * src[k]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _dot(a, b):
     """sum of a * b over two equally long contiguous vectors."""
     acc = a.dtype.type(0)
@@ -47,7 +48,7 @@ def _dot(a, b):
 # and a driver that runs the tasks in parallel with prange.
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: y[n, i] += conv2d(x, w)[n, i] for the output row (n, i) = divmod(task, OH)."""
     height, width, c_in = x.shape[1], x.shape[2], x.shape[3]
@@ -73,14 +74,14 @@ def _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups):
                         _axpy(y_part, xv, w[p, q, ci2, co0 : co0 + cout_g])
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def forward_nhwc(x, w, y, sh, sw, pt, pl, dh, dw, groups):
     """y += conv2d(x, w); parallel over (n, i) output rows."""
     for task in prange(y.shape[0] * y.shape[1]):
         _forward_row(x, w, y, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
     """Task: gi[n, r] += scatter-add of w * g for the input row (n, r) = divmod(task, H).
 
@@ -112,14 +113,14 @@ def _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups):
                         )
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_input_nhwc(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     """gi += scatter-add of w * g; parallel over (n, r) input rows."""
     for task in prange(gi.shape[0] * gi.shape[1]):
         _grad_input_row(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _grad_weight_rows(x, g, acc, row_lo, row_hi, sh, sw, pt, pl, dh, dw, groups):
     """Task: acc += correlation of x with g over the output rows [row_lo, row_hi) of (n, i).
 
@@ -151,34 +152,59 @@ def _grad_weight_rows(x, g, acc, row_lo, row_hi, sh, sw, pt, pl, dh, dw, groups)
                             _axpy(acc_part, xv, g_row[j, co0 : co0 + cout_g])
 
 
+# Blocked sums: a float32 accumulator that took many terms one after another
+# drifts (about 1e-4 of the sum of |terms| after 1e7 positive terms). Each
+# chunk therefore sums its rows a block of at most about BLOCK_TERMS terms per
+# entry at a time, folds the block into a float64 total and starts the next
+# block at zero; the chunk totals are added in chunk order and rounded once.
+BLOCK_TERMS = 4096
+
+
+@njit(cache=CACHE)
+def _fold(total, block):
+    """total += block, then block = 0; both C-contiguous and equally large."""
+    t = total.reshape(total.size)
+    b = block.reshape(block.size)
+    for k in range(t.shape[0]):
+        t[k] += b[k]
+        b[k] = 0
+
+
 def grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
-    """gw += the weight gradient, summed in ``n_chunks`` partials.
+    """gw += the weight gradient, summed in ``n_chunks`` blocked partials.
 
     The partials are allocated here, by NumPy, so the asv memory tracks see them.
     """
-    partial = np.zeros((n_chunks, *gw.shape), dtype=gw.dtype)
-    _grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, partial)
+    totals = np.zeros((n_chunks, *gw.shape), dtype=np.float64)
+    blocks = np.zeros((n_chunks, *gw.shape), dtype=gw.dtype)
+    _grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, totals, blocks)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, partial):
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, totals, blocks):
     """gw += valid correlation of x with g.
 
     The (n, i) output rows are split into ``n_chunks`` fixed chunks, each summed
-    into its own partial weight gradient in parallel; the partials are then
-    added in chunk order. The chunking depends only on the caller's choice of
-    ``n_chunks``, never on the thread count, so the result is deterministic.
+    into its own partial weight gradient in parallel (blocked, see BLOCK_TERMS);
+    the partials are then added in chunk order. The chunks and blocks depend
+    only on the caller's ``n_chunks`` and the shapes, never on the thread count,
+    so the result is deterministic.
     """
     n_rows = g.shape[0] * g.shape[1]
+    block_rows = max(1, BLOCK_TERMS // max(1, g.shape[2]))
     for chunk in prange(n_chunks):
         row_lo = chunk * n_rows // n_chunks
         row_hi = (chunk + 1) * n_rows // n_chunks
-        _grad_weight_rows(x, g, partial[chunk], row_lo, row_hi, sh, sw, pt, pl, dh, dw, groups)
-    for chunk in range(n_chunks):
-        gw += partial[chunk]
+        for r0 in range(row_lo, row_hi, block_rows):
+            r1 = min(r0 + block_rows, row_hi)
+            _grad_weight_rows(x, g, blocks[chunk], r0, r1, sh, sw, pt, pl, dh, dw, groups)
+            _fold(totals[chunk], blocks[chunk])
+    for chunk in range(1, n_chunks):
+        _fold(totals[0], totals[chunk])
+    _fold(gw, totals[0])  # gw += total, rounded once (the zeroed total is not used again)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def grad_bias_nhwc(g, gb):
     """gb += sum of g over (n, i, j), accumulated in float64."""
     n_batch, out_h, out_w, c_out = g.shape

@@ -11,6 +11,7 @@ instead of over a group's single channel pair as in ``nhwc.py``.
 import numpy as np
 from numba import njit, prange
 
+from ._cache import CACHE
 from ._flags import FASTMATH
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -18,7 +19,7 @@ from ._flags import FASTMATH
 # from elsewhere would leave stale compiled kernels behind.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=CACHE, inline="always")
 def _valid_range(out_len, in_len, offset, stride):
     """Half-open range of output positions k with 0 <= k*stride + offset < in_len."""
     lo = max(0, -(offset // stride))
@@ -26,14 +27,14 @@ def _valid_range(out_len, in_len, offset, stride):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _multiply_add(dest, a, b):
     """dest += a * b, elementwise over equally long contiguous vectors."""
     for k in range(dest.shape[0]):
         dest[k] += a[k] * b[k]
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
     """y += depthwise conv2d(x, w); parallel over (n, i) output rows."""
     height, width = x.shape[1], x.shape[2]
@@ -52,7 +53,7 @@ def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(y[n, i, j], w[p, q, 0], x[n, r, j * sw + q * dw - pl])
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     """gi += scatter-add of w * g; parallel over (n, r) input rows, each gathering its sources."""
     height, width = gi.shape[1], gi.shape[2]
@@ -72,29 +73,49 @@ def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
 
 
+# Blocked sums, as in nhwc.py: rows are summed a block of at most about
+# BLOCK_TERMS terms per entry at a time in the dtype, each block folded into a
+# float64 total, so the error does not grow with the number of rows.
+BLOCK_TERMS = 4096
+
+
+@njit(cache=CACHE)
+def _fold(total, block):
+    """total += block, then block = 0; both C-contiguous and equally large."""
+    t = total.reshape(total.size)
+    b = block.reshape(block.size)
+    for k in range(t.shape[0]):
+        t[k] += b[k]
+        b[k] = 0
+
+
 def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
-    """gw += the weight gradient, summed in ``n_chunks`` partials.
+    """gw += the weight gradient, summed in ``n_chunks`` blocked partials.
 
     The partials are allocated here, by NumPy, so the asv memory tracks see them.
     """
-    partial = np.zeros((n_chunks, *gw.shape), dtype=gw.dtype)
-    _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, partial)
+    totals = np.zeros((n_chunks, *gw.shape), dtype=np.float64)
+    blocks = np.zeros((n_chunks, *gw.shape), dtype=gw.dtype)
+    _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, totals, blocks)
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, partial):
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, totals, blocks):
     """gw += per-channel valid correlation of x with g.
 
     Output rows are split into ``n_chunks`` fixed chunks summed in parallel into
-    their own partial gradients, then added in chunk order: deterministic for
-    any thread count.
+    their own partial gradients (blocked, see BLOCK_TERMS), then added in chunk
+    order: deterministic for any thread count.
     """
     height, width = x.shape[1], x.shape[2]
     out_h, out_w = g.shape[1], g.shape[2]
     kh, kw = gw.shape[0], gw.shape[1]
     n_rows = g.shape[0] * out_h
+    block_rows = max(1, BLOCK_TERMS // max(1, out_w))
     for chunk in prange(n_chunks):
-        for row in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
+        row_lo = chunk * n_rows // n_chunks
+        row_hi = (chunk + 1) * n_rows // n_chunks
+        for row in range(row_lo, row_hi):
             n = row // out_h
             i = row - n * out_h
             for p in range(kh):
@@ -103,8 +124,11 @@ def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chun
                     continue
                 for q in range(kw):
                     j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    acc = partial[chunk, p, q, 0]
+                    acc = blocks[chunk, p, q, 0]
                     for j in range(j_lo, j_hi):
                         _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
-    for chunk in range(n_chunks):
-        gw += partial[chunk]
+            if (row - row_lo + 1) % block_rows == 0 or row == row_hi - 1:
+                _fold(totals[chunk], blocks[chunk])
+    for chunk in range(1, n_chunks):
+        _fold(totals[0], totals[chunk])
+    _fold(gw, totals[0])  # gw += total, rounded once

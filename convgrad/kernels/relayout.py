@@ -7,8 +7,10 @@ task owns one (n, h) row of the NHWC array, a contiguous W x C block.
 
 from numba import njit, prange
 
+from ._cache import CACHE
 
-@njit(cache=True, parallel=True)
+
+@njit(cache=CACHE, parallel=True)
 def nchw_to_nhwc(src, dst):
     """dst[n, h, w, c] = src[n, c, h, w]."""
     n_batch, channels, height, width = src.shape
@@ -21,7 +23,7 @@ def nchw_to_nhwc(src, dst):
                 dst[n, h, w, c] = row[w]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def nhwc_to_nchw(src, dst):
     """dst[n, c, h, w] = src[n, h, w, c]."""
     n_batch, height, width, channels = src.shape

@@ -1,0 +1,111 @@
+"""Compile the kernels ahead of time: one tiny problem per kernel family the dispatch can pick."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ._api import conv2d, conv2d_backward
+from ._arrays import FLOAT_DTYPES
+from ._layouts import LAYOUTS, Layout
+from ._threading import kernel_guard
+
+# (C_in, C_out, H=W, K, groups) picked so that, whatever the layout of the
+# arrays, the dispatch runs each family: the row kernels (one channel, long
+# rows), the channel kernels (short rows, many channels), the flat planes (16
+# channel pairs, long planes; run again with a NaN for their exact fallback),
+# the NHWC depthwise kernels and the BLAS products (1x1). Between them they
+# also run both relayout copies, both grad_bias kernels and the forward pass.
+PROBLEMS = {
+    "rows": (1, 1, 12, 3, 1),
+    "channels": (8, 8, 6, 3, 1),
+    "flat": (4, 4, 12, 3, 1),
+    "depthwise": (4, 4, 6, 3, 4),
+    "gemm": (4, 4, 4, 1, 1),
+}
+
+
+def _dtype(value: object) -> np.dtype:
+    try:
+        dtype = np.dtype(value)  # type: ignore[call-overload]
+    except Exception:  # numpy raises TypeError or ValueError, or worse for odd objects
+        dtype = None
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtypes must hold float32 or float64 dtypes; got {value!r}")
+    return dtype
+
+
+def _layout(value: object) -> Layout:
+    if not isinstance(value, str) or value not in LAYOUTS:
+        raise ValueError(f"layouts must hold 'NCHW' or 'NHWC'; got {value!r}")
+    return LAYOUTS[value]
+
+
+def _listed(name: str, value: object) -> list[object]:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return value.tolist()
+    raise TypeError(f"{name} must be a list; got {value!r}")
+
+
+def warmup(
+    dtypes: Iterable[object] = ("float32", "float64"),
+    layouts: Iterable[str] = ("NCHW", "NHWC"),
+    *,
+    forward: bool = True,
+) -> int:
+    """Compile (or load from the disk cache) every kernel that calls in these settings can use.
+
+    Runs one tiny problem per kernel family for each dtype and layout, so that
+    later calls start at full speed: call it while building a container image
+    (with the disk cache on, the compiled code is stored in it) or at the
+    start of a server process. It also starts numba's threading layer (see
+    the README's "Reliability" section).
+
+    Parameters
+    ----------
+    dtypes : iterable of dtype-like
+        Any of ``"float32"`` and ``"float64"`` (or ``np.float32``, ...).
+    layouts : iterable of {"NCHW", "NHWC"}
+        The layouts the arrays will come in.
+    forward : bool
+        Also compile :func:`conv2d`'s kernels.
+
+    Returns
+    -------
+    int
+        The number of problems run.
+
+    Examples
+    --------
+    >>> import convgrad
+    >>> convgrad.warmup(dtypes=["float32"], layouts=["NHWC"], forward=False)
+    6
+    """
+    chosen_dtypes = [_dtype(d) for d in _listed("dtypes", dtypes)]
+    chosen_layouts = [_layout(name) for name in _listed("layouts", layouts)]
+    if not isinstance(forward, (bool, np.bool_)):
+        raise TypeError(f"forward must be a bool; got {forward!r}")
+    kernel_guard()
+    runs = 0
+    rng = np.random.default_rng(0)
+    for dtype in chosen_dtypes:
+        for layout in chosen_layouts:
+            for name, (c_in, c_out, size, k, groups) in PROBLEMS.items():
+                x = rng.standard_normal(layout.image_shape(1, c_in, size, size)).astype(dtype)
+                w = rng.standard_normal(layout.weight_shape(c_out, c_in // groups, k, k))
+                w = w.astype(dtype)
+                g = rng.standard_normal(layout.image_shape(1, c_out, size - k + 1, size - k + 1))
+                g = g.astype(dtype)
+                options = {"groups": groups, "layout": layout.name}
+                conv2d_backward(g, x, w, **options)
+                runs += 1
+                if name == "flat":  # a NaN sends the flat kernels' work to the row kernels
+                    g[(0,) * g.ndim] = np.nan
+                    conv2d_backward(g, x, w, **options)
+                    runs += 1
+                if forward:
+                    conv2d(x, w, **options)
+    return runs
