@@ -19,6 +19,7 @@ from ._dispatch import (
     KernelChoice,
     gemm_suits,
     kernel_layout,
+    select_backward_kernel,
     select_bias_kernel,
     select_kernel,
 )
@@ -188,16 +189,20 @@ def conv2d_backward(
     # grad_bias goes first: after a BLAS product OpenBLAS's threads spin for a
     # while, and a numba kernel started then competes with them for the cores.
     results: list[np.ndarray | None] = [None, None, None]
+    fused = select_backward_kernel(problem) if all(mask) and problem.terms else None
+    x = _image_for(input, problem, family) if mask[1] else None
+    w = _weight_for(weight, problem, family) if mask[0] else None
+    if fused is not None and _finite(g, x, w):
+        results = _backward_fused(fused, problem, g, x, w, outs, accumulate, originals)
+        mask = (False, False, False)
     if mask[2]:
         bias_kernel = select_bias_kernel(family, gemm_suits(problem) and (mask[0] or mask[1]))
         results[2] = _grad_bias(
             bias_kernel, g, problem.c_out, dtype, outs[2], accumulate, originals
         )
     if mask[0]:
-        w = _weight_for(weight, problem, family)
         results[0] = _grad_input(problem, g, w, outs[0], accumulate, originals)
     if mask[1]:
-        x = _image_for(input, problem, family)
         results[1] = _grad_weight(problem, x, g, outs[1], accumulate, originals)
     grad_input, grad_weight, grad_bias = (
         None if result is None else deliver(result, entry, accumulate)
@@ -410,11 +415,46 @@ def _to_user_image(array: np.ndarray, layout: Layout, problem: Problem) -> np.nd
     return result if problem.batched else result[0]
 
 
+def _finite(*arrays: np.ndarray) -> bool:
+    """No NaN or Inf in any of ``arrays`` (C-contiguous)."""
+    return all(run_kernel(all_finite, a) for a in arrays if a.size)
+
+
 def _exact_if_needed(choice: KernelChoice, *arrays: np.ndarray) -> KernelChoice:
     """``choice``, or its exact alternative when it needs finite inputs and one is not."""
-    if choice.exact is not None and not all(run_kernel(all_finite, a) for a in arrays if a.size):
+    if choice.exact is not None and not _finite(*arrays):
         return choice.exact
     return choice
+
+
+def _backward_fused(
+    choice: KernelChoice,
+    problem: Problem,
+    g: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    outs: tuple[np.ndarray | None, ...],
+    accumulate: bool,
+    originals: tuple[np.ndarray, ...],
+) -> list[np.ndarray | None]:
+    """All three gradients by one fused kernel working in ``choice.layout`` (finite inputs)."""
+    family = choice.layout
+    cin_g = problem.c_in // problem.geometry.groups
+    if family is problem.layout:
+        gi = destination(outs[0], problem.input_shape, problem.dtype, accumulate, originals)
+        gw = destination(outs[1], problem.weight_shape, problem.dtype, accumulate, originals)
+        gi_kernel = as_batched(gi, problem.batched)
+    else:
+        shape = family.image_shape(problem.n, problem.c_in, problem.height, problem.width)
+        gi_kernel = allocate(shape, problem.dtype)
+        weight_shape = family.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw)
+        gw = allocate(weight_shape, problem.dtype)
+    gb = destination(outs[2], (problem.c_out,), problem.dtype, accumulate, originals)
+    run_kernel(choice.kernel, x, g, w, gi_kernel, gw, gb, *choice.args)
+    if family is not problem.layout:
+        gi = _to_user_image(gi_kernel, family, problem)
+        gw = convert_weight(gw, family, problem.layout)
+    return [gi, gw, gb]
 
 
 def _grad_input(

@@ -205,6 +205,34 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     return KernelChoice(_FLAT_KERNELS[operation], NCHW, args, exact)
 
 
+# The fused flat backward (all three gradients in one pass over the batch) pays
+# where grad_output dominates the traffic: groups with fewer than
+# FUSED_MAX_CHANNELS input channels, and a batch to spread over the threads.
+FUSED_MAX_CHANNELS = 4
+FUSED_MIN_IMAGES = 2
+
+
+def select_backward_kernel(problem: Problem) -> KernelChoice | None:
+    """The fused kernel computing all three gradients at once, or None.
+
+    Fused: flat-plane problems (NCHW) with few input channels per group and at
+    least two images. Like the flat kernels it is exact for finite inputs only;
+    otherwise (and where it returns None) each gradient takes ``select_kernel``.
+    """
+    groups = problem.geometry.groups
+    if (
+        gemm_suits(problem)
+        or is_depthwise(problem)
+        or not flat_suits(problem)
+        or problem.c_in // groups >= FUSED_MAX_CHANNELS
+        or problem.n < FUSED_MIN_IMAGES
+    ):
+        return None
+    (sh, sw), padding, (dh, dw), _ = problem.geometry
+    args = (sh, sw, *padding, dh, dw, groups)
+    return KernelChoice(nchw_flat.backward_nchw_flat, NCHW, args)
+
+
 def select_bias_kernel(layout: Layout, beside_blas: bool = False) -> Callable[..., None]:
     """The kernel ``(g, gb)`` that sums grad_output into grad_bias for ``layout``.
 

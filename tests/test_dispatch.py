@@ -168,3 +168,25 @@ def test_weight_chunks_bounded_by_memory_budget():
     chunks = _dispatch.weight_chunks(huge)
     assert chunks >= 1
     assert chunks == 1 or chunks * weight_bytes <= _dispatch.PARTIALS_BUDGET_BYTES
+
+
+def test_fused_backward_takes_few_channel_batches_only():
+    def problem(n, c_in, c_out, size, k=3, groups=1, stride=1, padding=1):
+        return describe(
+            NCHW,
+            np.dtype(np.float32),
+            (n, c_in, size, size),
+            (c_out, c_in // groups, k, k),
+            stride=stride,
+            padding=padding,
+            dilation=1,
+            groups=groups,
+        )
+
+    assert _dispatch.select_backward_kernel(problem(64, 1, 32, 28)) is not None  # mnist_b64
+    assert _dispatch.select_backward_kernel(problem(32, 3, 64, 32)) is not None  # cifar_b32
+    assert _dispatch.select_backward_kernel(problem(8, 6, 16, 12, groups=2)) is not None
+    assert _dispatch.select_backward_kernel(problem(1, 3, 64, 32)) is None  # one image
+    assert _dispatch.select_backward_kernel(problem(8, 64, 64, 56)) is None  # many channels
+    assert _dispatch.select_backward_kernel(problem(8, 2, 8, 4)) is None  # planes too short for flat
+    assert _dispatch.select_backward_kernel(problem(8, 3, 64, 14, k=1, padding=0)) is None

@@ -76,6 +76,47 @@ def test_flat_kernels_match_row_kernels(case):
     np.testing.assert_allclose(got - 1, expected, rtol=rtol, atol=atol)
 
 
+@settings(deadline=None, max_examples=100)
+@given(flat_problems())
+def test_fused_backward_matches_row_kernels(case):
+    problem, _, seed = case
+    x, w, g = arrays(problem, seed)
+    (sh, sw), padding, (dh, dw), groups = problem.geometry
+    rtol, atol = tolerance(problem)
+    expected_gw, expected_gi = np.zeros_like(w), np.zeros_like(x)
+    nchw.grad_weight_nchw(x, g, expected_gw, *problem.kernel_args)
+    nchw.grad_input_nchw(g, w, expected_gi, *problem.kernel_args)
+    # the kernel adds into what is there
+    gi, gw, gb = np.ones_like(x), np.ones_like(w), np.ones(problem.c_out, x.dtype)
+    nchw_flat.backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, *padding, dh, dw, groups)
+    np.testing.assert_allclose(gi - 1, expected_gi, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(gw - 1, expected_gw, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(gb - 1, g.sum(axis=(0, 2, 3)), rtol=rtol, atol=atol)
+
+
+def test_api_fused_path_agrees_with_single_gradients():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)  # NHWC: relayout both ways
+    w = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)
+    g = rng.standard_normal((8, 12, 12, 16)).astype(np.float32)
+    problem = describe(
+        convgrad._layouts.NHWC, x.dtype, x.shape, w.shape, stride=1, padding=1, dilation=1, groups=1
+    )
+    assert _dispatch.select_backward_kernel(problem) is not None
+    opts = {"padding": 1, "layout": "NHWC"}
+    gi, gw, gb = convgrad.conv2d_backward(g, x, w, **opts)
+    np.testing.assert_allclose(gi, convgrad.conv2d_grad_input(g, w, x.shape, **opts), rtol=1e-5)
+    np.testing.assert_allclose(gw, convgrad.conv2d_grad_weight(g, x, w.shape, **opts), rtol=1e-5)
+    np.testing.assert_allclose(gb, convgrad.conv2d_grad_bias(g, layout="NHWC"), rtol=1e-5)
+    # out= aliasing an input, accumulating: every kernel reads before anything is written
+    xs = x.copy()
+    out = (xs, np.ones_like(w), np.ones(16, np.float32))
+    convgrad.conv2d_backward(g, xs, w, out=out, accumulate=True, **opts)
+    np.testing.assert_allclose(out[0], x + gi, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], 1 + gw, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out[2], 1 + gb, rtol=1e-5, atol=1e-4)
+
+
 @settings(deadline=None, max_examples=60)
 @given(st.integers(0, 5000), st.sampled_from([np.nan, np.inf, -np.inf]))
 def test_all_finite_finds_any_bad_value(position, bad):

@@ -21,6 +21,8 @@ CASES = {
     "depthwise": (4, 32, 64, 24, 3, (1, 2), 1, 1, 32),  # NCHW kernels, channel multiplier 2
     "depthwise-pure": (4, 48, 48, 22, (3, 2), 1, ((0, 2), (1, 1)), 2, 48),
     "pointwise-grouped": (4, 32, 48, 12, 1, 1, 0, 1, 2),  # BLAS matrix products
+    "fused": (16, 3, 32, 24, 3, 1, 1, 1, 1),  # conv2d_backward: the fused flat kernel
+    "fused-grouped": (6, 4, 16, 20, 3, 1, ((1, 0), (0, 2)), (1, 2), 2),
 }
 
 
@@ -46,6 +48,8 @@ FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
     "depthwise": ("rows", "rows"),
     "depthwise-pure": ("rows", "depthwise"),
     "pointwise-grouped": ("gemm", "gemm"),
+    "fused": ("flat", "flat"),
+    "fused-grouped": ("flat", "flat"),
 }
 
 
@@ -63,6 +67,8 @@ def test_cases_cover_every_kernel_family(name, layout):
     }[getattr(choice.kernel, "py_func", choice.kernel).__module__.rsplit(".", 1)[1]]
     assert family == FAMILIES[name][layout == "NHWC"]
     assert problem.n * problem.out_h >= 16  # enough tasks and weight chunks to split
+    fused = _dispatch.select_backward_kernel(problem)
+    assert (fused is not None) == name.startswith("fused")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
