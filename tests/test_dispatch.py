@@ -188,5 +188,5 @@ def test_fused_backward_takes_few_channel_batches_only():
     assert _dispatch.select_backward_kernel(problem(8, 6, 16, 12, groups=2)) is not None
     assert _dispatch.select_backward_kernel(problem(1, 3, 64, 32)) is None  # one image
     assert _dispatch.select_backward_kernel(problem(8, 64, 64, 56)) is None  # many channels
-    assert _dispatch.select_backward_kernel(problem(8, 2, 8, 4)) is None  # planes too short for flat
+    assert _dispatch.select_backward_kernel(problem(8, 2, 8, 4)) is None  # planes too short
     assert _dispatch.select_backward_kernel(problem(8, 3, 64, 14, k=1, padding=0)) is None
