@@ -192,7 +192,7 @@ def conv2d_backward(
     fused = select_backward_kernel(problem) if all(mask) and problem.terms else None
     x = _image_for(input, problem, family) if mask[1] else None
     w = _weight_for(weight, problem, family) if mask[0] else None
-    if fused is not None and _finite(g, x, w):
+    if fused is not None and (not fused.finite_only or _finite(g, x, w)):
         results = _backward_fused(fused, problem, g, x, w, outs, accumulate, originals)
         mask = (False, False, False)
     if mask[2]:

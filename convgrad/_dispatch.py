@@ -89,13 +89,16 @@ class KernelChoice(NamedTuple):
     """A kernel, the layout its arrays must be in, and the ints it takes after them.
 
     ``exact`` is the choice to run instead when an input is not finite (None:
-    this kernel is exact for any input).
+    this kernel is exact for any input). A fused backward kernel has no single
+    alternative: ``finite_only`` says the caller must check the inputs and run
+    the gradients one by one when one is not finite.
     """
 
     kernel: Callable[..., None]
     layout: Layout
     args: tuple[int, ...]
     exact: KernelChoice | None = None
+    finite_only: bool = False  # a fused kernel exact for finite inputs only (no ``exact``)
 
 
 def is_depthwise(problem: Problem) -> bool:
@@ -205,32 +208,45 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     return KernelChoice(_FLAT_KERNELS[operation], NCHW, args, exact)
 
 
-# The fused flat backward (all three gradients in one pass over the batch) pays
-# where grad_output dominates the traffic: groups with fewer than
-# FUSED_MAX_CHANNELS input channels, and a batch to spread over the threads.
+# Problems with at most SERIAL_MAX_TERMS multiply-adds per gradient run all
+# three gradients in one serial call: for them, starting the thread pool (three
+# times) costs more than the arithmetic.
+SERIAL_MAX_TERMS = 2**17
+
+# The fused flat backward (all three gradients in one pass over the batch,
+# parallel over blocks of images) pays where grad_output dominates the
+# traffic, in groups with fewer than FUSED_MAX_CHANNELS input channels, given
+# a batch to spread over the threads; and, even on one thread, for problems of
+# at most FUSED_MAX_TERMS multiply-adds per gradient (one call instead of
+# three parallel launches).
 FUSED_MAX_CHANNELS = 4
 FUSED_MIN_IMAGES = 2
+FUSED_MAX_TERMS = 2**20
 
 
 def select_backward_kernel(problem: Problem) -> KernelChoice | None:
-    """The fused kernel computing all three gradients at once, or None.
+    """A kernel computing all three gradients in one call, or None (one kernel each).
 
-    Fused: flat-plane problems (NCHW) with few input channels per group and at
-    least two images. Like the flat kernels it is exact for finite inputs only;
-    otherwise (and where it returns None) each gradient takes ``select_kernel``.
+    Tiny problems whose gradients would run on the row kernels take their
+    serial fused form (exact for any input). Flat-plane problems (NCHW) that
+    are small, or have few input channels per group and at least two images,
+    take the fused flat kernel; like the flat kernels it is exact for finite
+    inputs only (``finite_only``), otherwise each gradient takes
+    ``select_kernel``.
     """
+    if gemm_suits(problem) or kernel_layout(problem) is not NCHW:
+        return None
+    if not flat_suits(problem):
+        if problem.terms <= SERIAL_MAX_TERMS:
+            return KernelChoice(nchw.backward_nchw_serial, NCHW, problem.kernel_args)
+        return None
     groups = problem.geometry.groups
-    if (
-        gemm_suits(problem)
-        or is_depthwise(problem)
-        or not flat_suits(problem)
-        or problem.c_in // groups >= FUSED_MAX_CHANNELS
-        or problem.n < FUSED_MIN_IMAGES
-    ):
+    few_channels = problem.c_in // groups < FUSED_MAX_CHANNELS and problem.n >= FUSED_MIN_IMAGES
+    if is_depthwise(problem) or not (few_channels or problem.terms <= FUSED_MAX_TERMS):
         return None
     (sh, sw), padding, (dh, dw), _ = problem.geometry
     args = (sh, sw, *padding, dh, dw, groups)
-    return KernelChoice(nchw_flat.backward_nchw_flat, NCHW, args)
+    return KernelChoice(nchw_flat.backward_nchw_flat, NCHW, args, finite_only=True)
 
 
 def select_bias_kernel(layout: Layout, beside_blas: bool = False) -> Callable[..., None]:

@@ -8,6 +8,10 @@ from ._arrays import allocate
 from ._threading import run_kernel
 from .kernels import relayout
 
+# Image arrays up to this many elements are relayouted by NumPy on the calling
+# thread: for them a parallel copy costs more in starting threads than copying.
+SMALL_COPY_ELEMENTS = 2**14
+
 
 class Layout(NamedTuple):
     """Where a layout stores each logical axis.
@@ -45,10 +49,14 @@ class Layout(NamedTuple):
 def relayout_image(array: np.ndarray, source: Layout, target: Layout) -> np.ndarray:
     """A C-contiguous batched image array in ``source`` layout, as one in ``target``.
 
-    Returns ``array`` itself when the layouts agree, else a parallel copy.
+    Returns ``array`` itself when the layouts agree, else a copy: parallel, or
+    by NumPy for arrays so small that starting the thread pool costs more.
     """
     if source is target:
         return array
+    if array.size <= SMALL_COPY_ELEMENTS:
+        axes = tuple(source.image_axes[logical] for logical in _inverse(target.image_axes))
+        return np.ascontiguousarray(array.transpose(axes))
     copy = relayout.nchw_to_nhwc if target.name == "NHWC" else relayout.nhwc_to_nchw
     n, c, h, w = source.image_dims(array.shape)
     result = allocate(target.image_shape(n, c, h, w), array.dtype, zero=False)

@@ -6,9 +6,15 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ._api import conv2d, conv2d_backward
+from ._api import (
+    conv2d,
+    conv2d_backward,
+    conv2d_grad_bias,
+    conv2d_grad_input,
+    conv2d_grad_weight,
+)
 from ._arrays import FLOAT_DTYPES
-from ._layouts import LAYOUTS, Layout
+from ._layouts import LAYOUTS, NCHW, NHWC, SMALL_COPY_ELEMENTS, Layout, relayout_image
 from ._threading import kernel_guard
 
 # (C_in, C_out, H=W, K, groups) picked so that, whatever the layout of the
@@ -102,7 +108,12 @@ def warmup(
                 g = rng.standard_normal(layout.image_shape(2, c_out, size - k + 1, size - k + 1))
                 g = g.astype(dtype)
                 options = {"groups": groups, "layout": layout.name}
+                # conv2d_backward may run one fused kernel; the single-gradient
+                # functions run the per-gradient kernels of the same family
                 conv2d_backward(g, x, w, **options)
+                conv2d_grad_input(g, w, x.shape, **options)
+                conv2d_grad_weight(g, x, w.shape, **options)
+                conv2d_grad_bias(g, layout=layout.name)
                 runs += 1
                 if name == "flat":  # a NaN sends the flat kernels' work to the row kernels
                     g[(0,) * g.ndim] = np.nan
@@ -110,4 +121,7 @@ def warmup(
                     runs += 1
                 if forward:
                     conv2d(x, w, **options)
+        # the parallel relayout copies (small arrays are copied by NumPy)
+        big = np.zeros((1, 1, 2, SMALL_COPY_ELEMENTS), dtype)
+        relayout_image(relayout_image(big, NCHW, NHWC), NHWC, NCHW)
     return runs

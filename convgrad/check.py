@@ -5,8 +5,9 @@ rows, channels, flat planes, BLAS (1x1), depthwise, and grouped problems that
 land wherever the dispatch sends them, cycling through both layouts and both
 dtypes, batched or not, with random strides, asymmetric padding and dilation.
 A draw is kept only when the dispatch really picks the aimed-at path, so every
-family is exercised whatever its thresholds are. Each case runs ``conv2d`` and
-``conv2d_backward`` and compares all four results with ``convgrad.reference``
+family is exercised whatever its thresholds are. Each case runs ``conv2d``, the
+three single-gradient functions and ``conv2d_backward`` (which may compute all
+three in one fused kernel) and compares every result with ``convgrad.reference``
 computed in float64, within a tolerance that grows with the length of the sums.
 The case is labelled by the family the dispatch chose for its gradients.
 """
@@ -23,7 +24,14 @@ from typing import TextIO
 
 import numpy as np
 
-from . import __version__, conv2d, conv2d_backward
+from . import (
+    __version__,
+    conv2d,
+    conv2d_backward,
+    conv2d_grad_bias,
+    conv2d_grad_input,
+    conv2d_grad_weight,
+)
 from . import _dispatch as dispatch
 from ._layouts import get_layout
 from ._problem import Problem, describe
@@ -49,7 +57,9 @@ TARGETS: dict[str, Callable[[Problem, str], bool]] = {
 }
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-RESULTS = ("forward", "grad_input", "grad_weight", "grad_bias")
+# "backward" is conv2d_backward's three results (it may run a fused kernel for all
+# three); the gradients' own names are the single-gradient functions' results.
+RESULTS = ("forward", "grad_input", "grad_weight", "grad_bias", "backward")
 MAX_DRAWS = 500  # draws per case before taking one that misses its target
 
 
@@ -243,11 +253,17 @@ def run_case(case: Case) -> Outcome:
     shapes = (problem.input_shape, problem.weight_shape, (problem.c_out,), problem.output_shape)
     x, w, b, g = (rng.standard_normal(s).astype(case.dtype) for s in shapes)
     options = case.options
-    got = {"forward": conv2d(x, w, b, **options)}
-    got.update(zip(RESULTS[1:], conv2d_backward(g, x, w, **options), strict=True))
+    layout = {"layout": options["layout"]}
+    got = {
+        "forward": conv2d(x, w, b, **options),
+        "grad_input": conv2d_grad_input(g, w, x.shape, **options),
+        "grad_weight": conv2d_grad_weight(g, x, w.shape, **options),
+        "grad_bias": conv2d_grad_bias(g, **layout),
+    }
+    fused = conv2d_backward(g, x, w, **options)
     x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, w, b, g))
     want = {"forward": conv2d_reference(x64, w64, b64, **options)}
-    want.update(zip(RESULTS[1:], conv2d_backward_reference(g64, x64, w64, **options), strict=True))
+    want.update(zip(RESULTS[1:4], conv2d_backward_reference(g64, x64, w64, **options), strict=True))
     groups = problem.geometry.groups
     per_output = problem.n * problem.out_h * problem.out_w
     sums = {  # (terms, scale) of each result's sums
@@ -257,9 +273,13 @@ def run_case(case: Case) -> Outcome:
         "grad_bias": (per_output, _peak(g)),
     }
     outcome = Outcome(case, family_of(problem))
-    for name in RESULTS:
+    for name in RESULTS[:4]:
         rtol, atol = tolerance(problem.dtype, *sums[name])
         outcome.ratios[name] = error_ratio(np.asarray(got[name]), want[name], rtol, atol)
+    outcome.ratios["backward"] = max(
+        error_ratio(np.asarray(result), want[name], *tolerance(problem.dtype, *sums[name]))
+        for name, result in zip(RESULTS[1:4], fused, strict=True)
+    )
     return outcome
 
 

@@ -170,23 +170,28 @@ def test_weight_chunks_bounded_by_memory_budget():
     assert chunks == 1 or chunks * weight_bytes <= _dispatch.PARTIALS_BUDGET_BYTES
 
 
-def test_fused_backward_takes_few_channel_batches_only():
-    def problem(n, c_in, c_out, size, k=3, groups=1, stride=1, padding=1):
-        return describe(
+def test_backward_kernel_fuses_small_and_few_channel_problems():
+    def choice(n, c_in, c_out, size, k=3, groups=1, padding=1):
+        problem = describe(
             NCHW,
             np.dtype(np.float32),
             (n, c_in, size, size),
             (c_out, c_in // groups, k, k),
-            stride=stride,
+            stride=1,
             padding=padding,
             dilation=1,
             groups=groups,
         )
+        picked = _dispatch.select_backward_kernel(problem)
+        return None if picked is None else picked.kernel
 
-    assert _dispatch.select_backward_kernel(problem(64, 1, 32, 28)) is not None  # mnist_b64
-    assert _dispatch.select_backward_kernel(problem(32, 3, 64, 32)) is not None  # cifar_b32
-    assert _dispatch.select_backward_kernel(problem(8, 6, 16, 12, groups=2)) is not None
-    assert _dispatch.select_backward_kernel(problem(1, 3, 64, 32)) is None  # one image
-    assert _dispatch.select_backward_kernel(problem(8, 64, 64, 56)) is None  # many channels
-    assert _dispatch.select_backward_kernel(problem(8, 2, 8, 4)) is None  # planes too short
-    assert _dispatch.select_backward_kernel(problem(8, 3, 64, 14, k=1, padding=0)) is None
+    fused, serial = nchw_flat.backward_nchw_flat, nchw.backward_nchw_serial
+    assert choice(64, 1, 32, 28) is fused  # mnist_b64: few channels, a batch
+    assert choice(32, 3, 64, 32) is fused  # cifar_b32
+    assert choice(8, 6, 16, 12, groups=2) is fused
+    assert choice(1, 6, 16, 12, k=5, padding=0) is fused  # lenet2: small
+    assert choice(1, 3, 64, 32) is None  # one image, 1.8M terms: the parallel flat kernels
+    assert choice(8, 64, 64, 56) is None  # many channels, large
+    assert choice(1, 1, 6, 28, padding=0) is serial  # the seed: not flat, tiny
+    assert choice(64, 2, 8, 4) is None  # not flat, not tiny
+    assert choice(8, 3, 64, 14, k=1, padding=0) is None  # 1x1: BLAS
