@@ -65,9 +65,14 @@ ROW_PREFERENCE = 2
 
 # Flat planes pay for padded copies of the images, which pay off once a group
 # has FLAT_MIN_PAIRS (C_in/g x C_out/g) channel pairs to reuse them and a plane
-# is at least FLAT_MIN_LENGTH_PER_CHANNEL times longer than the channel vector.
+# is at least FLAT_MIN_LENGTH_PER_CHANNEL times longer than the channel vector,
+# or FLAT_LONG_PLANE long: with their 4 x 4 channel blocks the flat kernels
+# beat the channel kernels from there on whatever the channel count (measured:
+# 14 x 15 and 14 x 16 planes with 256 channels faster on flat, 7 x 8 and 8 x 10
+# slower).
 FLAT_MIN_PAIRS = 16
 FLAT_MIN_LENGTH_PER_CHANNEL = 4
+FLAT_LONG_PLANE = 160
 
 # BLAS products pay off from the same channel-pair count as flat planes; their
 # temporaries are formed a tile of rows at a time, at most GEMM_TILE_BYTES each.
@@ -138,7 +143,8 @@ def flat_suits(problem: Problem) -> bool:
     groups = problem.geometry.groups
     cin_g, cout_g = problem.c_in // groups, problem.c_out // groups
     plane = problem.out_h * _flat_pitch(problem)
-    return cin_g * cout_g >= FLAT_MIN_PAIRS and plane >= FLAT_MIN_LENGTH_PER_CHANNEL * cout_g
+    long_enough = min(FLAT_MIN_LENGTH_PER_CHANNEL * cout_g, FLAT_LONG_PLANE)
+    return cin_g * cout_g >= FLAT_MIN_PAIRS and plane >= long_enough
 
 
 def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:

@@ -75,11 +75,12 @@ def test_rows_win_up_to_the_row_preference():
         (1, 32, 1, 28, 3, 1, True),  # mnist: 32 pairs, 28 x 30 planes
         (16, 16, 1, 64, 7, 1, True),  # big kernel
         (64, 64, 1, 56, 3, 2, True),  # stride 2: 28 x 29 planes >= 4 x 64 channels
-        (128, 128, 1, 28, 3, 2, False),  # stride 2: 14 x 15 planes < 4 x 128 channels
+        (128, 128, 1, 28, 3, 2, True),  # stride 2: 14 x 15 planes, long enough
+        (256, 256, 1, 14, 3, 2, False),  # stride 2: 7 x 8 planes < 4 x 256 channels
         (3, 64, 1, 112, 7, 2, True),  # a stem: stride 2 but 56 x 59 planes
         (8, 8, 8, 56, 3, 1, False),  # depthwise: one pair per group, padding does not pay
         (1, 6, 1, 28, 3, 1, False),  # the seed: 6 pairs
-        (256, 256, 1, 14, 1, 1, False),  # pointwise: 196-long planes < 4 x 256 channels
+        (256, 256, 1, 14, 3, 1, True),  # 14 x 16 planes, 256 channels
     ],
 )
 def test_flat_planes_for_long_planes_and_enough_reuse(
