@@ -167,7 +167,7 @@ def image_chunk(problem: Problem) -> int:
     stride_h, stride_w = problem.geometry.stride
     pitch = _flat_pitch(problem)
     phase_rows = (problem.height + top + bottom + stride_h - 1) // stride_h + 1
-    per_image = problem.c_in * stride_h * stride_w * phase_rows + problem.c_out * problem.out_h
+    per_image = (problem.c_in * stride_h * stride_w + problem.c_out) * phase_rows
     per_image *= pitch * problem.dtype.itemsize
     images = (
         problem.c_in * problem.height * problem.width

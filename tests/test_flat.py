@@ -105,9 +105,11 @@ def test_api_fused_path_agrees_with_single_gradients():
     assert _dispatch.select_backward_kernel(problem) is not None
     opts = {"padding": 1, "layout": "NHWC"}
     gi, gw, gb = convgrad.conv2d_backward(g, x, w, **opts)
-    np.testing.assert_allclose(gi, convgrad.conv2d_grad_input(g, w, x.shape, **opts), rtol=1e-5)
-    np.testing.assert_allclose(gw, convgrad.conv2d_grad_weight(g, x, w.shape, **opts), rtol=1e-5)
-    np.testing.assert_allclose(gb, convgrad.conv2d_grad_bias(g, layout="NHWC"), rtol=1e-5)
+    # float32 sums of about a thousand unit terms, added in different orders
+    close = {"rtol": 1e-5, "atol": 1e-4}
+    np.testing.assert_allclose(gi, convgrad.conv2d_grad_input(g, w, x.shape, **opts), **close)
+    np.testing.assert_allclose(gw, convgrad.conv2d_grad_weight(g, x, w.shape, **opts), **close)
+    np.testing.assert_allclose(gb, convgrad.conv2d_grad_bias(g, layout="NHWC"), **close)
     # out= aliasing an input, accumulating: every kernel reads before anything is written
     xs = x.copy()
     out = (xs, np.ones_like(w), np.ones(16, np.float32))

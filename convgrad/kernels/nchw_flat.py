@@ -22,7 +22,10 @@ caller checks the inputs with ``all_finite`` and uses the row kernels
 
 Images are split ``n_chunk`` at a time, which bounds the working memory. Each
 phase has one spare zero row so every shifted window stays inside, and valid
-columns never wrap: (OW - 1) + cv <= (Wp - 1) // sw < Wq.
+columns never wrap: (OW - 1) + cv <= (Wp - 1) // sw < Wq. The separate
+gradients stack several images' planes end to end (see STACK_TERMS) so that
+small planes still make long vectors; ``backward_nchw_flat`` fuses all three
+gradients per image for problems where grad_output's traffic dominates.
 """
 
 import numpy as np
@@ -54,27 +57,29 @@ def all_finite(a):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _pad_plane(source, top, left, sh, sw, plane):
-    """``plane`` (sh*sw, rows, pitch) = ``source`` (H, W) padded and split into phases.
+def _pad_plane(source, top, left, sh, sw, planes, n):
+    """planes[:, n] = ``source`` (H, W) zero-padded at (top, left) and split into phases.
 
-    Zero padding at (top, left); plane[a*sw + b, u, v] = padded[u*sh + a, v*sw + b].
-    Returns the sum of ``source`` in float64 (the fused kernel's grad_bias).
+    ``planes`` is (sh*sw, N, rows, pitch), C-contiguous (so the copies vectorise):
+    planes[a*sw + b, n, u, v] = padded[u*sh + a, v*sw + b]. Returns the sum of
+    ``source`` in float64 (the fused kernel's grad_bias).
     """
     height, width = source.shape
     total = 0.0
     if sh != 1 or sw != 1:
-        plane[:] = 0
+        for phase in range(sh * sw):
+            planes[phase, n] = 0
         for r in range(height):
             a, u = (top + r) % sh, (top + r) // sh
             row = source[r]
             for k in range(width):
                 column = left + k
-                plane[a * sw + column % sw, u, column // sw] = row[k]
+                planes[a * sw + column % sw, n, u, column // sw] = row[k]
                 total += row[k]
         return total
     # stride 1: one phase; write each row once, zeros only where the padding is
-    target = plane[0]
-    for u in range(plane.shape[1]):
+    target = planes[0, n]
+    for u in range(target.shape[0]):
         line = target[u]
         r = u - top
         if r < 0 or r >= height:
@@ -88,16 +93,6 @@ def _pad_plane(source, top, left, sh, sw, plane):
             inner[k] = row[k]
             total += row[k]
     return total
-
-
-@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _phase_planes(src, top, left, sh, sw, planes):
-    """``planes[n, c]`` = ``src[n, c]`` (N, C, H, W) padded and phased by ``_pad_plane``."""
-    n_batch, channels = src.shape[0], src.shape[1]
-    for task in prange(n_batch * channels):
-        n = task // channels
-        c = task - n * channels
-        _pad_plane(src[n, c], top, left, sh, sw, planes[n, c])
 
 
 def _workspaces(n_chunk, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, pr, dtype):
@@ -188,12 +183,6 @@ def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
     return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
-def _window(plane, shift, length):
-    """The ``length`` values of a (rows, pitch) plane from flat position ``shift`` on."""
-    return plane.reshape(plane.size)[shift : shift + length]
-
-
 # Kernel taps of one row handled together by ``_dot3x4``.
 TAPS = 3
 
@@ -247,75 +236,125 @@ def _axpy4x4(d0, d1, d2, d3, w, s0, s1, s2, s3):
         d3[k] += w03 * g0 + w13 * g1 + w23 * g2 + w33 * g3
 
 
+# Both gradients stack the planes of several images end to end and run one dot
+# product (or axpy) over all of them: planes of a few hundred values (stride 2,
+# small images) then still make long vectors. In a stack, image m's grad_output
+# rows past OH are zero, so its shifted input windows may run on into image
+# m + 1's plane; the last image's window stops at its own OH rows, which keeps
+# every window inside the stack. At most STACK_TERMS values per stack (at least
+# one image), so float32 sums stay as short as one big image's; the stacks'
+# dot products are summed in float64.
+STACK_TERMS = 4096
+
+
+def _stack_shapes(n_chunk, c_in, c_out, height, width, sh, sw, pt, pb, pl, pr):
+    """Shapes of the stacked planes for ``n_chunk`` images.
+
+    Image (or gi) planes (C_in, phases, N, rows, pitch); grad_output planes
+    (C_out, N, rows, pitch).
+    """
+    pitch = (width + pl + pr + sw - 1) // sw
+    rows = (height + pt + pb + sh - 1) // sh + 1
+    return (c_in, sh * sw, n_chunk, rows, pitch), (c_out, n_chunk, rows, pitch)
+
+
 def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
     """gw += valid correlation of x with g, ``n_chunk`` images at a time."""
-    images, grads = _workspaces(
-        min(n_chunk, x.shape[0]), x.shape[1], g.shape[1], x.shape[2], x.shape[3], g.shape[2],
-        sh, sw, pt, pb, pl, pr, x.dtype,
-    )  # fmt: skip
+    n_batch, c_in, height, width = x.shape
+    image_shape, grad_shape = _stack_shapes(
+        min(n_chunk, n_batch), c_in, g.shape[1], height, width, sh, sw, pt, pb, pl, pr
+    )
+    images, grads = np.empty(image_shape, x.dtype), np.empty(grad_shape, x.dtype)
     totals = np.zeros(gw.shape, dtype=np.float64)
-    _grad_weight(x, g, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads, totals)
+    _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, totals)
     gw += totals  # rounded once
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _grad_weight(x, g, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads, totals):
+def _stack_planes(x, g, pt, pl, sh, sw, images, grads):
+    """grads[c, n] = g[n, c] padded to ``rows`` rows, images[c, :, n] = x[n, c] padded.
+
+    The images are split into phases; ``x`` may hold no images (grad_input needs none).
+    """
+    n_batch, c_out = g.shape[0], g.shape[1]
+    c_in = x.shape[1] if x.shape[0] else 0
+    for task in prange(n_batch * (c_in + c_out)):
+        n = task // (c_in + c_out)
+        c = task - n * (c_in + c_out)
+        if c < c_in:
+            _pad_plane(x[n, c], pt, pl, sh, sw, images[c], n)
+        else:
+            plane = grads[c - c_in]
+            one_phase = plane.reshape(1, plane.shape[0], plane.shape[1], plane.shape[2])
+            _pad_plane(g[n, c - c_in], 0, 0, 1, 1, one_phase, n)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, totals):
     """totals += valid correlation of x with g.
 
     Parallel over (block of up to four output channels, block of up to four
     input channels) of one group; each task owns those channels' kernel planes
-    totals[co, ci2]. Each image's plane is one dot product in the dtype; the
-    images' dot products are summed in float64 (``totals``), so the error does
-    not grow with the batch.
+    totals[co, ci2]. The planes of up to STACK_TERMS values' worth of images
+    make one dot product in the dtype; those are summed in float64 (``totals``),
+    so the error does not grow with the batch.
     """
-    n_batch = x.shape[0]
+    n_batch, c_in = x.shape[0], x.shape[1]
     c_out = g.shape[1]
     cin_g = totals.shape[1]
     cout_g = c_out // groups
     co_blocks = (cout_g + BLOCK - 1) // BLOCK  # per group
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
+    phases, slots, rows, pitch = images.shape[1], images.shape[2], images.shape[3], images.shape[4]
+    plane = rows * pitch
+    valid = g.shape[2] * pitch  # the OH rows of a grad_output plane
+    per_dot = max(1, STACK_TERMS // plane)
+    x_flat = images.reshape(c_in, phases, slots * plane)
+    g_flat = grads.reshape(c_out, slots * plane)
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        _phase_planes(x[n0:n1], pt, pl, sh, sw, images)
-        _phase_planes(g[n0:n1], 0, 0, 1, 1, grads)
+        _stack_planes(x[n0:n1], g[n0:n1], pt, pl, sh, sw, images, grads)
         for task in prange(groups * co_blocks * ci_blocks):
             block = task // ci_blocks
             ci2_0 = (task - block * ci_blocks) * BLOCK
             group = block // co_blocks
             co0 = group * cout_g + (block - group * co_blocks) * BLOCK
             co1 = min(co0 + BLOCK, (group + 1) * cout_g)
-            for n in range(n1 - n0):
-                _weight_block(images[n], grads[n], totals, group, co0, co1, ci2_0, sh, sw, dh, dw)
+            for s0 in range(0, n1 - n0, per_dot):
+                length = (min(per_dot, n1 - n0 - s0) - 1) * plane + valid
+                _weight_block(
+                    x_flat, g_flat, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch,
+                    s0 * plane, length,
+                )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _weight_block(xp, gp, totals, group, co0, co1, ci2_0, sh, sw, dh, dw):
-    """totals[co0:co1, ci2_0:ci2_0 + 4] += one image's terms.
+def _weight_block(xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch, base, length):
+    """totals[co0:co1, ci2_0:ci2_0 + 4] += the terms of ``length`` flat positions from ``base``.
 
-    ``xp`` holds the image's padded phase planes (C_in, sh*sw, rows, pitch),
-    ``gp`` its grad_output planes (C_out, 1, OH, pitch). Full 4 x 4 channel
-    blocks take sixteen dot products at a time; fewer input channels take
-    three kernel taps at a time (stride 1) or four output channels.
+    ``xf`` holds the flattened padded phase planes (C_in, sh*sw, ...), ``gf``
+    the flattened grad_output planes (C_out, ...) with the same row pitch:
+    kernel tap (p, q) pairs xf[ci, phase, base + shift + k] with gf[co, base + k].
+    Full 4 x 4 channel blocks take sixteen dot products at a time; fewer input
+    channels take three kernel taps at a time (stride 1) or four output channels.
     """
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
     ci2_1 = min(ci2_0 + BLOCK, cin_g)
-    rows, pitch = xp.shape[2], xp.shape[3]
-    length = gp.shape[2] * pitch
     ci0 = group * cin_g + ci2_0
-    g0 = gp[co0, 0].reshape(length)
-    g1 = gp[min(co0 + 1, co1 - 1), 0].reshape(length)
-    g2 = gp[min(co0 + 2, co1 - 1), 0].reshape(length)
-    g3 = gp[min(co0 + 3, co1 - 1), 0].reshape(length)
+    g0 = gf[co0, base : base + length]
+    g1 = gf[min(co0 + 1, co1 - 1), base : base + length]
+    g2 = gf[min(co0 + 2, co1 - 1), base : base + length]
+    g3 = gf[min(co0 + 3, co1 - 1), base : base + length]
     if co1 - co0 == BLOCK and ci2_1 - ci2_0 == BLOCK:
         for p in range(kh):
             for q in range(kw):
                 phase = ((p * dh) % sh) * sw + (q * dw) % sw
-                shift = ((p * dh) // sh) * pitch + (q * dw) // sw
+                start = base + ((p * dh) // sh) * pitch + (q * dw) // sw
                 sums = _dot4x4(
-                    _window(xp[ci0, phase], shift, length),
-                    _window(xp[ci0 + 1, phase], shift, length),
-                    _window(xp[ci0 + 2, phase], shift, length),
-                    _window(xp[ci0 + 3, phase], shift, length),
+                    xf[ci0, phase, start : start + length],
+                    xf[ci0 + 1, phase, start : start + length],
+                    xf[ci0 + 2, phase, start : start + length],
+                    xf[ci0 + 3, phase, start : start + length],
                     g0,
                     g1,
                     g2,
@@ -330,19 +369,19 @@ def _weight_block(xp, gp, totals, group, co0, co1, ci2_0, sh, sw, dh, dw):
             q = 0
             while q < kw:
                 phase = ((p * dh) % sh) * sw + (q * dw) % sw
-                shift = ((p * dh) // sh) * pitch + (q * dw) // sw
-                x_flat = xp[group * cin_g + ci2, phase].reshape(rows * pitch)
+                start = base + ((p * dh) // sh) * pitch + (q * dw) // sw
+                x_flat = xf[group * cin_g + ci2, phase]
                 if co1 - co0 == BLOCK and sh == 1 and sw == 1 and q + TAPS <= kw:
                     # few input channels: three taps of one kernel row share
                     # each load of grad_output instead
-                    window = x_flat[shift : shift + length + (TAPS - 1) * dw]
+                    window = x_flat[start : start + length + (TAPS - 1) * dw]
                     sums3 = _dot3x4(window, dw, g0, g1, g2, g3)
                     for t in range(TAPS):
                         for b in range(BLOCK):
                             totals[co0 + b, ci2, p, q + t] += sums3[t * BLOCK + b]
                     q += TAPS
                     continue
-                window = x_flat[shift : shift + length]
+                window = x_flat[start : start + length]
                 if co1 - co0 == BLOCK:
                     s0, s1, s2, s3 = _dot4(window, g0, g1, g2, g3)
                     totals[co0, ci2, p, q] += s0
@@ -351,123 +390,53 @@ def _weight_block(xp, gp, totals, group, co0, co1, ci2_0, sh, sw, dh, dw):
                     totals[co0 + 3, ci2, p, q] += s3
                 else:
                     for co in range(co0, co1):
-                        totals[co, ci2, p, q] += _dot(window, gp[co, 0].reshape(length))
+                        totals[co, ci2, p, q] += _dot(window, gf[co, base : base + length])
                 q += 1
 
 
 def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
     """gi += scatter-add of w * g, ``n_chunk`` images at a time."""
-    images, grads = _workspaces(
-        min(n_chunk, gi.shape[0]), gi.shape[1], g.shape[1], gi.shape[2], gi.shape[3], g.shape[2],
-        sh, sw, pt, pb, pl, pr, gi.dtype,
-    )  # fmt: skip
-    _grad_input(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads)
+    n_batch, c_in, height, width = gi.shape
+    image_shape, grad_shape = _stack_shapes(
+        min(n_chunk, n_batch), c_in, g.shape[1], height, width, sh, sw, pt, pb, pl, pr
+    )
+    planes, grads = np.empty(image_shape, gi.dtype), np.empty(grad_shape, gi.dtype)
+    _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _grad_input(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, images, grads):
+def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads):
     """gi += scatter-add of w * g.
 
-    Parallel over (image, block of up to four input channels of one group);
-    each task builds its channels' padded gi planes in ``images`` and adds
-    their valid part to gi.
+    Parallel over (stack of images, block of up to four input channels of one
+    group); each task builds its channels' padded gi planes for its stack in
+    ``planes`` and adds their valid part to gi.
     """
     n_batch, c_in = gi.shape[0], gi.shape[1]
+    c_out = g.shape[1]
     cin_g = c_in // groups
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK  # per group
+    phases, slots, rows, pitch = planes.shape[1], planes.shape[2], planes.shape[3], planes.shape[4]
+    plane = rows * pitch
+    valid = g.shape[2] * pitch
+    per_stack = max(1, STACK_TERMS // plane)
+    gi_flat = planes.reshape(c_in, phases, slots * plane)
+    g_flat = grads.reshape(c_out, slots * plane)
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        _phase_planes(g[n0:n1], 0, 0, 1, 1, grads)
-        for task in prange((n1 - n0) * groups * ci_blocks):
-            n = task // (groups * ci_blocks)
-            block = task - n * groups * ci_blocks
+        _stack_planes(gi[n0:n0], g[n0:n1], pt, pl, sh, sw, planes, grads)
+        stacks = (n1 - n0 + per_stack - 1) // per_stack
+        for task in prange(stacks * groups * ci_blocks):
+            stack = task // (groups * ci_blocks)
+            block = task - stack * groups * ci_blocks
             group = block // ci_blocks
+            first = stack * per_stack
+            count = min(per_stack, n1 - n0 - first)
             ci2_0 = (block - group * ci_blocks) * BLOCK
-            _input_block(grads[n], w, images[n], gi[n0 + n], group, ci2_0, sh, sw, pt, pl, dh, dw)
-
-
-@njit(cache=CACHE, fastmath=FASTMATH)
-def _input_block(gp, w, gip, gi_n, group, ci2_0, sh, sw, pt, pl, dh, dw):
-    """gi_n[ci] += one image's scatter-add of w * g, ci = group*C_in/g + ci2_0 + (0..3).
-
-    ``gp`` holds the image's grad_output planes (C_out, 1, OH, pitch); the
-    channels' gi planes are built, zero-padded and split into phases like the
-    input, in ``gip`` (C_in, sh*sw, rows, pitch) and their valid part added to
-    ``gi_n`` (C_in, H, W). Full 4 x 4 channel blocks feed four gi planes from
-    four g planes at once.
-    """
-    c_in, height, width = gi_n.shape
-    cout_g, cin_g, kh, kw = w.shape[0] // (c_in // w.shape[1]), w.shape[1], w.shape[2], w.shape[3]
-    rows, pitch = gip.shape[2], gip.shape[3]
-    length = gp.shape[2] * pitch
-    width_b = min(BLOCK, cin_g - ci2_0)
-    ci0 = group * cin_g + ci2_0
-    planes = gip[ci0 : ci0 + width_b].reshape(width_b, sh * sw, rows * pitch)
-    planes[:] = 0
-    co = group * cout_g
-    end = co + cout_g
-    while co < end:
-        full = end - co >= BLOCK
-        for p in range(kh):
-            for q in range(kw):
-                phase = ((p * dh) % sh) * sw + (q * dw) % sw
-                shift = ((p * dh) // sh) * pitch + (q * dw) // sw
-                if full and width_b == BLOCK:
-                    _axpy4x4(
-                        planes[0, phase, shift : shift + length],
-                        planes[1, phase, shift : shift + length],
-                        planes[2, phase, shift : shift + length],
-                        planes[3, phase, shift : shift + length],
-                        w[co : co + BLOCK, ci2_0 : ci2_0 + BLOCK, p, q],
-                        gp[co, 0].reshape(length),
-                        gp[co + 1, 0].reshape(length),
-                        gp[co + 2, 0].reshape(length),
-                        gp[co + 3, 0].reshape(length),
-                    )
-                    continue
-                if full and width_b == 3:
-                    _axpy3x4(
-                        planes[0, phase, shift : shift + length],
-                        planes[1, phase, shift : shift + length],
-                        planes[2, phase, shift : shift + length],
-                        w[co : co + BLOCK, ci2_0 : ci2_0 + 3, p, q],
-                        gp[co, 0].reshape(length),
-                        gp[co + 1, 0].reshape(length),
-                        gp[co + 2, 0].reshape(length),
-                        gp[co + 3, 0].reshape(length),
-                    )
-                    continue
-                for b in range(width_b):
-                    target = planes[b, phase, shift : shift + length]
-                    ci2 = ci2_0 + b
-                    if full:
-                        _axpy4(
-                            target,
-                            w[co, ci2, p, q],
-                            gp[co, 0].reshape(length),
-                            w[co + 1, ci2, p, q],
-                            gp[co + 1, 0].reshape(length),
-                            w[co + 2, ci2, p, q],
-                            gp[co + 2, 0].reshape(length),
-                            w[co + 3, ci2, p, q],
-                            gp[co + 3, 0].reshape(length),
-                        )
-                    else:
-                        _axpy(target, w[co, ci2, p, q], gp[co, 0].reshape(length))
-        co += BLOCK if full else 1
-    for b in range(width_b):
-        plane = planes[b]
-        for r in range(height):
-            a, u = (pt + r) % sh, (pt + r) // sh
-            target = gi_n[ci0 + b, r]
-            if sw == 1:
-                source = plane[a, u * pitch + pl : u * pitch + pl + width]
-                for k in range(width):
-                    target[k] += source[k]
-            else:
-                for k in range(width):
-                    column = pl + k
-                    target[k] += plane[a * sw + column % sw, u * pitch + column // sw]
+            _input_block(
+                g_flat, w, gi_flat, gi, n0 + first, count, group, ci2_0,
+                sh, sw, pt, pl, dh, dw, rows, pitch, first * plane, (count - 1) * plane + valid,
+            )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -486,6 +455,100 @@ def _axpy3x4(d0, d1, d2, w, s0, s1, s2, s3):
         d0[k] += w00 * g0 + w10 * g1 + w20 * g2 + w30 * g3
         d1[k] += w01 * g0 + w11 * g1 + w21 * g2 + w31 * g3
         d2[k] += w02 * g0 + w12 * g1 + w22 * g2 + w32 * g3
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _input_block(
+    gf, w, gif, gi, first, count, group, ci2_0, sh, sw, pt, pl, dh, dw, rows, pitch, base, length
+):
+    """gi[first:first + count, ci] += scatter-add of w * g, ci = group*C_in/g + ci2_0 + (0..3).
+
+    ``gf`` holds flattened grad_output planes (C_out, ...) and ``gif`` the flat
+    gi planes (C_in, sh*sw, ...), the images' planes (rows x pitch each) one
+    after another from ``base``: tap (p, q) adds w * gf[co, base + k] to
+    gif[ci, phase, base + shift + k] for k < ``length``. The channels' planes
+    are zeroed, built, and their valid part added to gi. Full 4 x 4 channel
+    blocks feed four gi planes from four g planes at once.
+    """
+    c_in, height, width = gi.shape[1], gi.shape[2], gi.shape[3]
+    cout_g, cin_g, kh, kw = w.shape[0] // (c_in // w.shape[1]), w.shape[1], w.shape[2], w.shape[3]
+    phases = gif.shape[1]
+    plane_size = rows * pitch
+    width_b = min(BLOCK, cin_g - ci2_0)
+    ci0 = group * cin_g + ci2_0
+    for b in range(width_b):
+        for phase in range(phases):
+            gif[ci0 + b, phase, base : base + count * plane_size] = 0
+    co = group * cout_g
+    end = co + cout_g
+    while co < end:
+        full = end - co >= BLOCK
+        s0 = gf[co, base : base + length]
+        s1 = gf[min(co + 1, end - 1), base : base + length]
+        s2 = gf[min(co + 2, end - 1), base : base + length]
+        s3 = gf[min(co + 3, end - 1), base : base + length]
+        for p in range(kh):
+            for q in range(kw):
+                phase = ((p * dh) % sh) * sw + (q * dw) % sw
+                start = base + ((p * dh) // sh) * pitch + (q * dw) // sw
+                if full and width_b == BLOCK:
+                    _axpy4x4(
+                        gif[ci0, phase, start : start + length],
+                        gif[ci0 + 1, phase, start : start + length],
+                        gif[ci0 + 2, phase, start : start + length],
+                        gif[ci0 + 3, phase, start : start + length],
+                        w[co : co + BLOCK, ci2_0 : ci2_0 + BLOCK, p, q],
+                        s0,
+                        s1,
+                        s2,
+                        s3,
+                    )
+                    continue
+                if full and width_b == 3:
+                    _axpy3x4(
+                        gif[ci0, phase, start : start + length],
+                        gif[ci0 + 1, phase, start : start + length],
+                        gif[ci0 + 2, phase, start : start + length],
+                        w[co : co + BLOCK, ci2_0 : ci2_0 + 3, p, q],
+                        s0,
+                        s1,
+                        s2,
+                        s3,
+                    )
+                    continue
+                for b in range(width_b):
+                    target = gif[ci0 + b, phase, start : start + length]
+                    ci2 = ci2_0 + b
+                    if full:
+                        _axpy4(
+                            target,
+                            w[co, ci2, p, q],
+                            s0,
+                            w[co + 1, ci2, p, q],
+                            s1,
+                            w[co + 2, ci2, p, q],
+                            s2,
+                            w[co + 3, ci2, p, q],
+                            s3,
+                        )
+                    else:
+                        _axpy(target, w[co, ci2, p, q], s0)
+        co += BLOCK if full else 1
+    for m in range(count):
+        image = base + m * plane_size
+        for b in range(width_b):
+            for r in range(height):
+                a, u = (pt + r) % sh, (pt + r) // sh
+                target = gi[first + m, ci0 + b, r]
+                row = image + u * pitch
+                if sw == 1:
+                    source = gif[ci0 + b, a, row + pl : row + pl + width]
+                    for k in range(width):
+                        target[k] += source[k]
+                else:
+                    for k in range(width):
+                        column = pl + k
+                        target[k] += gif[ci0 + b, a * sw + column % sw, row + column // sw]
 
 
 # The fused backward splits the batch into at most this many fixed blocks of
@@ -526,19 +589,32 @@ def _backward(x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_pla
     co_blocks = (cout_g + BLOCK - 1) // BLOCK
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
     n_blocks = totals.shape[0]
+    phases, rows, pitch = images.shape[2], images.shape[3], images.shape[4]
+    length = grads.shape[3] * pitch  # OH * pitch
     for block in prange(n_blocks):
         xp, gp, gip = images[block], grads[block], gi_planes[block]
+        xf = xp.reshape(c_in, phases, rows * pitch)
+        gf = gp.reshape(c_out, length)
+        gipf = gip.reshape(c_in, phases, rows * pitch)
         for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
             for c in range(c_in):
-                _pad_plane(x[n, c], pt, pl, sh, sw, xp[c])
+                plane = xp[c]
+                _pad_plane(x[n, c], pt, pl, sh, sw, plane.reshape(phases, 1, rows, pitch), 0)
             for c in range(c_out):
-                bias[block, c] += _pad_plane(g[n, c], 0, 0, 1, 1, gp[c])
+                one_phase = gp[c].reshape(1, 1, gp.shape[2], pitch)
+                bias[block, c] += _pad_plane(g[n, c], 0, 0, 1, 1, one_phase, 0)
             for group in range(groups):
                 for co_block in range(co_blocks):
                     co0 = group * cout_g + co_block * BLOCK
                     co1 = min(co0 + BLOCK, (group + 1) * cout_g)
                     for ci_block in range(ci_blocks):
                         ci2_0 = ci_block * BLOCK
-                        _weight_block(xp, gp, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw)
+                        _weight_block(
+                            xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
+                            pitch, 0, length,
+                        )  # fmt: skip
                 for ci_block in range(ci_blocks):
-                    _input_block(gp, w, gip, gi[n], group, ci_block * BLOCK, sh, sw, pt, pl, dh, dw)
+                    _input_block(
+                        gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, sh, sw, pt, pl, dh, dw,
+                        rows, pitch, 0, length,
+                    )  # fmt: skip
