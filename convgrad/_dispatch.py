@@ -66,13 +66,13 @@ ROW_PREFERENCE = 2
 # Flat planes pay for padded copies of the images, which pay off once a group
 # has FLAT_MIN_PAIRS (C_in/g x C_out/g) channel pairs to reuse them and a plane
 # is at least FLAT_MIN_LENGTH_PER_CHANNEL times longer than the channel vector,
-# or FLAT_LONG_PLANE long: with their 4 x 4 channel blocks the flat kernels
-# beat the channel kernels from there on whatever the channel count (measured:
-# 14 x 15 and 14 x 16 planes with 256 channels faster on flat, 7 x 8 and 8 x 10
-# slower).
+# or FLAT_LONG_PLANE long: with 4 x 4 channel blocks and images stacked into
+# long vectors the flat kernels beat the channel kernels from there on whatever
+# the channel count (measured, 256-512 channels: 7 x 9, 7 x 8 (stride 2),
+# 8 x 10 and 14 x 16 planes 1.4-2x faster on flat).
 FLAT_MIN_PAIRS = 16
 FLAT_MIN_LENGTH_PER_CHANNEL = 4
-FLAT_LONG_PLANE = 160
+FLAT_LONG_PLANE = 48
 
 # BLAS products pay off from the same channel-pair count as flat planes; their
 # temporaries are formed a tile of rows at a time, at most GEMM_TILE_BYTES each.

@@ -76,7 +76,8 @@ def test_rows_win_up_to_the_row_preference():
         (16, 16, 1, 64, 7, 1, True),  # big kernel
         (64, 64, 1, 56, 3, 2, True),  # stride 2: 28 x 29 planes >= 4 x 64 channels
         (128, 128, 1, 28, 3, 2, True),  # stride 2: 14 x 15 planes, long enough
-        (256, 256, 1, 14, 3, 2, False),  # stride 2: 7 x 8 planes < 4 x 256 channels
+        (256, 256, 1, 14, 3, 2, True),  # stride 2: 7 x 8 planes, long enough
+        (256, 256, 1, 8, 3, 2, False),  # stride 2: 4 x 5 planes < 48
         (3, 64, 1, 112, 7, 2, True),  # a stem: stride 2 but 56 x 59 planes
         (8, 8, 8, 56, 3, 1, False),  # depthwise: one pair per group, padding does not pay
         (1, 6, 1, 28, 3, 1, False),  # the seed: 6 pairs
@@ -143,7 +144,7 @@ def test_geometry_arguments_follow_the_options():
     planar = problem(c_in=4, c_out=6, size=32, **opts)  # 3 channels per group, OW 12: NCHW
     assert _dispatch.select_kernel("grad_input", planar).args == (2, 3, 1, 3, 2, 1, 2)
     assert _dispatch.select_kernel("grad_weight", planar).args == (2, 3, 1, 3, 2, 1, 2)
-    channels_last = problem(c_in=8, c_out=32, n=16, size=16, **opts)  # 9 x 7 planes < 4 x 16
+    channels_last = problem(c_in=8, c_out=32, n=16, size=8, **opts)  # 4 x 4 planes < 48
     chunks = _dispatch.weight_chunks(channels_last)
     assert chunks > 1
     expected = (2, 3, 1, 3, 2, 1, 2, chunks)
