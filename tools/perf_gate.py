@@ -38,16 +38,17 @@ TRAILER = "Perf-regression-accepted"
 # One (shape, layout) per kernel family and layout the dispatch picks, so a
 # slowdown in any kernel shows in its own gradient's benchmark:
 GATE_CASES = [
-    ("seed", "NCHW"),  # rows, tiny (fixed costs)
-    ("seed", "NHWC"),  # rows after a relayout
-    ("mnist_b64", "NCHW"),  # flat, one input channel
-    ("cifar_b32", "NHWC"),  # flat after a relayout
+    ("seed", "NCHW"),  # rows; the fused serial backward (fixed costs)
+    ("seed", "NHWC"),  # the same after a relayout
+    ("mnist_b64", "NCHW"),  # flat, one input channel; the fused flat backward
+    ("cifar_b32", "NHWC"),  # the same after a relayout, three input channels
     ("dilated", "NCHW"),  # flat, dilation 2
     ("pointwise", "NCHW"),  # gemm
     ("pointwise", "NHWC"),  # gemm, channels-last
     ("depthwise", "NCHW"),  # rows, depthwise
     ("depthwise", "NHWC"),  # depthwise channels
-    ("resnet_s2", "NHWC"),  # channels, stride 2
+    ("resnet_s2", "NCHW"),  # flat, stride 2 (phases), stacked planes
+    ("late_4x4", "NHWC"),  # channels (planes too short for flat)
 ]
 GATE_BENCHMARKS = [
     "grad_input.GradInput.time_grad_input",
