@@ -174,7 +174,9 @@ def image_chunk(problem: Problem) -> int:
         + problem.c_out * problem.out_h * problem.out_w
     ) * problem.dtype.itemsize
     budget = max(WORKSPACE_MIN_BYTES, problem.n * images // 4)
-    return int(max(1, min(problem.n, budget // max(1, per_image))))
+    # grad_weight also keeps its float64 totals beside the planes
+    totals = 8 * problem.c_out * (problem.c_in // problem.geometry.groups) * problem.kh * problem.kw
+    return int(max(1, min(problem.n, (budget - totals) // max(1, per_image))))
 
 
 def weight_chunks(problem: Problem) -> int:

@@ -553,8 +553,10 @@ def _input_block(
 
 # The fused backward splits the batch into at most this many fixed blocks of
 # images (its parallel tasks); each keeps a float64 partial of grad_weight and
-# grad_bias, added in block order afterwards.
-MAX_IMAGE_BLOCKS = 16
+# grad_bias, added in block order afterwards, and one image's planes: eight
+# keeps that working memory inside the budget (cifar_b32 went over with 16)
+# and is enough tasks for the 2-core machines this was measured on.
+MAX_IMAGE_BLOCKS = 8
 
 
 def backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups):
