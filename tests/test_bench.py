@@ -1,6 +1,8 @@
 """convgrad bench: runs the suite's shapes, side by side with torch when present."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +56,21 @@ def test_bench_with_the_numpy_reference(capsys):
 def test_unknown_shape_is_refused(capsys):
     assert bench.main(["nope"], rounds=1, threads=None, as_json=False, with_torch=False) == 2
     assert "unknown shape(s) nope" in capsys.readouterr().err
+
+
+def test_thread_scaling_runs_bench_per_count_and_tabulates(tmp_path):
+    """tools/thread_scaling.py: one bench process per thread count, one table row per shape."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "thread_scaling.py"
+    spec = importlib.util.spec_from_file_location("thread_scaling", tool)
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    raw = tmp_path / "runs.json"
+    assert scaling.main(["seed", "--threads", "1", "--rounds", "1", "--json-out", str(raw)]) == 0
+    runs = {int(count): run for count, run in json.loads(raw.read_text()).items()}
+    assert list(runs) == [1] and runs[1]["threads"] == 1
+    runs[2] = json.loads(json.dumps(runs[1]))
+    runs[2]["rows"][0]["convgrad_us"] = runs[1]["rows"][0]["convgrad_us"] / 2
+    table = scaling.format_tables(runs)
+    header, _, row = table.splitlines()[:3]
+    assert header == "| shape | 1 thr µs | 2 thr µs | scaling 1→2 |"
+    assert row.startswith("| seed |") and row.endswith("| 2.0× |")
