@@ -4,9 +4,9 @@ Five kernel families, by what their innermost loop runs along:
 
 - "gemm" (``kernels/gemm.py``, both layouts): 1x1 kernels with stride 1 and
   no padding are plain matrix products, run through NumPy's BLAS;
-- "flat" (``kernels/nchw_flat.py``, NCHW): whole zero-padded image planes
-  (split into stride phases), OH * (W + padding) / stride long, four output
-  channels at a time;
+- "flat" (``kernels/nchw_flat.py``, both layouts): whole zero-padded image
+  planes (split into stride phases), OH * (W + padding) / stride long, four
+  output channels at a time; NHWC channels are gathered into the planes;
 - "rows" (``kernels/nchw.py``, NCHW): one output row, OW long;
 - "channels" (``kernels/nhwc.py``, NHWC): a group's output channels;
 - "depthwise channels" (``kernels/nhwc_depthwise.py``, NHWC, groups == C_in
@@ -152,11 +152,12 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
 
     Both gradients always share one layout. When it differs from the problem's
     layout, the caller converts the arrays (a parallel copy) and the results back.
+    The flat kernels read and write either layout, so they need no copy.
     """
     if is_depthwise(problem) or (operation != "forward" and gemm_suits(problem)):
         return problem.layout
     if operation != "forward" and flat_suits(problem):
-        return NCHW
+        return problem.layout
     cout_g = problem.c_out // problem.geometry.groups
     return NHWC if ROW_PREFERENCE * cout_g > problem.out_w else NCHW
 
@@ -195,6 +196,20 @@ def weight_chunks(problem: Problem) -> int:
     return int(max(1, min(MAX_WEIGHT_CHUNKS, problem.n * problem.out_h, by_memory, by_work)))
 
 
+def _loop_kernel(operation: str, problem: Problem, layout: Layout) -> KernelChoice:
+    """The row (NCHW) or channel (NHWC) kernel for ``operation``: exact for any input."""
+    kernel = _KERNELS[operation, layout.name]
+    if operation == "grad_weight" and layout is NHWC:
+        return KernelChoice(kernel, layout, (*problem.kernel_args, weight_chunks(problem)))
+    return KernelChoice(kernel, layout, problem.kernel_args)
+
+
+def _flat_args(problem: Problem) -> tuple[int, ...]:
+    """Stride, padding, dilation and groups as the flat kernels take them."""
+    (sh, sw), padding, (dh, dw), groups = problem.geometry
+    return (sh, sw, *padding, dh, dw, groups)
+
+
 def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     """The kernel that computes ``operation`` ("forward", "grad_input" or "grad_weight")."""
     layout = kernel_layout(problem, operation)
@@ -205,15 +220,11 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
         kernel = _DEPTHWISE_NHWC_KERNELS[operation]
         chunks = (weight_chunks(problem),) if operation == "grad_weight" else ()
         return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks))
-    kernel = _KERNELS[operation, layout.name]
-    if operation == "grad_weight" and layout is NHWC:
-        return KernelChoice(kernel, layout, (*problem.kernel_args, weight_chunks(problem)))
-    exact = KernelChoice(kernel, layout, problem.kernel_args)
+    exact = _loop_kernel(operation, problem, layout)
     if operation == "forward" or not flat_suits(problem):
         return exact
-    (sh, sw), padding, (dh, dw), groups = problem.geometry
-    args = (sh, sw, *padding, dh, dw, groups, image_chunk(problem))
-    return KernelChoice(_FLAT_KERNELS[operation], NCHW, args, exact)
+    args = (*_flat_args(problem), image_chunk(problem), int(layout is NHWC))
+    return KernelChoice(_FLAT_KERNELS[operation], layout, args, exact)
 
 
 # Problems with at most SERIAL_MAX_TERMS multiply-adds per gradient run all
@@ -236,25 +247,25 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     """A kernel computing all three gradients in one call, or None (one kernel each).
 
     Tiny problems whose gradients would run on the row kernels take their
-    serial fused form (exact for any input). Flat-plane problems (NCHW) that
-    are small, or have few input channels per group and at least two images,
+    serial fused form (exact for any input). Flat-plane problems (either
+    layout) that are small, or have few input channels per group and at least two images,
     take the fused flat kernel; like the flat kernels it is exact for finite
     inputs only (``finite_only``), otherwise each gradient takes
     ``select_kernel``.
     """
-    if gemm_suits(problem) or kernel_layout(problem) is not NCHW:
+    if gemm_suits(problem):
         return None
     if not flat_suits(problem):
-        if problem.terms <= SERIAL_MAX_TERMS:
+        if kernel_layout(problem) is NCHW and problem.terms <= SERIAL_MAX_TERMS:
             return KernelChoice(nchw.backward_nchw_serial, NCHW, problem.kernel_args)
         return None
     groups = problem.geometry.groups
     few_channels = problem.c_in // groups < FUSED_MAX_CHANNELS and problem.n >= FUSED_MIN_IMAGES
     if is_depthwise(problem) or not (few_channels or problem.terms <= FUSED_MAX_TERMS):
         return None
-    (sh, sw), padding, (dh, dw), _ = problem.geometry
-    args = (sh, sw, *padding, dh, dw, groups)
-    return KernelChoice(nchw_flat.backward_nchw_flat, NCHW, args, finite_only=True)
+    layout = problem.layout
+    args = (*_flat_args(problem), int(layout is NHWC))
+    return KernelChoice(nchw_flat.backward_nchw_flat, layout, args, finite_only=True)
 
 
 def select_bias_kernel(layout: Layout, beside_blas: bool = False) -> Callable[..., None]:

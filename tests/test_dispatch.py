@@ -102,12 +102,16 @@ def test_flat_planes_for_long_planes_and_enough_reuse(
         choice = _dispatch.select_kernel(operation, p)
         if flat:
             assert choice.kernel is getattr(nchw_flat, f"{operation}_nchw_flat")
-            assert choice.layout is NCHW and _dispatch.kernel_layout(p) is NCHW
-            # the exact alternative for non-finite inputs: the rows kernel
-            assert choice.exact.kernel is getattr(nchw, f"{operation}_nchw")
-            assert choice.exact.args == p.kernel_args
+            # the flat kernels read either layout: no relayouted copies
+            assert choice.layout is user_layout and _dispatch.kernel_layout(p) is user_layout
+            # the exact alternative for non-finite inputs: rows (NCHW) or channels (NHWC)
+            loops = nchw if user_layout is NCHW else nhwc
+            suffix = user_layout.name.lower()
+            assert choice.exact.kernel is getattr(loops, f"{operation}_{suffix}")
+            assert choice.exact.layout is user_layout
+            assert choice.exact.args[: len(p.kernel_args)] == p.kernel_args
             assert choice.args[:6] == (stride, stride, *p.geometry.padding)
-            assert choice.args[-1] == _dispatch.image_chunk(p)
+            assert choice.args[-2:] == (_dispatch.image_chunk(p), int(user_layout is NHWC))
         else:
             assert choice.kernel is not getattr(nchw_flat, f"{operation}_nchw_flat")
     assert _dispatch.select_kernel("forward", p).exact is None
@@ -173,12 +177,12 @@ def test_weight_chunks_bounded_by_memory_budget():
 
 
 def test_backward_kernel_fuses_small_and_few_channel_problems():
-    def choice(n, c_in, c_out, size, k=3, groups=1, padding=1):
+    def choice(n, c_in, c_out, size, k=3, groups=1, padding=1, layout=NCHW):
         problem = describe(
-            NCHW,
+            layout,
             np.dtype(np.float32),
-            (n, c_in, size, size),
-            (c_out, c_in // groups, k, k),
+            layout.image_shape(n, c_in, size, size),
+            layout.weight_shape(c_out, c_in // groups, k, k),
             stride=1,
             padding=padding,
             dilation=1,
@@ -189,6 +193,8 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
 
     fused, serial = nchw_flat.backward_nchw_flat, nchw.backward_nchw_serial
     assert choice(64, 1, 32, 28) is fused  # mnist_b64: few channels, a batch
+    assert choice(64, 1, 32, 28, layout=NHWC) is fused  # either layout, no relayout
+    assert choice(1, 1, 6, 28, padding=0, layout=NHWC) is serial  # relayouted by NumPy
     assert choice(32, 3, 64, 32) is fused  # cifar_b32
     assert choice(8, 6, 16, 12, groups=2) is fused
     assert choice(1, 6, 16, 12, k=5, padding=0) is fused  # lenet2: small

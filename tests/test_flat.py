@@ -6,6 +6,7 @@ image chunk, and the API must fall back to the exact kernels on NaN or Inf.
 """
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +40,23 @@ def flat_problems(draw):
         dilation=(dh, dw),
         groups=groups,
     )
-    return problem, chunk, draw(st.integers(0, 2**32 - 1))
+    return problem, chunk, draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
+
+
+def to_nhwc(image):
+    return np.ascontiguousarray(image.transpose(0, 2, 3, 1))
+
+
+def from_nhwc(image):
+    return np.ascontiguousarray(image.transpose(0, 3, 1, 2))
+
+
+def weight_to_nhwc(w):
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def weight_from_nhwc(w):
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
 
 
 def arrays(problem, seed):
@@ -57,38 +74,47 @@ def tolerance(problem):
 @settings(deadline=None, max_examples=150)
 @given(flat_problems())
 def test_flat_kernels_match_row_kernels(case):
-    problem, chunk, seed = case
+    """Both layouts: NHWC arrays are gathered into the planes and scattered back."""
+    problem, chunk, seed, nhwc = case
     x, w, g = arrays(problem, seed)
     (sh, sw), padding, (dh, dw), groups = problem.geometry
-    flat_args = (sh, sw, *padding, dh, dw, groups, chunk)
+    flat_args = (sh, sw, *padding, dh, dw, groups, chunk, int(nhwc))
     rtol, atol = tolerance(problem)
+    xk, gk = (to_nhwc(x), to_nhwc(g)) if nhwc else (x, g)
+    wk = weight_to_nhwc(w) if nhwc else w
 
     expected = np.zeros_like(w)
     nchw.grad_weight_nchw(x, g, expected, *problem.kernel_args)
-    got = np.zeros_like(w)
-    nchw_flat.grad_weight_nchw_flat(x, g, got, *flat_args)
+    got = np.zeros_like(wk)
+    nchw_flat.grad_weight_nchw_flat(xk, gk, got, *flat_args)
+    got = weight_from_nhwc(got) if nhwc else got
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
 
     expected = np.zeros_like(x)
     nchw.grad_input_nchw(g, w, expected, *problem.kernel_args)
-    got = np.ones_like(x)  # the kernels add into what is there
-    nchw_flat.grad_input_nchw_flat(g, w, got, *flat_args)
+    got = np.ones_like(xk)  # the kernels add into what is there
+    nchw_flat.grad_input_nchw_flat(gk, wk, got, *flat_args)
+    got = from_nhwc(got) if nhwc else got
     np.testing.assert_allclose(got - 1, expected, rtol=rtol, atol=atol)
 
 
 @settings(deadline=None, max_examples=100)
 @given(flat_problems())
 def test_fused_backward_matches_row_kernels(case):
-    problem, _, seed = case
+    problem, _, seed, nhwc = case
     x, w, g = arrays(problem, seed)
     (sh, sw), padding, (dh, dw), groups = problem.geometry
     rtol, atol = tolerance(problem)
     expected_gw, expected_gi = np.zeros_like(w), np.zeros_like(x)
     nchw.grad_weight_nchw(x, g, expected_gw, *problem.kernel_args)
     nchw.grad_input_nchw(g, w, expected_gi, *problem.kernel_args)
+    xk, gk = (to_nhwc(x), to_nhwc(g)) if nhwc else (x, g)
+    wk = weight_to_nhwc(w) if nhwc else w
     # the kernel adds into what is there
-    gi, gw, gb = np.ones_like(x), np.ones_like(w), np.ones(problem.c_out, x.dtype)
-    nchw_flat.backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, *padding, dh, dw, groups)
+    gi, gw, gb = np.ones_like(xk), np.ones_like(wk), np.ones(problem.c_out, x.dtype)
+    geometry = (sh, sw, *padding, dh, dw, groups, int(nhwc))
+    nchw_flat.backward_nchw_flat(xk, gk, wk, gi, gw, gb, *geometry)
+    gi, gw = (from_nhwc(gi), weight_from_nhwc(gw)) if nhwc else (gi, gw)
     np.testing.assert_allclose(gi - 1, expected_gi, rtol=rtol, atol=atol)
     np.testing.assert_allclose(gw - 1, expected_gw, rtol=rtol, atol=atol)
     np.testing.assert_allclose(gb - 1, g.sum(axis=(0, 2, 3)), rtol=rtol, atol=atol)
@@ -96,7 +122,7 @@ def test_fused_backward_matches_row_kernels(case):
 
 def test_api_fused_path_agrees_with_single_gradients():
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)  # NHWC: relayout both ways
+    x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)  # NHWC: gathered, scattered
     w = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)
     g = rng.standard_normal((8, 12, 12, 16)).astype(np.float32)
     problem = describe(
@@ -128,7 +154,8 @@ def test_all_finite_finds_any_bad_value(position, bad):
     assert not nchw_flat.all_finite(a)
 
 
-def test_api_takes_the_exact_kernels_on_non_finite_input():
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_api_takes_the_exact_kernels_on_non_finite_input(layout):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 4, 10, 10))
     w = rng.standard_normal((8, 4, 3, 3))
@@ -138,9 +165,12 @@ def test_api_takes_the_exact_kernels_on_non_finite_input():
     # Inf in the first column of a row: the flat kernels would multiply it by a
     # zero pad column of grad_output and leave NaN in grad_weight; exact kernels don't.
     x[0, 1, 4, 0] = np.inf
-    _, gw, _ = convgrad.conv2d_backward(g, np.abs(x), np.abs(w), padding=1)
+    x, w = np.abs(x), np.abs(w)
+    if layout == "NHWC":
+        x, w, g = to_nhwc(x), weight_to_nhwc(w), to_nhwc(g)
+    _, gw, _ = convgrad.conv2d_backward(g, x, w, padding=1, layout=layout)
     _, exact, _ = convgrad.conv2d_backward(
-        g, np.abs(x), np.abs(w), padding=1, output_mask=(False, True, False)
+        g, x, w, padding=1, layout=layout, output_mask=(False, True, False)
     )
     assert not np.isnan(gw).any()
     np.testing.assert_array_equal(gw, exact)

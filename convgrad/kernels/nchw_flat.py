@@ -26,6 +26,13 @@ columns never wrap: (OW - 1) + cv <= (Wp - 1) // sw < Wq. The separate
 gradients stack several images' planes end to end (see STACK_TERMS) so that
 small planes still make long vectors; ``backward_nchw_flat`` fuses all three
 gradients per image for problems where grad_output's traffic dominates.
+
+The planes are always NCHW-ordered workspaces, but the arrays may come in
+either layout (the wrappers' ``nhwc`` flag): NHWC channels are gathered into
+the planes while padding, and grad_input is scattered back the same way, so
+an NHWC problem needs no relayouted copy of its arrays (which would cost more
+memory than the workspace budget allows). Weights reach the kernels as
+(C_out, C_in/groups, KH, KW) either way; the wrappers convert NHWC's.
 """
 
 import numpy as np
@@ -133,6 +140,89 @@ def _pad_plane(source, top, left, sh, sw, planes, n):
             line[k] = 0
         _copy_items(target, u * pitch + left, source, r * width, width)
     return total
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _pad_channel(image, c, top, left, sh, sw, planes, n):
+    """``_pad_plane`` for channel ``c`` of the NHWC ``image`` (H, W, C), any stride.
+
+    Strided inputs only; stride 1 takes ``_gather_channels``, which is faster.
+    """
+    height, width = image.shape[0], image.shape[1]
+    for phase in range(sh * sw):
+        planes[phase, n] = 0
+    total = 0.0
+    for r in range(height):
+        a, u = (top + r) % sh, (top + r) // sh
+        for k in range(width):
+            column = left + k
+            value = image[r, k, c]
+            planes[a * sw + column % sw, n, u, column // sw] = value
+            total += value
+    return total
+
+
+# The separate gradients gather NHWC images into planes this many channels
+# per parallel task.
+GATHER_CHANNELS = 16
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _gather_channels(image, c0, c1, top, left, planes, n, sums):
+    """planes[c, 0, n] = channel c of the NHWC ``image`` zero-padded at (top, left), c0 <= c < c1.
+
+    Stride 1 only (one phase); ``planes`` is (C, 1, N, rows, pitch). Goes row by
+    row, so each image row (W x C) is read from memory once and its channels
+    are picked out of L1. When ``sums`` is not empty, sums[c] += the channel's
+    sum (in float64).
+    """
+    height, width = image.shape[0], image.shape[1]
+    rows, pitch = planes.shape[3], planes.shape[4]
+    for c in range(c0, c1):
+        target = planes[c, 0, n]
+        for u in range(rows):
+            r = u - top
+            line = target[u]
+            if r < 0 or r >= height:
+                line[:] = 0
+                continue
+            for k in range(left):
+                line[k] = 0
+            for k in range(left + width, pitch):
+                line[k] = 0
+    for r in range(height):
+        row = image[r]  # W x C: stays in L1 while its channels are copied out
+        for c in range(c0, c1):
+            line = planes[c, 0, n, top + r]
+            total = 0.0
+            for k in range(width):
+                value = row[k, c]
+                line[left + k] = value
+                total += value
+            if sums.shape[0]:
+                sums[c] += total
+
+
+def _as_nchw_weight(w, nhwc):
+    """The weight as the kernels take it: (C_out, C_in/groups, KH, KW), C-contiguous."""
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1)) if nhwc else w
+
+
+def _weight_totals_shape(gw, nhwc):
+    """(C_out, C_in/groups, KH, KW) of a grad_weight array in either layout."""
+    return (gw.shape[3], gw.shape[2], gw.shape[0], gw.shape[1]) if nhwc else gw.shape
+
+
+def _add_totals(gw, totals, nhwc):
+    """gw += ``totals`` (float64, NCHW weight order), rounded once."""
+    gw += totals.transpose(2, 3, 1, 0) if nhwc else totals
+
+
+def _image_dims(a, nhwc):
+    """(N, C, H, W) of an image array in either layout."""
+    if nhwc:
+        return a.shape[0], a.shape[3], a.shape[1], a.shape[2]
+    return a.shape
 
 
 def _workspaces(n_chunk, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, pr, dtype):
@@ -298,39 +388,64 @@ def _stack_shapes(n_chunk, c_in, c_out, height, width, sh, sw, pt, pb, pl, pr):
     return (c_in, sh * sw, n_chunk, rows, pitch), (c_out, n_chunk, rows, pitch)
 
 
-def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
-    """gw += valid correlation of x with g, ``n_chunk`` images at a time."""
-    n_batch, c_in, height, width = x.shape
+def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, nhwc=0):
+    """gw += valid correlation of x with g, ``n_chunk`` images at a time (NHWC if ``nhwc``)."""
+    n_batch, c_in, height, width = _image_dims(x, nhwc)
     image_shape, grad_shape = _stack_shapes(
-        min(n_chunk, n_batch), c_in, g.shape[1], height, width, sh, sw, pt, pb, pl, pr
+        min(n_chunk, n_batch), c_in, _image_dims(g, nhwc)[1], height, width, sh, sw, pt, pb, pl, pr
     )
     images, grads = np.empty(image_shape, x.dtype), np.empty(grad_shape, x.dtype)
-    totals = np.zeros(gw.shape, dtype=np.float64)
-    _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, totals)
-    gw += totals  # rounded once
+    totals = np.zeros(_weight_totals_shape(gw, nhwc), dtype=np.float64)
+    _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, totals, nhwc)
+    _add_totals(gw, totals, nhwc)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _stack_planes(x, g, pt, pl, sh, sw, images, grads):
+def _stack_planes(x, g, pt, pl, sh, sw, images, grads, nhwc):
     """grads[c, n] = g[n, c] padded to ``rows`` rows, images[c, :, n] = x[n, c] padded.
 
-    The images are split into phases; ``x`` may hold no images (grad_input needs none).
+    The images are split into phases; ``x`` may hold no images (grad_input
+    needs none). With ``nhwc`` the arrays are NHWC and channels are gathered.
     """
-    n_batch, c_out = g.shape[0], g.shape[1]
-    c_in = x.shape[1] if x.shape[0] else 0
+    n_batch = g.shape[0]
+    c_out = g.shape[3] if nhwc else g.shape[1]
+    c_in = (x.shape[3] if nhwc else x.shape[1]) if x.shape[0] else 0
+    if nhwc and sh == 1 and sw == 1:
+        x_blocks = (c_in + GATHER_CHANNELS - 1) // GATHER_CHANNELS
+        blocks = x_blocks + (c_out + GATHER_CHANNELS - 1) // GATHER_CHANNELS
+        grads5 = grads.reshape(c_out, 1, grads.shape[1], grads.shape[2], grads.shape[3])
+        no_sums = np.zeros(0)
+        for task in prange(n_batch * blocks):
+            n = task // blocks
+            b = task - n * blocks
+            if b < x_blocks:
+                c0 = b * GATHER_CHANNELS
+                c1 = min(c0 + GATHER_CHANNELS, c_in)
+                _gather_channels(x[n], c0, c1, pt, pl, images, n, no_sums)
+            else:
+                c0 = (b - x_blocks) * GATHER_CHANNELS
+                c1 = min(c0 + GATHER_CHANNELS, c_out)
+                _gather_channels(g[n], c0, c1, 0, 0, grads5, n, no_sums)
+        return
     for task in prange(n_batch * (c_in + c_out)):
         n = task // (c_in + c_out)
         c = task - n * (c_in + c_out)
         if c < c_in:
-            _pad_plane(x[n, c], pt, pl, sh, sw, images[c], n)
+            if nhwc:
+                _pad_channel(x[n], c, pt, pl, sh, sw, images[c], n)
+            else:
+                _pad_plane(x[n, c], pt, pl, sh, sw, images[c], n)
         else:
             plane = grads[c - c_in]
             one_phase = plane.reshape(1, plane.shape[0], plane.shape[1], plane.shape[2])
-            _pad_plane(g[n, c - c_in], 0, 0, 1, 1, one_phase, n)
+            if nhwc:
+                _pad_channel(g[n], c - c_in, 0, 0, 1, 1, one_phase, n)
+            else:
+                _pad_plane(g[n, c - c_in], 0, 0, 1, 1, one_phase, n)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, totals):
+def _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, totals, nhwc):
     """totals += valid correlation of x with g.
 
     Parallel over (block of up to four output channels, block of up to four
@@ -339,21 +454,21 @@ def _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, t
     make one dot product in the dtype; those are summed in float64 (``totals``),
     so the error does not grow with the batch.
     """
-    n_batch, c_in = x.shape[0], x.shape[1]
-    c_out = g.shape[1]
+    n_batch, c_in = x.shape[0], images.shape[0]
+    c_out = grads.shape[0]
     cin_g = totals.shape[1]
     cout_g = c_out // groups
     co_blocks = (cout_g + BLOCK - 1) // BLOCK  # per group
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
     phases, slots, rows, pitch = images.shape[1], images.shape[2], images.shape[3], images.shape[4]
     plane = rows * pitch
-    valid = g.shape[2] * pitch  # the OH rows of a grad_output plane
+    valid = (g.shape[1] if nhwc else g.shape[2]) * pitch  # the OH rows of a grad_output plane
     per_dot = max(1, STACK_TERMS // plane)
     x_flat = images.reshape(c_in, phases, slots * plane)
     g_flat = grads.reshape(c_out, slots * plane)
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        _stack_planes(x[n0:n1], g[n0:n1], pt, pl, sh, sw, images, grads)
+        _stack_planes(x[n0:n1], g[n0:n1], pt, pl, sh, sw, images, grads, nhwc)
         for task in prange(groups * co_blocks * ci_blocks):
             block = task // ci_blocks
             ci2_0 = (task - block * ci_blocks) * BLOCK
@@ -434,37 +549,39 @@ def _weight_block(xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch,
                 q += 1
 
 
-def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk):
-    """gi += scatter-add of w * g, ``n_chunk`` images at a time."""
-    n_batch, c_in, height, width = gi.shape
+def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, nhwc=0):
+    """gi += scatter-add of w * g, ``n_chunk`` images at a time (NHWC if ``nhwc``)."""
+    n_batch, c_in, height, width = _image_dims(gi, nhwc)
     image_shape, grad_shape = _stack_shapes(
-        min(n_chunk, n_batch), c_in, g.shape[1], height, width, sh, sw, pt, pb, pl, pr
+        min(n_chunk, n_batch), c_in, _image_dims(g, nhwc)[1], height, width, sh, sw, pt, pb, pl, pr
     )
     planes, grads = np.empty(image_shape, gi.dtype), np.empty(grad_shape, gi.dtype)
-    _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads)
+    w = _as_nchw_weight(w, nhwc)
+    _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads, nhwc)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads):
+def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads, nhwc):
     """gi += scatter-add of w * g.
 
     Parallel over (stack of images, block of up to four input channels of one
     group); each task builds its channels' padded gi planes for its stack in
-    ``planes`` and adds their valid part to gi.
+    ``planes`` and adds their valid part to gi (NHWC: afterwards, a row of
+    pixels per task, all channels together).
     """
-    n_batch, c_in = gi.shape[0], gi.shape[1]
-    c_out = g.shape[1]
+    n_batch, c_in = gi.shape[0], planes.shape[0]
+    c_out = grads.shape[0]
     cin_g = c_in // groups
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK  # per group
     phases, slots, rows, pitch = planes.shape[1], planes.shape[2], planes.shape[3], planes.shape[4]
     plane = rows * pitch
-    valid = g.shape[2] * pitch
+    valid = (g.shape[1] if nhwc else g.shape[2]) * pitch
     per_stack = max(1, STACK_TERMS // plane)
     gi_flat = planes.reshape(c_in, phases, slots * plane)
     g_flat = grads.reshape(c_out, slots * plane)
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        _stack_planes(gi[n0:n0], g[n0:n1], pt, pl, sh, sw, planes, grads)
+        _stack_planes(gi[n0:n0], g[n0:n1], pt, pl, sh, sw, planes, grads, nhwc)
         stacks = (n1 - n0 + per_stack - 1) // per_stack
         for task in prange(stacks * groups * ci_blocks):
             stack = task // (groups * ci_blocks)
@@ -476,7 +593,14 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
             _input_block(
                 g_flat, w, gi_flat, gi, n0 + first, count, group, ci2_0,
                 sh, sw, pt, pl, dh, dw, rows, pitch, first * plane, (count - 1) * plane + valid,
+                nhwc,
             )  # fmt: skip
+        if nhwc:
+            height = gi.shape[1]
+            for task in prange((n1 - n0) * height):
+                m = task // height
+                r = task - m * height
+                _scatter_nhwc(gi_flat, m, gi[n0 + m], r, pt, pl, sh, sw, rows, pitch)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -498,19 +622,42 @@ def _axpy3x4(d0, d1, d2, w, s0, s1, s2, s3):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
+def _scatter_nhwc(gif, slot, image, r, pt, pl, sh, sw, rows, pitch):
+    """image[r, k, c] += the valid value of gi plane ``slot`` of channel c, for every k and c.
+
+    ``gif`` holds the flat padded gi planes (C_in, sh*sw, slots * rows * pitch);
+    ``image`` is one NHWC grad_input image (H, W, C_in). Writing a pixel's
+    channels together touches each cache line of the NHWC array once.
+    """
+    width, c_in = image.shape[1], image.shape[2]
+    a, u = (pt + r) % sh, (pt + r) // sh
+    row = slot * rows * pitch + u * pitch
+    for k in range(width):
+        column = pl + k
+        phase, at = a * sw + column % sw, row + column // sw
+        pixel = image[r, k]
+        for c in range(c_in):
+            pixel[c] += gif[c, phase, at]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _input_block(
-    gf, w, gif, gi, first, count, group, ci2_0, sh, sw, pt, pl, dh, dw, rows, pitch, base, length
-):
+    gf, w, gif, gi, first, count, group, ci2_0, sh, sw, pt, pl, dh, dw, rows, pitch, base, length,
+    nhwc,
+):  # fmt: skip
     """gi[first:first + count, ci] += scatter-add of w * g, ci = group*C_in/g + ci2_0 + (0..3).
 
     ``gf`` holds flattened grad_output planes (C_out, ...) and ``gif`` the flat
     gi planes (C_in, sh*sw, ...), the images' planes (rows x pitch each) one
     after another from ``base``: tap (p, q) adds w * gf[co, base + k] to
     gif[ci, phase, base + shift + k] for k < ``length``. The channels' planes
-    are zeroed, built, and their valid part added to gi. Full 4 x 4 channel
-    blocks feed four gi planes from four g planes at once.
+    are zeroed, built, and their valid part added to gi; with ``nhwc`` that
+    is left to the caller (``_scatter_nhwc``), which writes each NHWC pixel's
+    channels together. Full 4 x 4 channel blocks feed four gi planes from four
+    g planes at once.
     """
-    c_in, height, width = gi.shape[1], gi.shape[2], gi.shape[3]
+    c_in = gif.shape[0]
+    height, width = (gi.shape[1], gi.shape[2]) if nhwc else (gi.shape[2], gi.shape[3])
     cout_g, cin_g, kh, kw = w.shape[0] // (c_in // w.shape[1]), w.shape[1], w.shape[2], w.shape[3]
     phases = gif.shape[1]
     plane_size = rows * pitch
@@ -574,13 +721,15 @@ def _input_block(
                     else:
                         _axpy(target, w[co, ci2, p, q], s0)
         co += BLOCK if full else 1
+    if nhwc:
+        return  # the caller scatters all channels' planes at once (_scatter_nhwc)
     for m in range(count):
         image = base + m * plane_size
         for b in range(width_b):
             for r in range(height):
                 a, u = (pt + r) % sh, (pt + r) // sh
-                target = gi[first + m, ci0 + b, r]
                 row = image + u * pitch
+                target = gi[first + m, ci0 + b, r]
                 if sw == 1:
                     source = gif[ci0 + b, a, row + pl : row + pl + width]
                     for k in range(width):
@@ -599,7 +748,7 @@ def _input_block(
 MAX_IMAGE_BLOCKS = 8
 
 
-def backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups):
+def backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc=0):
     """gi, gw, gb += all three gradients in one pass over the batch.
 
     For planes with few channels the flat kernels spend most of their time
@@ -607,44 +756,62 @@ def backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, grou
     once here, while they sit in cache, and feed both gradients. Parallel over
     fixed blocks of images (``MAX_IMAGE_BLOCKS``), so the result does not
     depend on the thread count. Workspaces are allocated here, by NumPy.
+    The arrays are NHWC if ``nhwc``.
     """
-    n_batch, c_in, height, width = x.shape
-    c_out, out_h = g.shape[1], g.shape[2]
+    n_batch, c_in, height, width = _image_dims(x, nhwc)
+    _, c_out, out_h, _ = _image_dims(g, nhwc)
     n_blocks = min(n_batch, MAX_IMAGE_BLOCKS)
     images, grads = _workspaces(
         n_blocks, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, pr, x.dtype
     )
     gi_planes = np.empty_like(images)
-    totals = np.zeros((n_blocks, *gw.shape), dtype=np.float64)
+    totals = np.zeros((n_blocks, *_weight_totals_shape(gw, nhwc)), dtype=np.float64)
     bias = np.zeros((n_blocks, c_out), dtype=np.float64)
-    _backward(x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_planes, totals, bias)
-    gw += totals.sum(axis=0)  # in block order; rounded once
+    w = _as_nchw_weight(w, nhwc)
+    _backward(
+        x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_planes, totals, bias, nhwc
+    )
+    _add_totals(gw, totals.sum(axis=0), nhwc)  # in block order; rounded once
     gb += bias.sum(axis=0)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _backward(x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_planes, totals, bias):
+def _backward(
+    x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_planes, totals, bias, nhwc
+):
     """The fused backward's blocks of images, one task each (see ``backward_nchw_flat``)."""
-    n_batch, c_in = x.shape[0], x.shape[1]
-    c_out = g.shape[1]
+    n_batch, c_in = x.shape[0], images.shape[1]
+    c_out = grads.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
     co_blocks = (cout_g + BLOCK - 1) // BLOCK
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
     n_blocks = totals.shape[0]
     phases, rows, pitch = images.shape[2], images.shape[3], images.shape[4]
     length = grads.shape[3] * pitch  # OH * pitch
+    no_sums = np.zeros(0)
     for block in prange(n_blocks):
         xp, gp, gip = images[block], grads[block], gi_planes[block]
         xf = xp.reshape(c_in, phases, rows * pitch)
         gf = gp.reshape(c_out, length)
         gipf = gip.reshape(c_in, phases, rows * pitch)
         for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
-            for c in range(c_in):
-                plane = xp[c]
-                _pad_plane(x[n, c], pt, pl, sh, sw, plane.reshape(phases, 1, rows, pitch), 0)
-            for c in range(c_out):
-                one_phase = gp[c].reshape(1, 1, gp.shape[2], pitch)
-                bias[block, c] += _pad_plane(g[n, c], 0, 0, 1, 1, one_phase, 0)
+            if nhwc:
+                if phases == 1:
+                    xp5 = xp.reshape(c_in, 1, 1, rows, pitch)
+                    _gather_channels(x[n], 0, c_in, pt, pl, xp5, 0, no_sums)
+                else:
+                    for c in range(c_in):
+                        planes = xp[c].reshape(phases, 1, rows, pitch)
+                        _pad_channel(x[n], c, pt, pl, sh, sw, planes, 0)
+                gp5 = gp.reshape(c_out, 1, 1, gp.shape[2], pitch)
+                _gather_channels(g[n], 0, c_out, 0, 0, gp5, 0, bias[block])
+            else:
+                for c in range(c_in):
+                    planes = xp[c].reshape(phases, 1, rows, pitch)
+                    _pad_plane(x[n, c], pt, pl, sh, sw, planes, 0)
+                for c in range(c_out):
+                    one_phase = gp[c].reshape(1, 1, gp.shape[2], pitch)
+                    bias[block, c] += _pad_plane(g[n, c], 0, 0, 1, 1, one_phase, 0)
             for group in range(groups):
                 for co_block in range(co_blocks):
                     co0 = group * cout_g + co_block * BLOCK
@@ -658,5 +825,8 @@ def _backward(x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_pla
                 for ci_block in range(ci_blocks):
                     _input_block(
                         gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, sh, sw, pt, pl, dh, dw,
-                        rows, pitch, 0, length,
+                        rows, pitch, 0, length, nhwc,
                     )  # fmt: skip
+            if nhwc:
+                for r in range(gi.shape[1]):
+                    _scatter_nhwc(gipf, 0, gi[n], r, pt, pl, sh, sw, rows, pitch)
