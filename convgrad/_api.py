@@ -26,7 +26,7 @@ from ._dispatch import (
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
 from ._problem import Problem, describe
 from ._threading import run_kernel
-from .kernels.nchw_flat import all_finite
+from .kernels.nchw_flat import all_finite, all_finite_serial
 
 Shape = tuple[int, ...]
 
@@ -415,9 +415,17 @@ def _to_user_image(array: np.ndarray, layout: Layout, problem: Problem) -> np.nd
     return result if problem.batched else result[0]
 
 
+# Arrays up to this many elements are checked for NaN/Inf on the calling thread.
+SERIAL_CHECK_ELEMENTS = 2**16
+
+
 def _finite(*arrays: np.ndarray) -> bool:
     """No NaN or Inf in any of ``arrays`` (C-contiguous)."""
-    return all(run_kernel(all_finite, a) for a in arrays if a.size)
+    return all(
+        all_finite_serial(a) if a.size <= SERIAL_CHECK_ELEMENTS else run_kernel(all_finite, a)
+        for a in arrays
+        if a.size
+    )
 
 
 def _exact_if_needed(choice: KernelChoice, *arrays: np.ndarray) -> KernelChoice:

@@ -24,7 +24,7 @@ caller runs instead when an input holds NaN or Inf.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 from ._layouts import NCHW, NHWC, Layout
@@ -147,6 +147,7 @@ def flat_suits(problem: Problem) -> bool:
     return cin_g * cout_g >= FLAT_MIN_PAIRS and plane >= long_enough
 
 
+@lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
 def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
     """The layout whose kernels suit ``operation``, whatever layout the arrays come in.
 
@@ -210,6 +211,7 @@ def _flat_args(problem: Problem) -> tuple[int, ...]:
     return (sh, sw, *padding, dh, dw, groups)
 
 
+@lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
 def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     """The kernel that computes ``operation`` ("forward", "grad_input" or "grad_weight")."""
     layout = kernel_layout(problem, operation)
@@ -243,6 +245,7 @@ FUSED_MIN_IMAGES = 2
 FUSED_MAX_TERMS = 2**20
 
 
+@lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
 def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     """A kernel computing all three gradients in one call, or None (one kernel each).
 

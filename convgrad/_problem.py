@@ -81,7 +81,48 @@ def describe(
     """Validate sizes and options and return the Problem they define.
 
     ``input_shape`` may be batched (4-D) or unbatched (3-D); ``weight_shape`` is 4-D.
+    A training loop asks about the same few problems over and over: problems
+    whose shapes and options are plain ints and strings are remembered (other
+    types, where ``True == 1`` or ``1.0 == 1`` could let a remembered answer
+    skip a check that must fail, are validated every time).
     """
+    arguments = (layout, dtype, input_shape, weight_shape, stride, padding, dilation, groups)
+    key = (*arguments, input_name, weight_name)
+    if not all(map(_plain, (input_shape, weight_shape, stride, padding, dilation, groups))):
+        return _describe(*key)
+    problem = _REMEMBERED.get(key)
+    if problem is None:
+        problem = _describe(*key)
+        if len(_REMEMBERED) >= MAX_REMEMBERED:
+            _REMEMBERED.clear()
+        _REMEMBERED[key] = problem
+    return problem
+
+
+# Problems remembered by ``describe`` (forgotten all at once when full).
+MAX_REMEMBERED = 256
+_REMEMBERED: dict[tuple[object, ...], "Problem"] = {}
+
+
+def _plain(value: object) -> bool:
+    """An int, a str, or a flat tuple of ints: types whose equality is exact."""
+    kind = type(value)
+    return kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value))
+
+
+def _describe(
+    layout: Layout,
+    dtype: np.dtype,
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    stride: object,
+    padding: object,
+    dilation: object,
+    groups: object,
+    input_name: str,
+    weight_name: str,
+) -> Problem:
+    """``describe`` without the memory."""
     batched = len(input_shape) == 4
     n, c_in, height, width = layout.image_dims(input_shape if batched else (1, *input_shape))
     c_out, cin_g, kh, kw = layout.weight_dims(weight_shape)

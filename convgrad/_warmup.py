@@ -15,7 +15,8 @@ from ._api import (
 )
 from ._arrays import FLOAT_DTYPES
 from ._layouts import LAYOUTS, NCHW, NHWC, SMALL_COPY_ELEMENTS, Layout, relayout_image
-from ._threading import kernel_guard
+from ._threading import kernel_guard, run_kernel
+from .kernels.nchw_flat import all_finite
 
 # (C_in, C_out, H=W, K, groups) picked so that, whatever the layout of the
 # arrays, the dispatch runs each family: the row kernels (one channel, long
@@ -121,7 +122,9 @@ def warmup(
                     runs += 1
                 if forward:
                     conv2d(x, w, **options)
-        # the parallel relayout copies (small arrays are copied by NumPy)
+        # the parallel relayout copies (small arrays are copied by NumPy) and the
+        # parallel NaN/Inf check (small arrays are checked on the calling thread)
         big = np.zeros((1, 1, 2, SMALL_COPY_ELEMENTS), dtype)
         relayout_image(relayout_image(big, NCHW, NHWC), NHWC, NCHW)
+        run_kernel(all_finite, big)
     return runs

@@ -845,3 +845,16 @@ def test_huge_stride_is_handled(stride):
     w = np.ones((1, 1, 3, 3))
     with pytest.raises(ValueError, match=r"^stride must be at most 2147483647; got "):
         conv2d(x, w, stride=stride)
+
+
+def test_remembered_problems_never_skip_a_check():
+    """describe() remembers problems, but only by exact types: True and 1.0 are not 1."""
+    x, w, g = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3))
+    for _ in range(2):  # the second call is answered from memory
+        gi, _, _ = conv2d_backward(g, x, w, stride=1, padding=0)
+        assert gi.shape == x.shape
+    for bad in (True, 1.0, np.float64(1.0)):
+        with pytest.raises(TypeError, match="stride"):
+            conv2d_backward(g, x, w, stride=bad, padding=0)
+    with pytest.raises(ValueError, match="grad_output"):
+        conv2d_backward(g, x, w, stride=1, padding=1)  # 5x5 output expected

@@ -149,9 +149,11 @@ def test_api_fused_path_agrees_with_single_gradients():
 @given(st.integers(0, 5000), st.sampled_from([np.nan, np.inf, -np.inf]))
 def test_all_finite_finds_any_bad_value(position, bad):
     a = np.ones(5001)
-    assert nchw_flat.all_finite(a)
+    assert nchw_flat.all_finite(a) and nchw_flat.all_finite_serial(a)
     a[position] = bad
     assert not nchw_flat.all_finite(a)
+    assert not nchw_flat.all_finite_serial(a)
+    assert not nchw_flat.all_finite_serial(a.astype(np.float32).reshape(1, 5001))
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
