@@ -834,3 +834,32 @@ def test_grad_input_shape_disambiguates_stride(layout, dtype):
         np.take(np.take(results[8, 8], range(7), axis=h_axis), range(7), axis=w_axis),
         results[7, 7],
     )
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2, ((0, 2), (1, 0))])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_depthwise_3x3_nine_tap_path_matches_the_naive_loops(padding, dilation):
+    """NHWC depthwise 3x3, stride 1: inner pixels take all nine taps at once, edges tap by tap."""
+    rng = np.random.default_rng(11)
+    channels, size = 19, 9  # an odd channel count: the vector loop's remainder runs too
+    x = rng.standard_normal((2, size, size, channels))
+    w = rng.standard_normal((3, 3, 1, channels))
+    out = conv2d(x, w, padding=padding, dilation=dilation, groups=channels, layout="NHWC")
+    g = rng.standard_normal(out.shape)
+    gi = conv2d_grad_input(
+        g, w, x.shape, padding=padding, dilation=dilation, groups=channels, layout="NHWC"
+    )
+    (top, bottom), (left, right) = (
+        padding if isinstance(padding, tuple) else ((padding, padding), (padding, padding))
+    )
+    pads = (top, bottom, left, right)
+    expected = naive.grad_input_nchw(
+        naive.nhwc_to_nchw(g),
+        naive.hwio_to_oihw(w),
+        (2, channels, size, size),
+        stride=(1, 1),
+        padding=pads,
+        dilation=(dilation, dilation),
+        groups=channels,
+    )
+    np.testing.assert_allclose(gi, naive.nchw_to_nhwc(expected), rtol=1e-12, atol=1e-12)

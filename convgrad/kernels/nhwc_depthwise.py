@@ -53,15 +53,49 @@ def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(y[n, i, j], w[p, q, 0], x[n, r, j * sw + q * dw - pl])
 
 
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _gather_3x3(dest, w, g0, g1, g2, j0, j1, j2):
+    """dest[c] += sum over p, q < 3 of w[p, q, 0, c] * g_p[j_q, c]: one pixel, all nine taps.
+
+    The nine products are summed before the one read-modify-write of ``dest``,
+    instead of nine passes over it.
+    """
+    for c in range(dest.shape[0]):
+        dest[c] += (
+            (w[0, 0, 0, c] * g0[j0, c] + w[0, 1, 0, c] * g0[j1, c] + w[0, 2, 0, c] * g0[j2, c])
+            + (w[1, 0, 0, c] * g1[j0, c] + w[1, 1, 0, c] * g1[j1, c] + w[1, 2, 0, c] * g1[j2, c])
+            + (w[2, 0, 0, c] * g2[j0, c] + w[2, 1, 0, c] * g2[j1, c] + w[2, 2, 0, c] * g2[j2, c])
+        )
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
-    """gi += scatter-add of w * g; parallel over (n, r) input rows, each gathering its sources."""
+    """gi += scatter-add of w * g; parallel over (n, r) input rows, each gathering its sources.
+
+    3x3 kernels with stride 1 (the common depthwise layer) take all nine taps of a
+    pixel in one pass where they all fall inside grad_output; other pixels and
+    shapes go tap by tap.
+    """
     height, width = gi.shape[1], gi.shape[2]
     out_h, out_w = g.shape[1], g.shape[2]
     kh, kw = w.shape[0], w.shape[1]
+    nine = kh == 3 and kw == 3 and sh == 1 and sw == 1
     for task in prange(gi.shape[0] * height):
         n = task // height
         r = task - n * height
+        i0, i1, i2 = r + pt, r + pt - dh, r + pt - 2 * dh  # output rows of taps p = 0, 1, 2
+        if nine and i2 >= 0 and i0 < out_h:
+            for col in range(width):
+                j0, j1, j2 = col + pl, col + pl - dw, col + pl - 2 * dw
+                if j2 >= 0 and j0 < out_w:
+                    _gather_3x3(gi[n, r, col], w, g[n, i0], g[n, i1], g[n, i2], j0, j1, j2)
+                    continue
+                for p in range(3):
+                    for q in range(3):
+                        j = col + pl - q * dw
+                        if 0 <= j < out_w:
+                            _multiply_add(gi[n, r, col], w[p, q, 0], g[n, r + pt - p * dh, j])
+            continue
         for p in range(kh):
             shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
             if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
