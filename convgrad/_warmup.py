@@ -22,16 +22,19 @@ from .kernels.nchw_flat import all_finite
 # arrays, the dispatch runs each family: the row kernels (one channel, long
 # rows), the channel kernels (short rows, many channels), the flat planes (16
 # channel pairs, long planes; run again with a NaN for their exact fallback),
-# the fused flat backward (few input channels), the NHWC depthwise kernels and
-# the BLAS products (1x1). Between them they also run both relayout copies,
-# both grad_bias kernels and the forward pass. Each problem has two images.
+# the fused flat backward (few input channels; stride 1 on shifted planes,
+# stride 2 on phase planes), the NHWC depthwise kernels and the BLAS products
+# (1x1). Between them they also run both relayout copies, both grad_bias
+# kernels and the forward pass. Each problem has two images.
+# (C_in, C_out, H=W, K, groups, stride)
 PROBLEMS = {
-    "rows": (1, 1, 12, 3, 1),
-    "channels": (8, 8, 6, 3, 1),
-    "flat": (4, 4, 12, 3, 1),
-    "fused": (2, 8, 12, 3, 1),
-    "depthwise": (4, 4, 6, 3, 4),
-    "gemm": (4, 4, 4, 1, 1),
+    "rows": (1, 1, 12, 3, 1, 1),
+    "channels": (8, 8, 6, 3, 1, 1),
+    "flat": (4, 4, 12, 3, 1, 1),
+    "fused": (2, 8, 12, 3, 1, 1),
+    "fused_strided": (2, 8, 24, 3, 1, 2),
+    "depthwise": (4, 4, 6, 3, 4, 1),
+    "gemm": (4, 4, 4, 1, 1, 1),
 }
 
 
@@ -91,7 +94,7 @@ def warmup(
     --------
     >>> import convgrad
     >>> convgrad.warmup(dtypes=["float32"], layouts=["NHWC"], forward=False)
-    7
+    8
     """
     chosen_dtypes = [_dtype(d) for d in _listed("dtypes", dtypes)]
     chosen_layouts = [_layout(name) for name in _listed("layouts", layouts)]
@@ -102,13 +105,14 @@ def warmup(
     rng = np.random.default_rng(0)
     for dtype in chosen_dtypes:
         for layout in chosen_layouts:
-            for name, (c_in, c_out, size, k, groups) in PROBLEMS.items():
+            for name, (c_in, c_out, size, k, groups, stride) in PROBLEMS.items():
                 x = rng.standard_normal(layout.image_shape(2, c_in, size, size)).astype(dtype)
                 w = rng.standard_normal(layout.weight_shape(c_out, c_in // groups, k, k))
                 w = w.astype(dtype)
-                g = rng.standard_normal(layout.image_shape(2, c_out, size - k + 1, size - k + 1))
+                out = (size - k) // stride + 1
+                g = rng.standard_normal(layout.image_shape(2, c_out, out, out))
                 g = g.astype(dtype)
-                options = {"groups": groups, "layout": layout.name}
+                options = {"groups": groups, "stride": stride, "layout": layout.name}
                 # conv2d_backward may run one fused kernel; the single-gradient
                 # functions run the per-gradient kernels of the same family
                 conv2d_backward(g, x, w, **options)

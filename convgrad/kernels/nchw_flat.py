@@ -328,16 +328,14 @@ TAPS = 3
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _dot3x4(x, d, b0, b1, b2, b3):
-    """The 12 sums over k of x[k + t*d] * b_j[k] (t < 3, j < 4), returned t-major.
+def _dot3x4(x0, x1, x2, b0, b1, b2, b3):
+    """The 12 sums over k of x_t[k] * b_j[k] (t < 3, j < 4), returned t-major.
 
-    Three taps d apart in one kernel row read overlapping stretches of x, so
-    one load of each b_j feeds three multiply-adds: for planes with fewer than
-    four input channels this is what ``_dot4x4`` is for the others.
+    The windows of three kernel taps share each load of b_j: for planes with
+    fewer than four input channels this is what ``_dot4x4`` is for the others.
     """
     n = b0.shape[0]
-    x0, x1, x2 = x[:n], x[d : d + n], x[2 * d : 2 * d + n]
-    z = x.dtype.type(0)
+    z = x0.dtype.type(0)
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = z
     for k in range(n):
         y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
@@ -489,19 +487,35 @@ def _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, t
                 length = (min(per_dot, n1 - n0 - s0) - 1) * plane + valid
                 _weight_block(
                     x_flat, g_flat, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch,
-                    s0 * plane, length,
+                    s0 * plane, length, False,
                 )  # fmt: skip
 
 
+@njit(cache=CACHE, inline="always")
+def _tap(p, q, sh, sw, dh, dw, pitch, shifted):
+    """(plane, offset) of kernel tap (p, q): where its window starts in the image planes.
+
+    Phase planes (see the module docstring): the phase of (p*dh, q*dw) and the
+    shift within it. Shifted planes (``shifted``, stride 1, see
+    ``backward_nchw_flat``): plane q holds the padded image moved left by q*dw
+    columns with pitch OW, so tap (p, q) starts p*dh rows down plane q.
+    """
+    if shifted:
+        return q, p * dh * pitch
+    return ((p * dh) % sh) * sw + (q * dw) % sw, ((p * dh) // sh) * pitch + (q * dw) // sw
+
+
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _weight_block(xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch, base, length):
+def _weight_block(
+    xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch, base, length, shifted
+):
     """totals[co0:co1, ci2_0:ci2_0 + 4] += the terms of ``length`` flat positions from ``base``.
 
-    ``xf`` holds the flattened padded phase planes (C_in, sh*sw, ...), ``gf``
-    the flattened grad_output planes (C_out, ...) with the same row pitch:
-    kernel tap (p, q) pairs xf[ci, phase, base + shift + k] with gf[co, base + k].
-    Full 4 x 4 channel blocks take sixteen dot products at a time; fewer input
-    channels take three kernel taps at a time (stride 1) or four output channels.
+    ``xf`` holds the flattened image planes (C_in, planes, ...), ``gf`` the
+    flattened grad_output planes (C_out, ...) with the same row pitch: kernel
+    tap (p, q) pairs xf[ci, plane, base + offset + k] with gf[co, base + k]
+    (``_tap``). Full 4 x 4 channel blocks take sixteen dot products at a time;
+    fewer input channels take three kernel taps at a time or four output channels.
     """
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
     ci2_1 = min(ci2_0 + BLOCK, cin_g)
@@ -513,8 +527,8 @@ def _weight_block(xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch,
     if co1 - co0 == BLOCK and ci2_1 - ci2_0 == BLOCK:
         for p in range(kh):
             for q in range(kw):
-                phase = ((p * dh) % sh) * sw + (q * dw) % sw
-                start = base + ((p * dh) // sh) * pitch + (q * dw) // sw
+                phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
+                start = base + offset
                 sums = _dot4x4(
                     xf[ci0, phase, start : start + length],
                     xf[ci0 + 1, phase, start : start + length],
@@ -530,23 +544,33 @@ def _weight_block(xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch,
                         totals[co0 + b, ci2_0 + a, p, q] += sums[a * BLOCK + b]
         return
     for ci2 in range(ci2_0, ci2_1):
+        x_planes = xf[group * cin_g + ci2]
         for p in range(kh):
             q = 0
             while q < kw:
-                phase = ((p * dh) % sh) * sw + (q * dw) % sw
-                start = base + ((p * dh) // sh) * pitch + (q * dw) // sw
-                x_flat = xf[group * cin_g + ci2, phase]
-                if co1 - co0 == BLOCK and sh == 1 and sw == 1 and q + TAPS <= kw:
+                if co1 - co0 == BLOCK and q + TAPS <= kw:
                     # few input channels: three taps of one kernel row share
                     # each load of grad_output instead
-                    window = x_flat[start : start + length + (TAPS - 1) * dw]
-                    sums3 = _dot3x4(window, dw, g0, g1, g2, g3)
+                    a0, at0 = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
+                    a1, at1 = _tap(p, q + 1, sh, sw, dh, dw, pitch, shifted)
+                    a2, at2 = _tap(p, q + 2, sh, sw, dh, dw, pitch, shifted)
+                    sums3 = _dot3x4(
+                        x_planes[a0, base + at0 : base + at0 + length],
+                        x_planes[a1, base + at1 : base + at1 + length],
+                        x_planes[a2, base + at2 : base + at2 + length],
+                        g0,
+                        g1,
+                        g2,
+                        g3,
+                    )
                     for t in range(TAPS):
                         for b in range(BLOCK):
                             totals[co0 + b, ci2, p, q + t] += sums3[t * BLOCK + b]
                     q += TAPS
                     continue
-                window = x_flat[start : start + length]
+                phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
+                start = base + offset
+                window = x_planes[phase, start : start + length]
                 if co1 - co0 == BLOCK:
                     s0, s1, s2, s3 = _dot4(window, g0, g1, g2, g3)
                     totals[co0, ci2, p, q] += s0
@@ -603,7 +627,7 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
             _input_block(
                 g_flat, w, gi_flat, gi, n0 + first, count, group, ci2_0,
                 sh, sw, pt, pl, dh, dw, rows, pitch, first * plane, (count - 1) * plane + valid,
-                nhwc,
+                nhwc, False,
             )  # fmt: skip
         if nhwc:
             height = gi.shape[1]
@@ -651,9 +675,36 @@ def _scatter_nhwc(gif, slot, image, r, pt, pl, sh, sw, rows, pitch):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
+def _add_shifted(gif, gi, n, ci0, width_b, pt, pl, dw, pitch, nhwc):
+    """gi[n, ci, r, c] += sum over q of gi plane q at (r + pt, c + pl - q*dw), width_b channels.
+
+    The inverse of the shifted planes (``_tap``): plane q, row u, column v holds
+    padded position (u, v + q*dw); ``pitch`` is OW. One image (slot 0); gi is
+    NHWC if ``nhwc``.
+    """
+    height, width = (gi.shape[1], gi.shape[2]) if nhwc else (gi.shape[2], gi.shape[3])
+    planes = gif.shape[1]
+    for b in range(width_b):
+        ci = ci0 + b
+        for r in range(height):
+            row = (r + pt) * pitch
+            for q in range(planes):
+                move = pl - q * dw  # column c reads v = c + move
+                lo, hi = max(0, -move), min(width, pitch - move)
+                source = gif[ci, q, row + lo + move : row + hi + move]
+                if nhwc:
+                    for k in range(hi - lo):
+                        gi[n, r, lo + k, ci] += source[k]
+                else:
+                    part = gi[n, ci, r, lo:hi]
+                    for k in range(hi - lo):
+                        part[k] += source[k]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _input_block(
     gf, w, gif, gi, first, count, group, ci2_0, sh, sw, pt, pl, dh, dw, rows, pitch, base, length,
-    nhwc,
+    nhwc, shifted,
 ):  # fmt: skip
     """gi[first:first + count, ci] += scatter-add of w * g, ci = group*C_in/g + ci2_0 + (0..3).
 
@@ -686,8 +737,8 @@ def _input_block(
         s3 = gf[min(co + 3, end - 1), base : base + length]
         for p in range(kh):
             for q in range(kw):
-                phase = ((p * dh) % sh) * sw + (q * dw) % sw
-                start = base + ((p * dh) // sh) * pitch + (q * dw) // sw
+                phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
+                start = base + offset
                 if full and width_b == BLOCK:
                     _axpy4x4(
                         gif[ci0, phase, start : start + length],
@@ -731,6 +782,9 @@ def _input_block(
                     else:
                         _axpy(target, w[co, ci2, p, q], s0)
         co += BLOCK if full else 1
+    if shifted:
+        _add_shifted(gif, gi, first, ci0, width_b, pt, pl, dw, pitch, nhwc)
+        return
     if nhwc:
         return  # the caller scatters all channels' planes at once (_scatter_nhwc)
     for m in range(count):
@@ -759,7 +813,157 @@ MAX_IMAGE_BLOCKS = 8
 
 
 def backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc=0):
-    """gi, gw, gb += all three gradients in one pass over the batch.
+    """gi, gw, gb += all three gradients in one pass over the batch (NHWC if ``nhwc``).
+
+    Stride 1 runs on shifted copies of the input (``_backward_shifted``), other
+    strides on padded phase planes (``_backward_padded``).
+    """
+    if sh != 1 or sw != 1:
+        _backward_padded(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc)
+        return
+    n_batch, c_in, height, _ = _image_dims(x, nhwc)
+    _, c_out, out_h, out_w = _image_dims(g, nhwc)
+    n_blocks = min(n_batch, MAX_IMAGE_BLOCKS)
+    kw = w.shape[1] if nhwc else w.shape[3]
+    images = np.empty((n_blocks, c_in, kw, height + pt + pb, out_w), x.dtype)
+    gi_planes = np.empty_like(images)
+    # NHWC grad_output is gathered into NCHW order, an image at a time
+    grads = np.empty((n_blocks, c_out, out_h * out_w) if nhwc else (0, 0, 0), x.dtype)
+    totals = np.zeros((n_blocks, *_weight_totals_shape(gw, nhwc)), dtype=np.float64)
+    bias = np.zeros((n_blocks, c_out), dtype=np.float64)
+    w = _as_nchw_weight(w, nhwc)
+    _backward_shifted(
+        x, g, w, gi, pt, pl, dh, dw, groups, images, gi_planes, grads, totals, bias, nhwc
+    )
+    _add_totals(gw, totals.sum(axis=0), nhwc)  # in block order; rounded once
+    gb += bias.sum(axis=0)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _shift_channel(image, c, top, move, target):
+    """``_shift_plane`` of channel ``c`` of the NHWC ``image`` (H, W, C): gathered."""
+    height, width = image.shape[0], image.shape[1]
+    rows, pitch = target.shape
+    lo, hi = max(0, move), min(pitch, move + width)
+    for u in range(rows):
+        r = u - top
+        line = target[u]
+        if r < 0 or r >= height or hi <= lo:
+            for v in range(pitch):
+                line[v] = 0
+            continue
+        for v in range(lo):
+            line[v] = 0
+        for v in range(hi, pitch):
+            line[v] = 0
+        row = image[r]
+        for v in range(lo, hi):
+            line[v] = row[v - move, c]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _gather_grad(image, target, sums):
+    """target[c] = channel c of the NHWC ``image`` (OH, OW, C), flattened; sums[c] += its sum."""
+    out_h, out_w, channels = image.shape
+    for i in range(out_h):
+        row = image[i]  # OW x C: stays in L1 while its channels are copied out
+        for c in range(channels):
+            line = target[c, i * out_w : (i + 1) * out_w]
+            total = 0.0
+            for j in range(out_w):
+                value = row[j, c]
+                line[j] = value
+                total += value
+            sums[c] += total
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _shift_plane(source, top, move, target):
+    """target[u, v] = source[u - top, v - move], zero outside ``source``: one shifted plane.
+
+    With move = pl - q*dw, ``target`` is the zero-padded image moved left by
+    q*dw columns and cut to OW columns (``target``'s pitch).
+    """
+    height, width = source.shape
+    rows, pitch = target.shape
+    lo, hi = max(0, move), min(pitch, move + width)
+    for u in range(rows):
+        r = u - top
+        line = target[u]
+        if r < 0 or r >= height or hi <= lo:
+            for v in range(pitch):
+                line[v] = 0
+            continue
+        for v in range(lo):
+            line[v] = 0
+        for v in range(hi, pitch):
+            line[v] = 0
+        _copy_items(target, u * pitch + lo, source, r * width + lo - move, hi - lo)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _backward_shifted(
+    x, g, w, gi, pt, pl, dh, dw, groups, images, gi_planes, grads, totals, bias, nhwc
+):
+    """The fused backward for NCHW, stride 1, on shifted planes: grad_output is not copied.
+
+    The padded-plane kernels give grad_output the image planes' row pitch, which
+    means copying it (C_out planes per image). Here the input instead gets
+    grad_output's pitch OW: one copy of it per kernel column q, moved left by
+    q*dw (``_shift_plane``), so tap (p, q) is a window p*dh rows down copy q
+    (``_tap``) and grad_output is used where it lies. For few input channels
+    (the fused kernel's problems) that is C_in * KW small planes instead of
+    C_out planes, and no zero columns in the sums. Blocks of images as in
+    ``_backward_padded``. NHWC: the input's channels are gathered into the
+    shifted planes, and grad_output into NCHW order in ``grads``.
+    """
+    n_batch, c_in = x.shape[0], images.shape[1]
+    c_out = bias.shape[1]
+    out_h, out_w = (g.shape[1], g.shape[2]) if nhwc else (g.shape[2], g.shape[3])
+    cin_g, cout_g = c_in // groups, c_out // groups
+    co_blocks = (cout_g + BLOCK - 1) // BLOCK
+    ci_blocks = (cin_g + BLOCK - 1) // BLOCK
+    n_blocks, kw, rows = totals.shape[0], images.shape[2], images.shape[3]
+    length = out_h * out_w
+    for block in prange(n_blocks):
+        xf = images[block].reshape(c_in, kw, rows * out_w)
+        gipf = gi_planes[block].reshape(c_in, kw, rows * out_w)
+        for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
+            for c in range(c_in):
+                for q in range(kw):
+                    if nhwc:
+                        _shift_channel(x[n], c, pt, pl - q * dw, images[block, c, q])
+                    else:
+                        _shift_plane(x[n, c], pt, pl - q * dw, images[block, c, q])
+            if nhwc:
+                gf = grads[block]
+                _gather_grad(g[n], gf, bias[block])
+            else:
+                gf = g[n].reshape(c_out, length)
+                for c in range(c_out):
+                    plane = gf[c]
+                    total = 0.0
+                    for k in range(length):
+                        total += plane[k]
+                    bias[block, c] += total
+            for group in range(groups):
+                for co_block in range(co_blocks):
+                    co0 = group * cout_g + co_block * BLOCK
+                    co1 = min(co0 + BLOCK, (group + 1) * cout_g)
+                    for ci_block in range(ci_blocks):
+                        _weight_block(
+                            xf, gf, totals[block], group, co0, co1, ci_block * BLOCK, 1, 1, dh, dw,
+                            out_w, 0, length, True,
+                        )  # fmt: skip
+                for ci_block in range(ci_blocks):
+                    _input_block(
+                        gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, 1, 1, pt, pl, dh, dw,
+                        rows, out_w, 0, length, nhwc, True,
+                    )  # fmt: skip
+
+
+def _backward_padded(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc):
+    """``backward_nchw_flat`` on padded (phase) planes, either layout.
 
     For planes with few channels the flat kernels spend most of their time
     moving grad_output: each image's planes are padded (and read for the bias)
@@ -830,12 +1034,12 @@ def _backward(
                         ci2_0 = ci_block * BLOCK
                         _weight_block(
                             xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
-                            pitch, 0, length,
+                            pitch, 0, length, False,
                         )  # fmt: skip
                 for ci_block in range(ci_blocks):
                     _input_block(
                         gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, sh, sw, pt, pl, dh, dw,
-                        rows, pitch, 0, length, nhwc,
+                        rows, pitch, 0, length, nhwc, False,
                     )  # fmt: skip
             if nhwc:
                 for r in range(gi.shape[1]):
