@@ -840,28 +840,6 @@ def backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, grou
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _shift_channel(image, c, top, move, target):
-    """``_shift_plane`` of channel ``c`` of the NHWC ``image`` (H, W, C): gathered."""
-    height, width = image.shape[0], image.shape[1]
-    rows, pitch = target.shape
-    lo, hi = max(0, move), min(pitch, move + width)
-    for u in range(rows):
-        r = u - top
-        line = target[u]
-        if r < 0 or r >= height or hi <= lo:
-            for v in range(pitch):
-                line[v] = 0
-            continue
-        for v in range(lo):
-            line[v] = 0
-        for v in range(hi, pitch):
-            line[v] = 0
-        row = image[r]
-        for v in range(lo, hi):
-            line[v] = row[v - move, c]
-
-
-@njit(cache=CACHE, fastmath=FASTMATH)
 def _gather_grad(image, target, sums):
     """target[c] = channel c of the NHWC ``image`` (OH, OW, C), flattened; sums[c] += its sum."""
     out_h, out_w, channels = image.shape
@@ -878,13 +856,14 @@ def _gather_grad(image, target, sums):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _shift_plane(source, top, move, target):
-    """target[u, v] = source[u - top, v - move], zero outside ``source``: one shifted plane.
+def _shift_plane(image, c, top, move, target, nhwc):
+    """target[u, v] = channel c of ``image`` at (u - top, v - move), zero outside the image.
 
-    With move = pl - q*dw, ``target`` is the zero-padded image moved left by
-    q*dw columns and cut to OW columns (``target``'s pitch).
+    ``image`` is one image, (C, H, W), or (H, W, C) if ``nhwc``. With
+    move = pl - q*dw, ``target`` is the zero-padded channel moved left by q*dw
+    columns and cut to OW columns (``target``'s pitch).
     """
-    height, width = source.shape
+    height, width = (image.shape[0], image.shape[1]) if nhwc else (image.shape[1], image.shape[2])
     rows, pitch = target.shape
     lo, hi = max(0, move), min(pitch, move + width)
     for u in range(rows):
@@ -898,7 +877,12 @@ def _shift_plane(source, top, move, target):
             line[v] = 0
         for v in range(hi, pitch):
             line[v] = 0
-        _copy_items(target, u * pitch + lo, source, r * width + lo - move, hi - lo)
+        if nhwc:
+            row = image[r]
+            for v in range(lo, hi):
+                line[v] = row[v - move, c]
+        else:
+            _copy_items(target, u * pitch + lo, image[c], r * width + lo - move, hi - lo)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
@@ -931,10 +915,7 @@ def _backward_shifted(
         for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
             for c in range(c_in):
                 for q in range(kw):
-                    if nhwc:
-                        _shift_channel(x[n], c, pt, pl - q * dw, images[block, c, q])
-                    else:
-                        _shift_plane(x[n, c], pt, pl - q * dw, images[block, c, q])
+                    _shift_plane(x[n], c, pt, pl - q * dw, images[block, c, q], nhwc)
             if nhwc:
                 gf = grads[block]
                 _gather_grad(g[n], gf, bias[block])
