@@ -19,17 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_SHAPES = (
-    "mnist_b64",
-    "cifar_b32",
-    "resnet_3x3",
-    "resnet_s2",
-    "pointwise",
-    "depthwise",
-    "big_kernel",
-    "dilated",
-    "resnet_3x3_f64",
-)
+from convgrad.suite import SUITE
+
+# Every suite shape but the two tiny ones, which run on one thread whatever the count.
+DEFAULT_SHAPES = tuple(name for name in SUITE if name not in ("seed", "lenet2"))
 
 
 def bench(threads: int, shapes: list[str], rounds: int) -> dict:

@@ -111,6 +111,15 @@ def _copy_items(typingctx, dst, dst_start, src, src_start, count):
     return signature, codegen
 
 
+@njit(cache=CACHE, inline="always")
+def _clear_outside(line, lo, hi):
+    """line[:lo] = 0 and line[hi:] = 0: one plane row's padding (all of it when hi <= lo)."""
+    for k in range(min(lo, line.shape[0])):
+        line[k] = 0
+    for k in range(max(lo, hi), line.shape[0]):
+        line[k] = 0
+
+
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _pad_plane(source, top, left, sh, sw, planes, n):
     """planes[:, n] = ``source`` (H, W) zero-padded at (top, left) and split into phases.
@@ -142,12 +151,9 @@ def _pad_plane(source, top, left, sh, sw, planes, n):
         line = target[u]
         r = u - top
         if r < 0 or r >= height:
-            line[:] = 0
+            _clear_outside(line, 0, 0)
             continue
-        for k in range(left):
-            line[k] = 0
-        for k in range(left + width, pitch):
-            line[k] = 0
+        _clear_outside(line, left, left + width)
         _copy_items(target, u * pitch + left, source, r * width, width)
     return total
 
@@ -187,19 +193,15 @@ def _gather_channels(image, c0, c1, top, left, planes, n, sums):
     sum (in float64).
     """
     height, width = image.shape[0], image.shape[1]
-    rows, pitch = planes.shape[3], planes.shape[4]
+    rows = planes.shape[3]
     for c in range(c0, c1):
         target = planes[c, 0, n]
         for u in range(rows):
             r = u - top
-            line = target[u]
             if r < 0 or r >= height:
-                line[:] = 0
-                continue
-            for k in range(left):
-                line[k] = 0
-            for k in range(left + width, pitch):
-                line[k] = 0
+                _clear_outside(target[u], 0, 0)
+            else:
+                _clear_outside(target[u], left, left + width)
     for r in range(height):
         row = image[r]  # W x C: stays in L1 while its channels are copied out
         for c in range(c0, c1):
@@ -870,13 +872,9 @@ def _shift_plane(image, c, top, move, target, nhwc):
         r = u - top
         line = target[u]
         if r < 0 or r >= height or hi <= lo:
-            for v in range(pitch):
-                line[v] = 0
+            _clear_outside(line, 0, 0)
             continue
-        for v in range(lo):
-            line[v] = 0
-        for v in range(hi, pitch):
-            line[v] = 0
+        _clear_outside(line, lo, hi)
         if nhwc:
             row = image[r]
             for v in range(lo, hi):
