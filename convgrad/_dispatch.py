@@ -163,22 +163,72 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
     return NHWC if ROW_PREFERENCE * cout_g > problem.out_w else NCHW
 
 
-def image_chunk(problem: Problem) -> int:
-    """How many images the flat kernels pad (and split into phases) at a time."""
-    top, bottom, _, _ = problem.geometry.padding
-    stride_h, stride_w = problem.geometry.stride
-    pitch = _flat_pitch(problem)
-    phase_rows = (problem.height + top + bottom + stride_h - 1) // stride_h + 1
-    per_image = (problem.c_in * stride_h * stride_w + problem.c_out) * phase_rows
-    per_image *= pitch * problem.dtype.itemsize
+def _workspace_budget(problem: Problem) -> int:
+    """Bytes of working memory allowed: a quarter of input + grad_output, at least the floor."""
     images = (
         problem.c_in * problem.height * problem.width
         + problem.c_out * problem.out_h * problem.out_w
     ) * problem.dtype.itemsize
-    budget = max(WORKSPACE_MIN_BYTES, problem.n * images // 4)
-    # grad_weight also keeps its float64 totals beside the planes
-    totals = 8 * problem.c_out * (problem.c_in // problem.geometry.groups) * problem.kh * problem.kw
-    return int(max(1, min(problem.n, (budget - totals) // max(1, per_image))))
+    return max(WORKSPACE_MIN_BYTES, problem.n * images // 4)
+
+
+def _totals_per_block(problem: Problem) -> int:
+    """Bytes of the flat grad_weight's float64 totals for one block of output channels."""
+    cin_g = problem.c_in // problem.geometry.groups
+    return 8 * nchw_flat.BLOCK * cin_g * problem.kh * problem.kw
+
+
+def _plane_bytes(problem: Problem) -> tuple[int, int]:
+    """Per-image bytes of the flat planes: one input channel's phases, one grad_output channel."""
+    top, bottom, _, _ = problem.geometry.padding
+    stride_h, stride_w = problem.geometry.stride
+    phase_rows = (problem.height + top + bottom + stride_h - 1) // stride_h + 1
+    plane = phase_rows * _flat_pitch(problem) * problem.dtype.itemsize
+    return stride_h * stride_w * plane, plane
+
+
+# The flat grad_weight keeps all its float64 totals at once while they take at
+# most this fraction of the working-memory budget (the rest holds the planes).
+TOTALS_SHARE = 0.75
+
+
+def weight_slice_blocks(problem: Problem) -> int:
+    """Output-channel blocks whose float64 totals the flat grad_weight keeps at a time.
+
+    All of them while their totals take at most TOTALS_SHARE of the budget.
+    Many channels on small images make totals larger than that, even larger
+    than the images; then the blocks are taken in slices, preferably sized so
+    that the whole batch's image planes are stacked once and shared by every
+    slice (each slice stacks only its own grad_output channels), else as many
+    as fit in TOTALS_SHARE (the images are then stacked again per slice).
+    """
+    cout_g = problem.c_out // problem.geometry.groups
+    blocks = problem.geometry.groups * -(-cout_g // nchw_flat.BLOCK)
+    budget, totals = _workspace_budget(problem), _totals_per_block(problem)
+    share = int(budget * TOTALS_SHARE)
+    if blocks * totals <= share:
+        return int(blocks)
+    image_plane, grad_plane = _plane_bytes(problem)
+    batch_images = problem.n * problem.c_in * image_plane
+    batch_grads = problem.n * nchw_flat.BLOCK * grad_plane  # per block
+    fitting = (budget - batch_images) // (totals + batch_grads)
+    return int(max(1, min(blocks, fitting if fitting >= 1 else share // totals)))
+
+
+def image_chunk(problem: Problem, operation: str = "grad_input") -> int:
+    """How many images the flat kernels pad (and split into phases) at a time.
+
+    grad_weight's planes share the budget with its totals and hold only a
+    slice of grad_output's channels (``weight_slice_blocks``).
+    """
+    budget, grad_planes = _workspace_budget(problem), problem.c_out
+    if operation == "grad_weight":
+        blocks = weight_slice_blocks(problem)
+        budget -= blocks * _totals_per_block(problem)
+        grad_planes = min(grad_planes, blocks * nchw_flat.BLOCK)
+    image_plane, grad_plane = _plane_bytes(problem)
+    per_image = problem.c_in * image_plane + grad_planes * grad_plane
+    return int(max(1, min(problem.n, budget // max(1, per_image))))
 
 
 def weight_chunks(problem: Problem) -> int:
@@ -225,7 +275,10 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     exact = _loop_kernel(operation, problem, layout)
     if operation == "forward" or not flat_suits(problem):
         return exact
-    args = (*_flat_args(problem), image_chunk(problem), int(layout is NHWC))
+    sizes: tuple[int, ...] = (image_chunk(problem, operation),)
+    if operation == "grad_weight":
+        sizes += (weight_slice_blocks(problem),)
+    args = (*_flat_args(problem), *sizes, int(layout is NHWC))
     return KernelChoice(_FLAT_KERNELS[operation], layout, args, exact)
 
 

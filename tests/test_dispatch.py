@@ -111,7 +111,10 @@ def test_flat_planes_for_long_planes_and_enough_reuse(
             assert choice.exact.layout is user_layout
             assert choice.exact.args[: len(p.kernel_args)] == p.kernel_args
             assert choice.args[:6] == (stride, stride, *p.geometry.padding)
-            assert choice.args[-2:] == (_dispatch.image_chunk(p), int(user_layout is NHWC))
+            sizes = (_dispatch.image_chunk(p, operation),)
+            if operation == "grad_weight":
+                sizes += (_dispatch.weight_slice_blocks(p),)
+            assert choice.args[-len(sizes) - 1 :] == (*sizes, int(user_layout is NHWC))
         else:
             assert choice.kernel is not getattr(nchw_flat, f"{operation}_nchw_flat")
     assert _dispatch.select_kernel("forward", p).exact is None
@@ -126,6 +129,22 @@ def test_image_chunk_bounds_working_memory():
     images = (64 * 56 * 56 + 64 * 56 * 56) * 4 * 64
     assert 1 <= chunk < 64
     assert chunk * per_image <= max(_dispatch.WORKSPACE_MIN_BYTES, images // 4)
+
+
+def test_weight_totals_sliced_within_the_budget():
+    """Many channels on small images: grad_weight's float64 totals are kept a slice at a time."""
+    small_weight = problem(n=8, c_in=64, c_out=64, size=56)
+    assert _dispatch.weight_slice_blocks(small_weight) == 64 // nchw_flat.BLOCK  # all at once
+    for n in (1, 8, 64):
+        late = problem(n=n, c_in=512, c_out=512, size=7)
+        assert _dispatch.flat_suits(late)
+        blocks = _dispatch.weight_slice_blocks(late)
+        totals = blocks * nchw_flat.BLOCK * 512 * 9 * 8
+        assert 1 <= blocks < 512 // nchw_flat.BLOCK  # all 512 x 512 x 9 totals: 18.9 MB
+        chunk = _dispatch.image_chunk(late, "grad_weight")
+        per_image = (512 + blocks * nchw_flat.BLOCK) * 10 * 9 * 4  # 10 rows, pitch 9
+        budget = max(_dispatch.WORKSPACE_MIN_BYTES, n * 2 * 512 * 49 * 4 // 4)
+        assert 1 <= chunk <= n and totals + chunk * per_image <= budget
 
 
 def test_bias_kernel_per_layout():

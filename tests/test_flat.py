@@ -30,6 +30,8 @@ def flat_problems(draw):
     width = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[2] - pads[3]), 12))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     chunk = draw(st.integers(1, n))
+    # grad_weight's output-channel blocks per slice of float64 totals
+    slice_blocks = draw(st.integers(1, groups * -(-cout_g // nchw_flat.BLOCK)))
     problem = describe(
         NCHW,
         np.dtype(dtype),
@@ -40,7 +42,7 @@ def flat_problems(draw):
         dilation=(dh, dw),
         groups=groups,
     )
-    return problem, chunk, draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
+    return problem, chunk, slice_blocks, draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
 
 
 def to_nhwc(image):
@@ -75,25 +77,25 @@ def tolerance(problem):
 @given(flat_problems())
 def test_flat_kernels_match_row_kernels(case):
     """Both layouts: NHWC arrays are gathered into the planes and scattered back."""
-    problem, chunk, seed, nhwc = case
+    problem, chunk, slice_blocks, seed, nhwc = case
     x, w, g = arrays(problem, seed)
     (sh, sw), padding, (dh, dw), groups = problem.geometry
-    flat_args = (sh, sw, *padding, dh, dw, groups, chunk, int(nhwc))
+    flat_args = (sh, sw, *padding, dh, dw, groups, chunk)
     rtol, atol = tolerance(problem)
     xk, gk = (to_nhwc(x), to_nhwc(g)) if nhwc else (x, g)
     wk = weight_to_nhwc(w) if nhwc else w
 
     expected = np.zeros_like(w)
     nchw.grad_weight_nchw(x, g, expected, *problem.kernel_args)
-    got = np.zeros_like(wk)
-    nchw_flat.grad_weight_nchw_flat(xk, gk, got, *flat_args)
+    got = np.ones_like(wk)  # the kernels add into what is there
+    nchw_flat.grad_weight_nchw_flat(xk, gk, got, *flat_args, slice_blocks, int(nhwc))
     got = weight_from_nhwc(got) if nhwc else got
-    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(got - 1, expected, rtol=rtol, atol=atol)
 
     expected = np.zeros_like(x)
     nchw.grad_input_nchw(g, w, expected, *problem.kernel_args)
-    got = np.ones_like(xk)  # the kernels add into what is there
-    nchw_flat.grad_input_nchw_flat(gk, wk, got, *flat_args)
+    got = np.ones_like(xk)
+    nchw_flat.grad_input_nchw_flat(gk, wk, got, *flat_args, int(nhwc))
     got = from_nhwc(got) if nhwc else got
     np.testing.assert_allclose(got - 1, expected, rtol=rtol, atol=atol)
 
@@ -101,7 +103,7 @@ def test_flat_kernels_match_row_kernels(case):
 @settings(deadline=None, max_examples=100)
 @given(flat_problems())
 def test_fused_backward_matches_row_kernels(case):
-    problem, _, seed, nhwc = case
+    problem, _, _, seed, nhwc = case
     x, w, g = arrays(problem, seed)
     (sh, sw), padding, (dh, dw), groups = problem.geometry
     rtol, atol = tolerance(problem)
@@ -143,6 +145,28 @@ def test_api_fused_path_agrees_with_single_gradients():
     np.testing.assert_allclose(out[0], x + gi, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[1], 1 + gw, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(out[2], 1 + gb, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_api_weight_totals_in_slices_and_image_chunks(layout):
+    """Many channels on small images: totals a slice of output channels at a time, restacked."""
+    from convgrad.reference import conv2d_backward_reference
+
+    layout_obj = convgrad._layouts.NHWC if layout == "NHWC" else NCHW
+    rng = np.random.default_rng(9)
+    n, channels, size = 48, 256, 7  # the batch's planes alone exceed the budget
+    x = rng.standard_normal(layout_obj.image_shape(n, channels, size, size)).astype(np.float32)
+    w = rng.standard_normal(layout_obj.weight_shape(channels, channels, 3, 3)).astype(np.float32)
+    g = rng.standard_normal(layout_obj.image_shape(n, channels, size, size)).astype(np.float32)
+    opts = {"stride": 1, "padding": 1, "dilation": 1, "groups": 1}
+    problem = describe(layout_obj, x.dtype, x.shape, w.shape, **opts)
+    choice = _dispatch.select_kernel("grad_weight", problem)
+    assert choice.kernel is nchw_flat.grad_weight_nchw_flat
+    chunk, slice_blocks = choice.args[-3:-1]
+    assert chunk < n and slice_blocks < channels // nchw_flat.BLOCK  # both loops taken
+    gw = convgrad.conv2d_grad_weight(g, x, w.shape, padding=1, layout=layout)
+    expected = conv2d_backward_reference(g, x, w, padding=1, layout=layout)[1]
+    np.testing.assert_allclose(gw, expected, rtol=1e-4, atol=2e-3)
 
 
 @settings(deadline=None, max_examples=60)

@@ -184,9 +184,10 @@ GATHER_CHANNELS = 16
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _gather_channels(image, c0, c1, top, left, planes, n, sums):
-    """planes[c, 0, n] = channel c of the NHWC ``image`` zero-padded at (top, left), c0 <= c < c1.
+def _gather_channels(image, c0, c1, first, top, left, planes, n, sums):
+    """planes[c - first, 0, n] = channel c of the NHWC ``image`` zero-padded at (top, left).
 
+    For the channels c0 <= c < c1.
     Stride 1 only (one phase); ``planes`` is (C, 1, N, rows, pitch). Goes row by
     row, so each image row (W x C) is read from memory once and its channels
     are picked out of L1. When ``sums`` is not empty, sums[c] += the channel's
@@ -195,7 +196,7 @@ def _gather_channels(image, c0, c1, top, left, planes, n, sums):
     height, width = image.shape[0], image.shape[1]
     rows = planes.shape[3]
     for c in range(c0, c1):
-        target = planes[c, 0, n]
+        target = planes[c - first, 0, n]
         for u in range(rows):
             r = u - top
             if r < 0 or r >= height:
@@ -205,14 +206,14 @@ def _gather_channels(image, c0, c1, top, left, planes, n, sums):
     for r in range(height):
         row = image[r]  # W x C: stays in L1 while its channels are copied out
         for c in range(c0, c1):
-            line = planes[c, 0, n, top + r]
+            line = planes[c - first, 0, n, top + r]
             total = 0.0
             for k in range(width):
                 value = row[k, c]
                 line[left + k] = value
                 total += value
             if sums.shape[0]:
-                sums[c] += total
+                sums[c - first] += total
 
 
 def _as_nchw_weight(w, nhwc):
@@ -398,32 +399,43 @@ def _stack_shapes(n_chunk, c_in, c_out, height, width, sh, sw, pt, pb, pl, pr):
     return (c_in, sh * sw, n_chunk, rows, pitch), (c_out, n_chunk, rows, pitch)
 
 
-def grad_weight_nchw_flat(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, nhwc=0):
-    """gw += valid correlation of x with g, ``n_chunk`` images at a time (NHWC if ``nhwc``)."""
+def grad_weight_nchw_flat(
+    x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, slice_blocks, nhwc=0
+):
+    """gw += valid correlation of x with g (NHWC if ``nhwc``).
+
+    ``n_chunk`` images at a time, and the output channels ``slice_blocks``
+    channel blocks (of BLOCK) at a time, so that the float64 totals stay as
+    small as the dispatch's memory budget asks.
+    """
     n_batch, c_in, height, width = _image_dims(x, nhwc)
+    c_out, cin_g, kh, kw = _weight_totals_shape(gw, nhwc)
+    slice_channels = min(c_out, slice_blocks * BLOCK)
     image_shape, grad_shape = _stack_shapes(
-        min(n_chunk, n_batch), c_in, _image_dims(g, nhwc)[1], height, width, sh, sw, pt, pb, pl, pr
+        min(n_chunk, n_batch), c_in, slice_channels, height, width, sh, sw, pt, pb, pl, pr
     )
     images, grads = np.empty(image_shape, x.dtype), np.empty(grad_shape, x.dtype)
-    totals = np.zeros(_weight_totals_shape(gw, nhwc), dtype=np.float64)
-    _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, totals, nhwc)
-    _add_totals(gw, totals, nhwc)
+    totals = np.zeros((slice_channels, cin_g, kh, kw), dtype=np.float64)
+    _grad_weight(
+        x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunk, slice_blocks, images, grads, totals, nhwc
+    )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _stack_planes(x, g, pt, pl, sh, sw, images, grads, nhwc):
-    """grads[c, n] = g[n, c] padded to ``rows`` rows, images[c, :, n] = x[n, c] padded.
+def _stack_planes(x, g, g_lo, g_hi, pt, pl, sh, sw, images, grads, nhwc):
+    """grads[c - g_lo, n] = g[n, c] padded to ``rows`` rows, images[c, :, n] = x[n, c] padded.
 
-    The images are split into phases; ``x`` may hold no images (grad_input
-    needs none). With ``nhwc`` the arrays are NHWC and channels are gathered.
+    grad_output's channels g_lo <= c < g_hi only. The images are split into
+    phases; ``x`` may hold no images (grad_input needs none). With ``nhwc``
+    the arrays are NHWC and channels are gathered.
     """
     n_batch = g.shape[0]
-    c_out = g.shape[3] if nhwc else g.shape[1]
+    c_out = g_hi - g_lo
     c_in = (x.shape[3] if nhwc else x.shape[1]) if x.shape[0] else 0
     if nhwc and sh == 1 and sw == 1:
         x_blocks = (c_in + GATHER_CHANNELS - 1) // GATHER_CHANNELS
         blocks = x_blocks + (c_out + GATHER_CHANNELS - 1) // GATHER_CHANNELS
-        grads5 = grads.reshape(c_out, 1, grads.shape[1], grads.shape[2], grads.shape[3])
+        grads5 = grads.reshape(grads.shape[0], 1, grads.shape[1], grads.shape[2], grads.shape[3])
         no_sums = np.zeros(0)
         for task in prange(n_batch * blocks):
             n = task // blocks
@@ -431,11 +443,11 @@ def _stack_planes(x, g, pt, pl, sh, sw, images, grads, nhwc):
             if b < x_blocks:
                 c0 = b * GATHER_CHANNELS
                 c1 = min(c0 + GATHER_CHANNELS, c_in)
-                _gather_channels(x[n], c0, c1, pt, pl, images, n, no_sums)
+                _gather_channels(x[n], c0, c1, 0, pt, pl, images, n, no_sums)
             else:
-                c0 = (b - x_blocks) * GATHER_CHANNELS
-                c1 = min(c0 + GATHER_CHANNELS, c_out)
-                _gather_channels(g[n], c0, c1, 0, 0, grads5, n, no_sums)
+                c0 = g_lo + (b - x_blocks) * GATHER_CHANNELS
+                c1 = min(c0 + GATHER_CHANNELS, g_hi)
+                _gather_channels(g[n], c0, c1, g_lo, 0, 0, grads5, n, no_sums)
         return
     for task in prange(n_batch * (c_in + c_out)):
         n = task // (c_in + c_out)
@@ -449,23 +461,27 @@ def _stack_planes(x, g, pt, pl, sh, sw, images, grads, nhwc):
             plane = grads[c - c_in]
             one_phase = plane.reshape(1, plane.shape[0], plane.shape[1], plane.shape[2])
             if nhwc:
-                _pad_channel(g[n], c - c_in, 0, 0, 1, 1, one_phase, n)
+                _pad_channel(g[n], g_lo + c - c_in, 0, 0, 1, 1, one_phase, n)
             else:
-                _pad_plane(g[n, c - c_in], 0, 0, 1, 1, one_phase, n)
+                _pad_plane(g[n, g_lo + c - c_in], 0, 0, 1, 1, one_phase, n)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, totals, nhwc):
-    """totals += valid correlation of x with g.
+def _grad_weight(
+    x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunk, slice_blocks, images, grads, totals, nhwc
+):
+    """gw += valid correlation of x with g.
 
     Parallel over (block of up to four output channels, block of up to four
     input channels) of one group; each task owns those channels' kernel planes
     totals[co, ci2]. The planes of up to STACK_TERMS values' worth of images
     make one dot product in the dtype; those are summed in float64 (``totals``),
-    so the error does not grow with the batch.
+    so the error does not grow with the batch. The output-channel blocks (in
+    group order) are taken ``slice_blocks`` at a time: a slice's totals are
+    added to gw, rounded once, before the next slice reuses them.
     """
     n_batch, c_in = x.shape[0], images.shape[0]
-    c_out = grads.shape[0]
+    c_out = g.shape[3] if nhwc else g.shape[1]
     cin_g = totals.shape[1]
     cout_g = c_out // groups
     co_blocks = (cout_g + BLOCK - 1) // BLOCK  # per group
@@ -475,22 +491,53 @@ def _grad_weight(x, g, sh, sw, pt, pl, dh, dw, groups, n_chunk, images, grads, t
     valid = (g.shape[1] if nhwc else g.shape[2]) * pitch  # the OH rows of a grad_output plane
     per_dot = max(1, STACK_TERMS // plane)
     x_flat = images.reshape(c_in, phases, slots * plane)
-    g_flat = grads.reshape(c_out, slots * plane)
-    for n0 in range(0, n_batch, n_chunk):
-        n1 = min(n0 + n_chunk, n_batch)
-        _stack_planes(x[n0:n1], g[n0:n1], pt, pl, sh, sw, images, grads, nhwc)
-        for task in prange(groups * co_blocks * ci_blocks):
-            block = task // ci_blocks
-            ci2_0 = (task - block * ci_blocks) * BLOCK
-            group = block // co_blocks
-            co0 = group * cout_g + (block - group * co_blocks) * BLOCK
-            co1 = min(co0 + BLOCK, (group + 1) * cout_g)
-            for s0 in range(0, n1 - n0, per_dot):
-                length = (min(per_dot, n1 - n0 - s0) - 1) * plane + valid
-                _weight_block(
-                    x_flat, g_flat, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch,
-                    s0 * plane, length, False,
-                )  # fmt: skip
+    g_flat = grads.reshape(grads.shape[0], slots * plane)
+    all_blocks = groups * co_blocks
+    for b_lo in range(0, all_blocks, slice_blocks):
+        b_hi = min(b_lo + slice_blocks, all_blocks)
+        co_lo = _block_channels(b_lo, co_blocks, cout_g)[0]
+        co_hi = _block_channels(b_hi - 1, co_blocks, cout_g)[1]
+        for n0 in range(0, n_batch, n_chunk):
+            n1 = min(n0 + n_chunk, n_batch)
+            # the image planes hold the whole batch from the first slice on
+            restack = b_lo == 0 or n_chunk < n_batch
+            x_part = x[n0:n1] if restack else x[n0:n0]
+            _stack_planes(x_part, g[n0:n1], co_lo, co_hi, pt, pl, sh, sw, images, grads, nhwc)
+            for task in prange((b_hi - b_lo) * ci_blocks):
+                block = b_lo + task // ci_blocks
+                ci2_0 = (task % ci_blocks) * BLOCK
+                group = block // co_blocks
+                co0, co1 = _block_channels(block, co_blocks, cout_g)
+                for s0 in range(0, n1 - n0, per_dot):
+                    length = (min(per_dot, n1 - n0 - s0) - 1) * plane + valid
+                    _weight_block(
+                        x_flat, g_flat, totals, group, co0 - co_lo, co1 - co_lo, ci2_0,
+                        sh, sw, dh, dw, pitch, s0 * plane, length, False,
+                    )  # fmt: skip
+        _add_slice(gw, totals, co_lo, co_hi, nhwc)
+
+
+@njit(cache=CACHE, inline="always")
+def _block_channels(block, co_blocks, cout_g):
+    """Output channels [co0, co1) of channel block ``block`` (blocks numbered in group order)."""
+    group = block // co_blocks
+    co0 = group * cout_g + (block - group * co_blocks) * BLOCK
+    return co0, min(co0 + BLOCK, (group + 1) * cout_g)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add_slice(gw, totals, co_lo, co_hi, nhwc):
+    """gw[co_lo:co_hi] += totals[:co_hi - co_lo] (rounded once), then those totals = 0."""
+    cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
+    for co in range(co_lo, co_hi):
+        for ci2 in range(cin_g):
+            for p in range(kh):
+                for q in range(kw):
+                    if nhwc:
+                        gw[p, q, ci2, co] += totals[co - co_lo, ci2, p, q]
+                    else:
+                        gw[co, ci2, p, q] += totals[co - co_lo, ci2, p, q]
+                    totals[co - co_lo, ci2, p, q] = 0
 
 
 @njit(cache=CACHE, inline="always")
@@ -617,7 +664,7 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
     g_flat = grads.reshape(c_out, slots * plane)
     for n0 in range(0, n_batch, n_chunk):
         n1 = min(n0 + n_chunk, n_batch)
-        _stack_planes(gi[n0:n0], g[n0:n1], pt, pl, sh, sw, planes, grads, nhwc)
+        _stack_planes(gi[n0:n0], g[n0:n1], 0, c_out, pt, pl, sh, sw, planes, grads, nhwc)
         stacks = (n1 - n0 + per_stack - 1) // per_stack
         for task in prange(stacks * groups * ci_blocks):
             stack = task // (groups * ci_blocks)
@@ -991,13 +1038,13 @@ def _backward(
             if nhwc:
                 if phases == 1:
                     xp5 = xp.reshape(c_in, 1, 1, rows, pitch)
-                    _gather_channels(x[n], 0, c_in, pt, pl, xp5, 0, no_sums)
+                    _gather_channels(x[n], 0, c_in, 0, pt, pl, xp5, 0, no_sums)
                 else:
                     for c in range(c_in):
                         planes = xp[c].reshape(phases, 1, rows, pitch)
                         _pad_channel(x[n], c, pt, pl, sh, sw, planes, 0)
                 gp5 = gp.reshape(c_out, 1, 1, gp.shape[2], pitch)
-                _gather_channels(g[n], 0, c_out, 0, 0, gp5, 0, bias[block])
+                _gather_channels(g[n], 0, c_out, 0, 0, 0, gp5, 0, bias[block])
             else:
                 for c in range(c_in):
                     planes = xp[c].reshape(phases, 1, rows, pitch)
