@@ -202,6 +202,7 @@ def conv2d_backward(
         )
     if mask[0]:
         results[0] = _grad_input(problem, g, w, outs[0], accumulate, originals)
+    del w  # a relayouted weight copy would otherwise sit beside grad_weight's buffers
     if mask[1]:
         results[1] = _grad_weight(problem, x, g, outs[1], accumulate, originals)
     grad_input, grad_weight, grad_bias = (

@@ -20,7 +20,8 @@ from .kernels.nchw_flat import all_finite
 
 # (C_in, C_out, H=W, K, groups) picked so that, whatever the layout of the
 # arrays, the dispatch runs each family: the row kernels (one channel, long
-# rows), the channel kernels (short rows, many channels), the flat planes (16
+# rows), the channel kernels (short rows, many channels; from 16 input
+# channels on, grad_weight by input channel), the flat planes (16
 # channel pairs, long planes; run again with a NaN for their exact fallback),
 # the fused flat backward (few input channels; stride 1 on shifted planes,
 # stride 2 on phase planes), the NHWC depthwise kernels and the BLAS products
@@ -30,6 +31,7 @@ from .kernels.nchw_flat import all_finite
 PROBLEMS = {
     "rows": (1, 1, 12, 3, 1, 1),
     "channels": (8, 8, 6, 3, 1, 1),
+    "channels_wide": (16, 8, 4, 3, 1, 1),
     "flat": (4, 4, 12, 3, 1, 1),
     "fused": (2, 8, 12, 3, 1, 1),
     "fused_strided": (2, 8, 24, 3, 1, 2),
@@ -94,7 +96,7 @@ def warmup(
     --------
     >>> import convgrad
     >>> convgrad.warmup(dtypes=["float32"], layouts=["NHWC"], forward=False)
-    8
+    9
     """
     chosen_dtypes = [_dtype(d) for d in _listed("dtypes", dtypes)]
     chosen_layouts = [_layout(name) for name in _listed("layouts", layouts)]

@@ -107,7 +107,10 @@ def test_flat_planes_for_long_planes_and_enough_reuse(
             # the exact alternative for non-finite inputs: rows (NCHW) or channels (NHWC)
             loops = nchw if user_layout is NCHW else nhwc
             suffix = user_layout.name.lower()
-            assert choice.exact.kernel is getattr(loops, f"{operation}_{suffix}")
+            exact = {getattr(loops, f"{operation}_{suffix}")}
+            if operation == "grad_weight" and user_layout is NHWC:
+                exact.add(nhwc.grad_weight_nhwc_by_channel)
+            assert choice.exact.kernel in exact
             assert choice.exact.layout is user_layout
             assert choice.exact.args[: len(p.kernel_args)] == p.kernel_args
             assert choice.args[:6] == (stride, stride, *p.geometry.padding)
@@ -188,11 +191,26 @@ def test_weight_chunks_bounded_by_rows_work_and_cap():
 
 
 def test_weight_chunks_bounded_by_memory_budget():
-    huge = problem(NHWC, c_in=256, c_out=512, k=3, n=8, size=16)
-    weight_bytes = 256 * 512 * 9 * 4
-    chunks = _dispatch.weight_chunks(huge)
-    assert chunks >= 1
-    assert chunks == 1 or chunks * weight_bytes <= _dispatch.PARTIALS_BUDGET_BYTES
+    wide = problem(NHWC, c_in=8, c_out=512, k=3, n=8, size=16)
+    partial_bytes = 8 * 512 * 9 * (4 + 8)  # a float32 block and a float64 total
+    chunks = _dispatch.weight_chunks(wide)
+    assert 1 < chunks < _dispatch.MAX_WEIGHT_CHUNKS
+    assert chunks * partial_bytes <= _dispatch.PARTIALS_BUDGET_BYTES
+
+
+def test_nhwc_weight_by_input_channel_for_many_channels_or_big_weights():
+    def weight_kernel(**shape):
+        p = problem(NHWC, k=3, n=8, size=4, **shape)  # 4 x 4 planes: channel kernels
+        assert not _dispatch.flat_suits(p)
+        return _dispatch.select_kernel("grad_weight", p)
+
+    late = weight_kernel(c_in=256, c_out=256)
+    assert late.kernel is nhwc.grad_weight_nhwc_by_channel and late.args == (1, 1, 1, 1, 1, 1, 1)
+    few_inputs = weight_kernel(c_in=8, c_out=64)
+    assert few_inputs.kernel is nhwc.grad_weight_nhwc and len(few_inputs.args) == 8
+    # fewer than 16 input channels, but no room for two partials of 4 x 8192 x 9 entries
+    big_weight = weight_kernel(c_in=4, c_out=8192)
+    assert big_weight.kernel is nhwc.grad_weight_nhwc_by_channel
 
 
 def test_backward_kernel_fuses_small_and_few_channel_problems():

@@ -15,6 +15,8 @@ from convgrad.reference import conv2d_backward_reference, conv2d_reference
 CASES = {
     "dense": (4, 16, 16, 20, 3, 1, 1, 1, 1),  # NHWC kernels
     "strided-asym": (4, 8, 64, 9, 3, 2, ((1, 0), (2, 1)), 1, 1),  # 4 x 6 planes < 48
+    "wide-channels": (4, 32, 48, 4, 3, 1, 1, 1, 1),  # NHWC grad_weight by input channel
+    "wide-grouped": (6, 32, 64, 5, (3, 2), (2, 1), 1, (1, 2), 2),
     "strided-flat": (3, 4, 16, 40, 5, 2, ((2, 1), (0, 2)), (1, 2), 1),  # stride phases
     "dilated-grouped": (3, 16, 32, 18, (3, 2), 1, 2, (2, 1), 2),
     "few-channels": (16, 1, 8, 32, 5, 1, 2, 1, 1),  # NCHW kernels
@@ -43,6 +45,8 @@ FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
     "dense": ("flat", "flat"),
     "dilated-grouped": ("flat", "flat"),
     "strided-asym": ("channels", "channels"),
+    "wide-channels": ("channels", "channels"),
+    "wide-grouped": ("channels", "channels"),
     "strided-flat": ("flat", "flat"),
     "few-channels": ("rows", "rows"),
     "depthwise": ("rows", "rows"),

@@ -9,6 +9,7 @@ The innermost loop runs over a contiguous slice of output channels, taken as a
 0-based view so that LLVM vectorises it.
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -202,6 +203,60 @@ def _grad_weight_nhwc(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, totals
     for chunk in range(1, n_chunks):
         _fold(totals[0], totals[chunk])
     _fold(gw, totals[0])  # gw += total, rounded once (the zeroed total is not used again)
+
+
+def grad_weight_nhwc_by_channel(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
+    """gw += the weight gradient, one input channel per parallel task.
+
+    For weights too large to keep a partial copy per chunk of rows: a task
+    owns one input channel's kernel planes gw[:, :, ci2, group's channels]
+    and sums them in a per-thread workspace (allocated here, by NumPy, so
+    the asv memory tracks see them; each task clears what it uses, so the
+    result does not depend on which thread ran it).
+    """
+    kh, kw, _, c_out = gw.shape
+    shape = (numba.get_num_threads(), kh, kw, c_out // groups)
+    blocks, totals = np.zeros(shape, gw.dtype), np.zeros(shape, np.float64)
+    _grad_weight_by_channel(x, g, gw, sh, sw, pt, pl, dh, dw, groups, blocks, totals)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _grad_weight_by_channel(x, g, gw, sh, sw, pt, pl, dh, dw, groups, blocks, totals):
+    """gw += valid correlation of x with g; parallel over input channels.
+
+    Each task sums its channel's terms a block of output rows at a time
+    (BLOCK_TERMS, as ``_grad_weight_nhwc``) and adds the float64 total to gw,
+    rounded once.
+    """
+    height, width, c_in = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w = g.shape[1], g.shape[2]
+    kh, kw, cout_g = blocks.shape[1], blocks.shape[2], blocks.shape[3]
+    cin_g = c_in // groups
+    n_rows = g.shape[0] * out_h
+    block_rows = max(1, BLOCK_TERMS // max(1, out_w))
+    for ci in prange(c_in):
+        block, total = blocks[numba.get_thread_id()], totals[numba.get_thread_id()]
+        total[:] = 0
+        co0 = (ci // cin_g) * cout_g
+        for r0 in range(0, n_rows, block_rows):
+            for row in range(r0, min(r0 + block_rows, n_rows)):
+                n = row // out_h
+                i = row - n * out_h
+                for p in range(kh):
+                    r = i * sh + p * dh - pt
+                    if r < 0 or r >= height:
+                        continue
+                    for q in range(kw):
+                        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                        for j in range(j_lo, j_hi):
+                            xv = x[n, r, j * sw + q * dw - pl, ci]
+                            _axpy(block[p, q], xv, g[n, i, j, co0 : co0 + cout_g])
+            _fold(total, block)
+        ci2 = ci % cin_g
+        for p in range(kh):
+            for q in range(kw):
+                for co in range(cout_g):
+                    gw[p, q, ci2, co0 + co] += total[p, q, co]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
