@@ -90,10 +90,12 @@ MAX_WEIGHT_CHUNKS = 16
 PARTIALS_BUDGET_BYTES = 4 * 2**20
 MIN_TERMS_PER_CHUNK = 2**15
 
-# From this many input channels on, or when not even two partial weight
-# gradients fit their budget, the NHWC grad_weight runs one input channel per
-# task instead (that channel's kernel planes stay in L1; measured 1.2-2x
-# faster than row chunks on 64-512 channels, 2-5 pixel images).
+# On short planes (the channel kernels' own problems) from this many input
+# channels on, or whenever not even two partial weight gradients fit their
+# budget, the NHWC grad_weight runs one input channel per task instead (that
+# channel's kernel planes stay in L1; measured 1.2-2x faster than row chunks
+# on 64-512 channels, 2-5 pixel images, but up to 9x slower on long planes,
+# where the flat kernels' exact fallback keeps the row chunks).
 BY_CHANNEL_MIN_INPUTS = 16
 
 
@@ -254,7 +256,7 @@ def _partial_bytes(problem: Problem) -> int:
 def weight_by_channel(problem: Problem) -> bool:
     """Whether the NHWC grad_weight runs one input channel per task (see BY_CHANNEL_MIN_INPUTS)."""
     too_big = 2 * _partial_bytes(problem) > PARTIALS_BUDGET_BYTES
-    return problem.c_in >= BY_CHANNEL_MIN_INPUTS or too_big
+    return too_big or (problem.c_in >= BY_CHANNEL_MIN_INPUTS and not flat_suits(problem))
 
 
 def _loop_kernel(operation: str, problem: Problem, layout: Layout) -> KernelChoice:
@@ -310,6 +312,26 @@ FUSED_MIN_IMAGES = 2
 FUSED_MAX_TERMS = 2**20
 
 
+def fused_workspace_bytes(problem: Problem) -> int:
+    """Working memory of the fused flat backward (``nchw_flat.backward_nchw_flat``).
+
+    Per block of images: the input's planes and grad_input's (shifted copies at
+    stride 1, phase planes otherwise), grad_output's planes (strided) or NCHW
+    copy (NHWC, stride 1), and float64 partials of grad_weight and grad_bias.
+    """
+    top, bottom, _, _ = problem.geometry.padding
+    (stride_h, stride_w), itemsize = problem.geometry.stride, problem.dtype.itemsize
+    if (stride_h, stride_w) == (1, 1):
+        planes = problem.kw * (problem.height + top + bottom) * problem.out_w
+        grads = problem.c_out * problem.out_h * problem.out_w if problem.layout is NHWC else 0
+    else:
+        planes = _plane_bytes(problem)[0] // itemsize
+        grads = problem.c_out * problem.out_h * _flat_pitch(problem)
+    weight = problem.c_out * (problem.c_in // problem.geometry.groups) * problem.kh * problem.kw
+    per_block = (2 * problem.c_in * planes + grads) * itemsize + 8 * (weight + problem.c_out)
+    return min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS) * per_block
+
+
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
 def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     """A kernel computing all three gradients in one call, or None (one kernel each).
@@ -317,9 +339,9 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     Tiny problems whose gradients would run on the row kernels take their
     serial fused form (exact for any input). Flat-plane problems (either
     layout) that are small, or have few input channels per group and at least two images,
-    take the fused flat kernel; like the flat kernels it is exact for finite
-    inputs only (``finite_only``), otherwise each gradient takes
-    ``select_kernel``.
+    take the fused flat kernel if its workspaces fit the working-memory
+    budget; like the flat kernels it is exact for finite inputs only
+    (``finite_only``), otherwise each gradient takes ``select_kernel``.
     """
     if gemm_suits(problem):
         return None
@@ -331,6 +353,8 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     few_channels = problem.c_in // groups < FUSED_MAX_CHANNELS and problem.n >= FUSED_MIN_IMAGES
     if is_depthwise(problem) or not (few_channels or problem.terms <= FUSED_MAX_TERMS):
         return None
+    if fused_workspace_bytes(problem) > _workspace_budget(problem):
+        return None  # big images: the single-gradient kernels work a chunk of images at a time
     layout = problem.layout
     args = (*_flat_args(problem), int(layout is NHWC))
     return KernelChoice(nchw_flat.backward_nchw_flat, layout, args, finite_only=True)
