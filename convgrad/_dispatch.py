@@ -313,9 +313,9 @@ FUSED_MAX_TERMS = 2**20
 
 
 def fused_workspace_bytes(problem: Problem) -> int:
-    """Working memory of the fused flat backward (``nchw_flat.backward_nchw_flat``).
+    """Working memory of the fused flat backward (``nchw_flat.backward_nchw_flat``) per block.
 
-    Per block of images: the input's planes and grad_input's (shifted copies at
+    For each block of images: the input's planes and grad_input's (shifted copies at
     stride 1, phase planes otherwise), grad_output's planes (strided) or NCHW
     copy (NHWC, stride 1), and float64 partials of grad_weight and grad_bias.
     """
@@ -328,8 +328,13 @@ def fused_workspace_bytes(problem: Problem) -> int:
         planes = _plane_bytes(problem)[0] // itemsize
         grads = problem.c_out * problem.out_h * _flat_pitch(problem)
     weight = problem.c_out * (problem.c_in // problem.geometry.groups) * problem.kh * problem.kw
-    per_block = (2 * problem.c_in * planes + grads) * itemsize + 8 * (weight + problem.c_out)
-    return min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS) * per_block
+    return (2 * problem.c_in * planes + grads) * itemsize + 8 * (weight + problem.c_out)
+
+
+def fused_blocks(problem: Problem) -> int:
+    """Blocks of images (parallel tasks) of the fused backward: at most 8, within the budget."""
+    fitting = _workspace_budget(problem) // fused_workspace_bytes(problem)
+    return int(min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS, fitting))
 
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
@@ -353,10 +358,11 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     few_channels = problem.c_in // groups < FUSED_MAX_CHANNELS and problem.n >= FUSED_MIN_IMAGES
     if is_depthwise(problem) or not (few_channels or problem.terms <= FUSED_MAX_TERMS):
         return None
-    if fused_workspace_bytes(problem) > _workspace_budget(problem):
+    blocks = fused_blocks(problem)
+    if blocks < min(2, problem.n):
         return None  # big images: the single-gradient kernels work a chunk of images at a time
     layout = problem.layout
-    args = (*_flat_args(problem), int(layout is NHWC))
+    args = (*_flat_args(problem), blocks, int(layout is NHWC))
     return KernelChoice(nchw_flat.backward_nchw_flat, layout, args, finite_only=True)
 
 

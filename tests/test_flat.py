@@ -103,7 +103,7 @@ def test_flat_kernels_match_row_kernels(case):
 @settings(deadline=None, max_examples=100)
 @given(flat_problems())
 def test_fused_backward_matches_row_kernels(case):
-    problem, _, _, seed, nhwc = case
+    problem, blocks, _, seed, nhwc = case
     x, w, g = arrays(problem, seed)
     (sh, sw), padding, (dh, dw), groups = problem.geometry
     rtol, atol = tolerance(problem)
@@ -114,7 +114,7 @@ def test_fused_backward_matches_row_kernels(case):
     wk = weight_to_nhwc(w) if nhwc else w
     # the kernel adds into what is there
     gi, gw, gb = np.ones_like(xk), np.ones_like(wk), np.ones(problem.c_out, x.dtype)
-    geometry = (sh, sw, *padding, dh, dw, groups, int(nhwc))
+    geometry = (sh, sw, *padding, dh, dw, groups, blocks, int(nhwc))
     nchw_flat.backward_nchw_flat(xk, gk, wk, gi, gw, gb, *geometry)
     gi, gw = (from_nhwc(gi), weight_from_nhwc(gw)) if nhwc else (gi, gw)
     np.testing.assert_allclose(gi - 1, expected_gi, rtol=rtol, atol=atol)

@@ -853,26 +853,30 @@ def _input_block(
                         target[k] += gif[ci0 + b, a * sw + column % sw, row + column // sw]
 
 
-# The fused backward splits the batch into at most this many fixed blocks of
-# images (its parallel tasks); each keeps a float64 partial of grad_weight and
-# grad_bias, added in block order afterwards, and one image's planes: eight
-# keeps that working memory inside the budget (cifar_b32 went over with 16)
-# and is enough tasks for the 2-core machines this was measured on.
+# The fused backward splits the batch into fixed blocks of images (its
+# parallel tasks), at most this many; each keeps a float64 partial of
+# grad_weight and grad_bias, added in block order afterwards, and one image's
+# planes. The dispatch picks the count within the working-memory budget.
 MAX_IMAGE_BLOCKS = 8
 
 
-def backward_nchw_flat(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc=0):
+def backward_nchw_flat(
+    x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, nhwc=0
+):
     """gi, gw, gb += all three gradients in one pass over the batch (NHWC if ``nhwc``).
 
-    Stride 1 runs on shifted copies of the input (``_backward_shifted``), other
-    strides on padded phase planes (``_backward_padded``).
+    The batch is split into ``n_blocks`` fixed blocks of images, one parallel
+    task each. Stride 1 runs on shifted copies of the input
+    (``_backward_shifted``), other strides on padded phase planes
+    (``_backward_padded``).
     """
+    n_blocks = max(1, min(n_blocks, x.shape[0]))
     if sh != 1 or sw != 1:
-        _backward_padded(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc)
+        args = (sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, nhwc)
+        _backward_padded(x, g, w, gi, gw, gb, *args)
         return
-    n_batch, c_in, height, _ = _image_dims(x, nhwc)
+    c_in, height = _image_dims(x, nhwc)[1:3]
     _, c_out, out_h, out_w = _image_dims(g, nhwc)
-    n_blocks = min(n_batch, MAX_IMAGE_BLOCKS)
     kw = w.shape[1] if nhwc else w.shape[3]
     images = np.empty((n_blocks, c_in, kw, height + pt + pb, out_w), x.dtype)
     gi_planes = np.empty_like(images)
@@ -988,19 +992,18 @@ def _backward_shifted(
                     )  # fmt: skip
 
 
-def _backward_padded(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc):
+def _backward_padded(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, nhwc):
     """``backward_nchw_flat`` on padded (phase) planes, either layout.
 
     For planes with few channels the flat kernels spend most of their time
     moving grad_output: each image's planes are padded (and read for the bias)
     once here, while they sit in cache, and feed both gradients. Parallel over
-    fixed blocks of images (``MAX_IMAGE_BLOCKS``), so the result does not
+    ``n_blocks`` fixed blocks of images, so the result does not
     depend on the thread count. Workspaces are allocated here, by NumPy.
     The arrays are NHWC if ``nhwc``.
     """
-    n_batch, c_in, height, width = _image_dims(x, nhwc)
+    c_in, height, width = _image_dims(x, nhwc)[1:]
     _, c_out, out_h, _ = _image_dims(g, nhwc)
-    n_blocks = min(n_batch, MAX_IMAGE_BLOCKS)
     images, grads = _workspaces(
         n_blocks, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, pr, x.dtype
     )

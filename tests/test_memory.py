@@ -1,0 +1,43 @@
+"""Working memory within the budget on shapes the suite does not hold.
+
+The asv memory tracks measure the suite's shapes; these are held-out shapes of
+the kinds that went over before: many channels on small images (grad_weight's
+float64 totals larger than the images), big weights on the channel kernels,
+and few channels on bigger images (the fused kernel's per-block planes).
+Budget: a quarter of input + grad_output bytes, at least 4 MiB.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import convgrad
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import memory_budget_bytes, working_memory_bytes
+
+# n, c_in, c_out, size, k, stride, padding
+SHAPES = {
+    "resnet_layer4": (8, 512, 512, 7, 3, 1, 1),  # flat planes, 18.9 MB of totals
+    "resnet_layer4_s2": (8, 256, 512, 14, 3, 2, 1),
+    "late_4x4": (8, 256, 256, 4, 3, 1, 1),  # channel kernels, a 2.4 MB weight
+    "stem_batch": (16, 3, 32, 96, 7, 2, 3),  # fused, fewer image blocks than 8
+    "few_channels_big": (2, 3, 64, 112, 3, 1, 1),  # single gradients, not fused
+}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_backward_working_memory_within_budget(name, layout):
+    n, c_in, c_out, size, k, stride, padding = SHAPES[name]
+    spec = convgrad._layouts.LAYOUTS[layout]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.image_shape(n, c_in, size, size)).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape(c_out, c_in, k, k)).astype(np.float32)
+    out = (size + 2 * padding - k) // stride + 1
+    g = rng.standard_normal(spec.image_shape(n, c_out, out, out)).astype(np.float32)
+    opts = {"stride": stride, "padding": padding, "layout": layout}
+    used = working_memory_bytes(lambda: convgrad.conv2d_backward(g, x, w, **opts))
+    assert used <= memory_budget_bytes(g, x)
