@@ -192,9 +192,12 @@ def conv2d_backward(
     fused = select_backward_kernel(problem) if all(mask) and problem.terms else None
     x = _image_for(input, problem, family) if mask[1] else None
     w = _weight_for(weight, problem, family) if mask[0] else None
-    if fused is not None and (not fused.finite_only or _finite(g, x, w)):
+    if fused is not None and _fused_applies(fused, accumulate, g, x, w):
         results = _backward_fused(fused, problem, g, x, w, outs, accumulate, originals)
-        mask = (False, False, False)
+        if not fused.finite_only or accumulate or _finite(*results):
+            mask = (False, False, False)
+        else:  # a NaN or Inf met the zero padding (or a sum overflowed): the exact way
+            results = [None, None, None]
     if mask[2]:
         bias_kernel = select_bias_kernel(family, gemm_suits(problem) and (mask[0] or mask[1]))
         results[2] = _grad_bias(
@@ -421,12 +424,25 @@ SERIAL_CHECK_ELEMENTS = 2**16
 
 
 def _finite(*arrays: np.ndarray) -> bool:
-    """No NaN or Inf in any of ``arrays`` (C-contiguous)."""
+    """No NaN or Inf in any of ``arrays`` (C-contiguous; checked flat, one compiled signature)."""
     return all(
-        all_finite_serial(a) if a.size <= SERIAL_CHECK_ELEMENTS else run_kernel(all_finite, a)
-        for a in arrays
-        if a.size
+        all_finite_serial(flat)
+        if flat.size <= SERIAL_CHECK_ELEMENTS
+        else run_kernel(all_finite, flat)
+        for flat in (a.reshape(-1) for a in arrays)
+        if flat.size
     )
+
+
+def _fused_applies(choice: KernelChoice, accumulate: bool, *inputs: np.ndarray) -> bool:
+    """Whether to run the fused kernel ``choice`` on ``inputs``.
+
+    A fused kernel that is exact for finite inputs only runs when they are
+    finite; without ``accumulate`` that is settled afterwards instead, on its
+    results (much smaller than grad_output): any NaN or Inf in an input that
+    the kernel reads, even against zero padding, leaves a NaN or Inf in them.
+    """
+    return not choice.finite_only or not accumulate or _finite(*inputs)
 
 
 def _exact_if_needed(choice: KernelChoice, *arrays: np.ndarray) -> KernelChoice:

@@ -132,5 +132,5 @@ def warmup(
         # parallel NaN/Inf check (small arrays are checked on the calling thread)
         big = np.zeros((1, 1, 2, SMALL_COPY_ELEMENTS), dtype)
         relayout_image(relayout_image(big, NCHW, NHWC), NHWC, NCHW)
-        run_kernel(all_finite, big)
+        run_kernel(all_finite, big.reshape(-1))
     return runs

@@ -227,3 +227,16 @@ def test_fused_path_takes_the_exact_kernels_on_non_finite_input(layout, stride):
     assert not np.isnan(gw).any() and np.isinf(gw).any()
     for got, expected in zip((gi, gw, gb), exact, strict=True):
         np.testing.assert_array_equal(got, expected)
+    # a NaN in the input; and accumulating into out= (the inputs are checked first then)
+    x.flat[x.size // 2] = np.nan  # image 1, top left: read by some taps, and by the padding
+    gi, gw, gb = convgrad.conv2d_backward(g, x, w, **options)
+    exact = [
+        convgrad.conv2d_backward(g, x, w, output_mask=mask, **options)[k]
+        for k, mask in enumerate([(True, False, False), (False, True, False), (False, False, True)])
+    ]
+    assert np.isnan(gw).any() and not np.isnan(gw).all()  # only the taps that read the NaN
+    out = tuple(np.ones_like(a) for a in exact)
+    convgrad.conv2d_backward(g, x, w, out=out, accumulate=True, **options)
+    for got, accumulated, expected in zip((gi, gw, gb), out, exact, strict=True):
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_allclose(accumulated, expected + 1, rtol=1e-12)  # NaN where expected
