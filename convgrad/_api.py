@@ -15,9 +15,11 @@ from ._arrays import (
     destination,
     kernel_ready,
 )
+from ._bands import grad_input_by_bands, grad_weight_by_bands
 from ._dispatch import (
     KernelChoice,
     gemm_suits,
+    image_bands,
     kernel_layout,
     select_backward_kernel,
     select_bias_kernel,
@@ -494,8 +496,12 @@ def _grad_input(
     family = choice.layout
     if family is problem.layout:
         result = destination(out, problem.input_shape, problem.dtype, accumulate, originals)
-        if problem.terms:
-            run_kernel(choice.kernel, g, w, as_batched(result, problem.batched), *choice.args)
+        target = as_batched(result, problem.batched)
+        bands = image_bands(problem) if choice.exact is not None else 1  # flat kernels only
+        if bands > 1:
+            grad_input_by_bands(problem, bands, g, w, target)
+        elif problem.terms:
+            run_kernel(choice.kernel, g, w, target, *choice.args)
         return result
     shape = family.image_shape(problem.n, problem.c_in, problem.height, problem.width)
     buffer = allocate(shape, problem.dtype)
@@ -521,7 +527,10 @@ def _grad_weight(
         buffer = allocate(
             family.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw), problem.dtype
         )
-    if problem.terms:
+    bands = image_bands(problem, "grad_weight") if choice.exact is not None else 1  # flat only
+    if bands > 1:
+        grad_weight_by_bands(problem, bands, x, g, buffer)
+    elif problem.terms:
         run_kernel(choice.kernel, x, g, buffer, *choice.args)
     return convert_weight(buffer, family, problem.layout)
 

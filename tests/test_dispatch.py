@@ -150,6 +150,20 @@ def test_weight_totals_sliced_within_the_budget():
         assert 1 <= chunk <= n and totals + chunk * per_image <= budget
 
 
+def test_image_bands_only_for_images_too_big_for_the_budget():
+    for operation in ("grad_input", "grad_weight"):
+        assert _dispatch.image_bands(problem(n=8, c_in=64, c_out=64, size=56), operation) == 1
+        assert _dispatch.image_bands(problem(n=64, c_in=3, c_out=64, size=32), operation) == 1
+    big = problem(n=1, c_in=3, c_out=64, size=224)
+    bands = _dispatch.image_bands(big)
+    assert 1 < bands <= big.out_h
+    rows = big.out_h // bands  # every band at least this long: long enough for flat planes
+    assert rows * _dispatch._flat_pitch(big) >= _dispatch.FLAT_LONG_PLANE
+    # grad_weight slices the output channels first: one image fits then
+    assert _dispatch.image_bands(big, "grad_weight") == 1
+    assert _dispatch.weight_slice_blocks(big) < 64 // nchw_flat.BLOCK
+
+
 def test_bias_kernel_per_layout():
     assert _dispatch.select_bias_kernel(NCHW) is nchw.grad_bias_nchw
     assert _dispatch.select_bias_kernel(NHWC) is nhwc.grad_bias_nhwc

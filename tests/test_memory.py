@@ -3,7 +3,8 @@
 The asv memory tracks measure the suite's shapes; these are held-out shapes of
 the kinds that went over before: many channels on small images (grad_weight's
 float64 totals larger than the images), big weights on the channel kernels,
-and few channels on bigger images (the fused kernel's per-block planes).
+few channels on bigger images (the fused kernel's per-block planes), and images
+so big that one image's planes pass the budget (row bands).
 Budget: a quarter of input + grad_output bytes, at least 4 MiB.
 """
 
@@ -25,6 +26,8 @@ SHAPES = {
     "late_4x4": (8, 256, 256, 4, 3, 1, 1),  # channel kernels, a 2.4 MB weight
     "stem_batch": (16, 3, 32, 96, 7, 2, 3),  # fused, fewer image blocks than 8
     "few_channels_big": (2, 3, 64, 112, 3, 1, 1),  # single gradients, not fused
+    "one_big_image": (1, 3, 64, 224, 3, 1, 1),  # one image's planes: 3x the budget
+    "few_big_images": (4, 3, 32, 224, 3, 1, 1),
 }
 
 
