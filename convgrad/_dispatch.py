@@ -356,18 +356,20 @@ FUSED_MIN_IMAGES = 2
 FUSED_MAX_TERMS = 2**20
 
 
-def fused_workspace_bytes(problem: Problem) -> int:
+def fused_workspace_bytes(problem: Problem, bands: int = 1) -> int:
     """Working memory of the fused flat backward (``nchw_flat.backward_nchw_flat``) per block.
 
-    For each block of images: the input's planes and grad_input's (shifted copies at
-    stride 1, phase planes otherwise), grad_output's planes (strided) or NCHW
-    copy (NHWC, stride 1), and float64 partials of grad_weight and grad_bias.
+    For each block of images: the input's planes and grad_input's (shifted
+    copies at stride 1, of a band of ``bands`` rows; phase planes otherwise),
+    grad_output's planes (strided) or NCHW copy of a band (NHWC, stride 1),
+    and float64 partials of grad_weight and grad_bias.
     """
-    top, bottom, _, _ = problem.geometry.padding
     (stride_h, stride_w), itemsize = problem.geometry.stride, problem.dtype.itemsize
     if (stride_h, stride_w) == (1, 1):
-        planes = problem.kw * (problem.height + top + bottom) * problem.out_w
-        grads = problem.c_out * problem.out_h * problem.out_w if problem.layout is NHWC else 0
+        band = -(-problem.out_h // bands)
+        reach = (problem.kh - 1) * problem.geometry.dilation[0]
+        planes = problem.kw * (band + reach) * problem.out_w
+        grads = problem.c_out * band * problem.out_w if problem.layout is NHWC else 0
     else:
         planes = _plane_bytes(problem)[0] // itemsize
         grads = problem.c_out * problem.out_h * _flat_pitch(problem)
@@ -375,10 +377,36 @@ def fused_workspace_bytes(problem: Problem) -> int:
     return (2 * problem.c_in * planes + grads) * itemsize + 8 * (weight + problem.c_out)
 
 
+# The fused backward at stride 1 takes each image in bands of output rows when
+# whole images' workspaces would not fit the budget for as many blocks of
+# images as it can use; a band keeps at least FUSED_MIN_BAND_ROWS rows.
+FUSED_MIN_BAND_ROWS = 8
+
+
+def fused_bands(problem: Problem) -> int:
+    """Bands of output rows per image in the fused backward (stride 1; else 1)."""
+    if problem.geometry.stride != (1, 1):
+        return 1
+    wanted = min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS)
+    budget = _workspace_budget(problem) - _fused_fixed_bytes(problem)
+    most = max(1, problem.out_h // FUSED_MIN_BAND_ROWS)
+    bands = 1
+    while bands < most and wanted * fused_workspace_bytes(problem, bands) > budget:
+        bands *= 2
+    return min(bands, most)
+
+
+def _fused_fixed_bytes(problem: Problem) -> int:
+    """The fused backward's working memory besides its blocks': an NCHW copy of an NHWC weight."""
+    weight = problem.c_out * (problem.c_in // problem.geometry.groups) * problem.kh * problem.kw
+    return weight * problem.dtype.itemsize if problem.layout is NHWC else 0
+
+
 def fused_blocks(problem: Problem) -> int:
     """Blocks of images (parallel tasks) of the fused backward: at most 8, within the budget."""
-    fitting = _workspace_budget(problem) // fused_workspace_bytes(problem)
-    return int(min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS, fitting))
+    budget = _workspace_budget(problem) - _fused_fixed_bytes(problem)
+    per_block = fused_workspace_bytes(problem, fused_bands(problem))
+    return int(min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS, budget // per_block))
 
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
@@ -406,7 +434,7 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     if blocks < min(2, problem.n):
         return None  # big images: the single-gradient kernels work a chunk of images at a time
     layout = problem.layout
-    args = (*_flat_args(problem), blocks, int(layout is NHWC))
+    args = (*_flat_args(problem), blocks, fused_bands(problem), int(layout is NHWC))
     return KernelChoice(nchw_flat.backward_nchw_flat, layout, args, finite_only=True)
 
 

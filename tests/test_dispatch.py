@@ -228,13 +228,13 @@ def test_nhwc_weight_by_input_channel_for_many_channels_or_big_weights():
 
 
 def test_backward_kernel_fuses_small_and_few_channel_problems():
-    def choice(n, c_in, c_out, size, k=3, groups=1, padding=1, layout=NCHW):
+    def choice(n, c_in, c_out, size, k=3, groups=1, padding=1, layout=NCHW, stride=1):
         problem = describe(
             layout,
             np.dtype(np.float32),
             layout.image_shape(n, c_in, size, size),
             layout.weight_shape(c_out, c_in // groups, k, k),
-            stride=1,
+            stride=stride,
             padding=padding,
             dilation=1,
             groups=groups,
@@ -254,9 +254,17 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     assert choice(1, 1, 6, 28, padding=0) is serial  # the seed: not flat, tiny
     assert choice(64, 2, 8, 4) is None  # not flat, not tiny
     assert choice(8, 3, 64, 14, k=1, padding=0) is None  # 1x1: BLAS
-    # big images: the fused kernel's per-block planes would pass the memory budget
-    assert choice(4, 3, 32, 224) is None and choice(4, 3, 32, 224, layout=NHWC) is None
-    assert choice(4, 3, 32, 64) is fused
+    # big images: whole images' planes would pass the memory budget; bands of rows fit
+    assert choice(4, 3, 32, 224) is fused and choice(4, 3, 32, 224, layout=NHWC) is fused
+    for layout in (NCHW, NHWC):
+        big = problem(layout, n=4, c_in=3, c_out=32, size=224)
+        bands, blocks = _dispatch.fused_bands(big), _dispatch.fused_blocks(big)
+        assert bands > 1 and blocks == 4
+        budget = max(_dispatch.WORKSPACE_MIN_BYTES, 4 * 35 * 224 * 224 * 4 // 4)
+        assert blocks * _dispatch.fused_workspace_bytes(big, bands) <= budget
+    assert _dispatch.fused_bands(problem(n=4, c_in=3, c_out=32, size=64)) == 1
+    # strided: no bands; over the budget with two blocks, the single-gradient kernels
+    assert choice(2, 3, 64, 224, k=7, stride=2, padding=3) is None
 
 
 def test_fused_workspace_estimate_matches_the_kernel():
@@ -272,11 +280,13 @@ def test_fused_workspace_estimate_matches_the_kernel():
         gi, gw, gb = np.zeros_like(x), np.zeros_like(w), np.zeros(16, np.float32)
         blocks = _dispatch.fused_blocks(p)
         assert blocks == 4  # one block per image, the most there can be here
-        args = (*_dispatch._flat_args(p), blocks, int(layout is NHWC))
+        bands = _dispatch.fused_bands(p)
+        assert bands == 1
+        args = (*_dispatch._flat_args(p), blocks, bands, int(layout is NHWC))
         nchw_flat.backward_nchw_flat(x, g, w, gi, gw, gb, *args)  # compiled before measuring
         tracemalloc.start()
         nchw_flat.backward_nchw_flat(x, g, w, gi, gw, gb, *args)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        estimate = blocks * _dispatch.fused_workspace_bytes(p)
+        estimate = blocks * _dispatch.fused_workspace_bytes(p) + _dispatch._fused_fixed_bytes(p)
         assert 0.9 * peak <= estimate <= 1.1 * peak + 4096, (layout, stride, peak, estimate)

@@ -226,9 +226,30 @@ def _weight_totals_shape(gw, nhwc):
     return (gw.shape[3], gw.shape[2], gw.shape[0], gw.shape[1]) if nhwc else gw.shape
 
 
-def _add_totals(gw, totals, nhwc):
-    """gw += ``totals`` (float64, NCHW weight order), rounded once."""
-    gw += totals.transpose(2, 3, 1, 0) if nhwc else totals
+@njit(cache=CACHE)
+def _add_partials(gw, gb, totals, bias, nhwc):
+    """gw += the sum of ``totals`` over blocks, gb += the sum of ``bias``; rounded once.
+
+    ``totals`` (blocks, C_out, C_in/groups, KH, KW) and ``bias`` (blocks, C_out)
+    are float64 partials, added in block order; gw is in either layout.
+    Compiled, so that no temporaries are made.
+    """
+    blocks, c_out, cin_g, kh, kw = totals.shape
+    for co in range(c_out):
+        for ci2 in range(cin_g):
+            for p in range(kh):
+                for q in range(kw):
+                    total = 0.0
+                    for block in range(blocks):
+                        total += totals[block, co, ci2, p, q]
+                    if nhwc:
+                        gw[p, q, ci2, co] += total
+                    else:
+                        gw[co, ci2, p, q] += total
+        total = 0.0
+        for block in range(blocks):
+            total += bias[block, co]
+        gb[co] += total
 
 
 def _image_dims(a, nhwc):
@@ -512,7 +533,7 @@ def _grad_weight(
                     length = (min(per_dot, n1 - n0 - s0) - 1) * plane + valid
                     _weight_block(
                         x_flat, g_flat, totals, group, co0 - co_lo, co1 - co_lo, ci2_0,
-                        sh, sw, dh, dw, pitch, s0 * plane, length, False,
+                        sh, sw, dh, dw, pitch, s0 * plane, length, False, s0 * plane,
                     )  # fmt: skip
         _add_slice(gw, totals, co_lo, co_hi, nhwc)
 
@@ -556,10 +577,12 @@ def _tap(p, q, sh, sw, dh, dw, pitch, shifted):
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _weight_block(
-    xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch, base, length, shifted
+    xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch, base, length, shifted, gbase
 ):
     """totals[co0:co1, ci2_0:ci2_0 + 4] += the terms of ``length`` flat positions from ``base``.
 
+    Positions ``base`` in the image planes pair with ``gbase`` in grad_output's
+    (the same, except for the fused kernel's bands of rows).
     ``xf`` holds the flattened image planes (C_in, planes, ...), ``gf`` the
     flattened grad_output planes (C_out, ...) with the same row pitch: kernel
     tap (p, q) pairs xf[ci, plane, base + offset + k] with gf[co, base + k]
@@ -569,10 +592,10 @@ def _weight_block(
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
     ci2_1 = min(ci2_0 + BLOCK, cin_g)
     ci0 = group * cin_g + ci2_0
-    g0 = gf[co0, base : base + length]
-    g1 = gf[min(co0 + 1, co1 - 1), base : base + length]
-    g2 = gf[min(co0 + 2, co1 - 1), base : base + length]
-    g3 = gf[min(co0 + 3, co1 - 1), base : base + length]
+    g0 = gf[co0, gbase : gbase + length]
+    g1 = gf[min(co0 + 1, co1 - 1), gbase : gbase + length]
+    g2 = gf[min(co0 + 2, co1 - 1), gbase : gbase + length]
+    g3 = gf[min(co0 + 3, co1 - 1), gbase : gbase + length]
     if co1 - co0 == BLOCK and ci2_1 - ci2_0 == BLOCK:
         for p in range(kh):
             for q in range(kw):
@@ -628,7 +651,7 @@ def _weight_block(
                     totals[co0 + 3, ci2, p, q] += s3
                 else:
                     for co in range(co0, co1):
-                        totals[co, ci2, p, q] += _dot(window, gf[co, base : base + length])
+                        totals[co, ci2, p, q] += _dot(window, gf[co, gbase : gbase + length])
                 q += 1
 
 
@@ -676,7 +699,7 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
             _input_block(
                 g_flat, w, gi_flat, gi, n0 + first, count, group, ci2_0,
                 sh, sw, pt, pl, dh, dw, rows, pitch, first * plane, (count - 1) * plane + valid,
-                nhwc, False,
+                nhwc, False, first * plane, 0,
             )  # fmt: skip
         if nhwc:
             height = gi.shape[1]
@@ -724,19 +747,19 @@ def _scatter_nhwc(gif, slot, image, r, pt, pl, sh, sw, rows, pitch):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _add_shifted(gif, gi, n, ci0, width_b, pt, pl, dw, pitch, nhwc):
+def _add_shifted(gif, gi, n, ci0, width_b, pt, pl, dw, pitch, rows, top_row, nhwc):
     """gi[n, ci, r, c] += sum over q of gi plane q at (r + pt, c + pl - q*dw), width_b channels.
 
     The inverse of the shifted planes (``_tap``): plane q, row u, column v holds
-    padded position (u, v + q*dw); ``pitch`` is OW. One image (slot 0); gi is
-    NHWC if ``nhwc``.
+    padded position (u + top_row, v + q*dw); ``pitch`` is OW, ``rows`` the
+    planes' rows in use. One image (slot 0); gi is NHWC if ``nhwc``.
     """
     height, width = (gi.shape[1], gi.shape[2]) if nhwc else (gi.shape[2], gi.shape[3])
     planes = gif.shape[1]
     for b in range(width_b):
         ci = ci0 + b
-        for r in range(height):
-            row = (r + pt) * pitch
+        for r in range(max(0, top_row - pt), min(height, top_row - pt + rows)):
+            row = (r + pt - top_row) * pitch
             for q in range(planes):
                 move = pl - q * dw  # column c reads v = c + move
                 lo, hi = max(0, -move), min(width, pitch - move)
@@ -753,7 +776,7 @@ def _add_shifted(gif, gi, n, ci0, width_b, pt, pl, dw, pitch, nhwc):
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _input_block(
     gf, w, gif, gi, first, count, group, ci2_0, sh, sw, pt, pl, dh, dw, rows, pitch, base, length,
-    nhwc, shifted,
+    nhwc, shifted, gbase, top_row,
 ):  # fmt: skip
     """gi[first:first + count, ci] += scatter-add of w * g, ci = group*C_in/g + ci2_0 + (0..3).
 
@@ -764,7 +787,9 @@ def _input_block(
     are zeroed, built, and their valid part added to gi; with ``nhwc`` that
     is left to the caller (``_scatter_nhwc``), which writes each NHWC pixel's
     channels together. Full 4 x 4 channel blocks feed four gi planes from four
-    g planes at once.
+    g planes at once. ``gbase``: where the positions start in grad_output's
+    planes; ``top_row``: the padded row the shifted planes start at (both 0
+    but for the fused kernel's bands of rows).
     """
     c_in = gif.shape[0]
     height, width = (gi.shape[1], gi.shape[2]) if nhwc else (gi.shape[2], gi.shape[3])
@@ -780,10 +805,10 @@ def _input_block(
     end = co + cout_g
     while co < end:
         full = end - co >= BLOCK
-        s0 = gf[co, base : base + length]
-        s1 = gf[min(co + 1, end - 1), base : base + length]
-        s2 = gf[min(co + 2, end - 1), base : base + length]
-        s3 = gf[min(co + 3, end - 1), base : base + length]
+        s0 = gf[co, gbase : gbase + length]
+        s1 = gf[min(co + 1, end - 1), gbase : gbase + length]
+        s2 = gf[min(co + 2, end - 1), gbase : gbase + length]
+        s3 = gf[min(co + 3, end - 1), gbase : gbase + length]
         for p in range(kh):
             for q in range(kw):
                 phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
@@ -832,7 +857,7 @@ def _input_block(
                         _axpy(target, w[co, ci2, p, q], s0)
         co += BLOCK if full else 1
     if shifted:
-        _add_shifted(gif, gi, first, ci0, width_b, pt, pl, dw, pitch, nhwc)
+        _add_shifted(gif, gi, first, ci0, width_b, pt, pl, dw, pitch, rows, top_row, nhwc)
         return
     if nhwc:
         return  # the caller scatters all channels' planes at once (_scatter_nhwc)
@@ -861,35 +886,37 @@ MAX_IMAGE_BLOCKS = 8
 
 
 def backward_nchw_flat(
-    x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, nhwc=0
+    x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, n_bands, nhwc=0
 ):
     """gi, gw, gb += all three gradients in one pass over the batch (NHWC if ``nhwc``).
 
     The batch is split into ``n_blocks`` fixed blocks of images, one parallel
     task each. Stride 1 runs on shifted copies of the input
-    (``_backward_shifted``), other strides on padded phase planes
-    (``_backward_padded``).
+    (``_backward_shifted``), each image in ``n_bands`` bands of output rows;
+    other strides on padded phase planes (``_backward_padded``, whole images:
+    ``n_bands`` must be 1).
     """
     n_blocks = max(1, min(n_blocks, x.shape[0]))
     if sh != 1 or sw != 1:
         args = (sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, nhwc)
         _backward_padded(x, g, w, gi, gw, gb, *args)
         return
-    c_in, height = _image_dims(x, nhwc)[1:3]
+    c_in = _image_dims(x, nhwc)[1]
     _, c_out, out_h, out_w = _image_dims(g, nhwc)
-    kw = w.shape[1] if nhwc else w.shape[3]
-    images = np.empty((n_blocks, c_in, kw, height + pt + pb, out_w), x.dtype)
+    kh, kw = (w.shape[0], w.shape[1]) if nhwc else (w.shape[2], w.shape[3])
+    n_bands = max(1, min(n_bands, out_h))
+    band = -(-out_h // n_bands)  # the longest band's output rows
+    images = np.empty((n_blocks, c_in, kw, band + (kh - 1) * dh, out_w), x.dtype)
     gi_planes = np.empty_like(images)
-    # NHWC grad_output is gathered into NCHW order, an image at a time
-    grads = np.empty((n_blocks, c_out, out_h * out_w) if nhwc else (0, 0, 0), x.dtype)
+    # NHWC grad_output is gathered into NCHW order, a band at a time
+    grads = np.empty((n_blocks, c_out, band * out_w) if nhwc else (0, 0, 0), x.dtype)
     totals = np.zeros((n_blocks, *_weight_totals_shape(gw, nhwc)), dtype=np.float64)
     bias = np.zeros((n_blocks, c_out), dtype=np.float64)
     w = _as_nchw_weight(w, nhwc)
     _backward_shifted(
-        x, g, w, gi, pt, pl, dh, dw, groups, images, gi_planes, grads, totals, bias, nhwc
+        x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, nhwc
     )
-    _add_totals(gw, totals.sum(axis=0), nhwc)  # in block order; rounded once
-    gb += bias.sum(axis=0)
+    _add_partials(gw, gb, totals, bias, nhwc)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -936,7 +963,7 @@ def _shift_plane(image, c, top, move, target, nhwc):
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _backward_shifted(
-    x, g, w, gi, pt, pl, dh, dw, groups, images, gi_planes, grads, totals, bias, nhwc
+    x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, nhwc
 ):
     """The fused backward for NCHW, stride 1, on shifted planes: grad_output is not copied.
 
@@ -948,7 +975,11 @@ def _backward_shifted(
     (the fused kernel's problems) that is C_in * KW small planes instead of
     C_out planes, and no zero columns in the sums. Blocks of images as in
     ``_backward_padded``. NHWC: the input's channels are gathered into the
-    shifted planes, and grad_output into NCHW order in ``grads``.
+    shifted planes, and grad_output into NCHW order in ``grads``. Each image
+    goes in ``n_bands`` bands of output rows (see ``_bands`` in the package):
+    a band's planes hold the input rows it reads, so big images fit the
+    working-memory budget; grad_input rows two bands read get both bands' sums,
+    one after the other within the task.
     """
     n_batch, c_in = x.shape[0], images.shape[1]
     c_out = bias.shape[1]
@@ -956,40 +987,45 @@ def _backward_shifted(
     cin_g, cout_g = c_in // groups, c_out // groups
     co_blocks = (cout_g + BLOCK - 1) // BLOCK
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
-    n_blocks, kw, rows = totals.shape[0], images.shape[2], images.shape[3]
-    length = out_h * out_w
+    n_blocks, kw, reach = totals.shape[0], images.shape[2], (w.shape[2] - 1) * dh
+    plane = images.shape[3] * out_w
     for block in prange(n_blocks):
-        xf = images[block].reshape(c_in, kw, rows * out_w)
-        gipf = gi_planes[block].reshape(c_in, kw, rows * out_w)
+        xf = images[block].reshape(c_in, kw, plane)
+        gipf = gi_planes[block].reshape(c_in, kw, plane)
         for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
-            for c in range(c_in):
-                for q in range(kw):
-                    _shift_plane(x[n], c, pt, pl - q * dw, images[block, c, q], nhwc)
-            if nhwc:
-                gf = grads[block]
-                _gather_grad(g[n], gf, bias[block])
-            else:
-                gf = g[n].reshape(c_out, length)
+            if not nhwc:
+                gf = g[n].reshape(c_out, out_h * out_w)
                 for c in range(c_out):
-                    plane = gf[c]
                     total = 0.0
-                    for k in range(length):
-                        total += plane[k]
+                    for k in range(out_h * out_w):
+                        total += gf[c, k]
                     bias[block, c] += total
-            for group in range(groups):
-                for co_block in range(co_blocks):
-                    co0 = group * cout_g + co_block * BLOCK
-                    co1 = min(co0 + BLOCK, (group + 1) * cout_g)
+            for band in range(n_bands):
+                i0, i1 = band * out_h // n_bands, (band + 1) * out_h // n_bands
+                rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
+                for c in range(c_in):
+                    for q in range(kw):
+                        target = images[block, c, q, :rows]
+                        _shift_plane(x[n], c, pt - i0, pl - q * dw, target, nhwc)
+                gbase = i0 * out_w
+                if nhwc:
+                    gf = grads[block]
+                    _gather_grad(g[n, i0:i1], gf, bias[block])
+                    gbase = 0
+                for group in range(groups):
+                    for co_block in range(co_blocks):
+                        co0 = group * cout_g + co_block * BLOCK
+                        co1 = min(co0 + BLOCK, (group + 1) * cout_g)
+                        for ci_block in range(ci_blocks):
+                            _weight_block(
+                                xf, gf, totals[block], group, co0, co1, ci_block * BLOCK,
+                                1, 1, dh, dw, out_w, 0, length, True, gbase,
+                            )  # fmt: skip
                     for ci_block in range(ci_blocks):
-                        _weight_block(
-                            xf, gf, totals[block], group, co0, co1, ci_block * BLOCK, 1, 1, dh, dw,
-                            out_w, 0, length, True,
+                        _input_block(
+                            gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, 1, 1, pt, pl, dh, dw,
+                            rows, out_w, 0, length, nhwc, True, gbase, i0,
                         )  # fmt: skip
-                for ci_block in range(ci_blocks):
-                    _input_block(
-                        gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, 1, 1, pt, pl, dh, dw,
-                        rows, out_w, 0, length, nhwc, True,
-                    )  # fmt: skip
 
 
 def _backward_padded(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, nhwc):
@@ -1014,8 +1050,7 @@ def _backward_padded(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups
     _backward(
         x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_planes, totals, bias, nhwc
     )
-    _add_totals(gw, totals.sum(axis=0), nhwc)  # in block order; rounded once
-    gb += bias.sum(axis=0)
+    _add_partials(gw, gb, totals, bias, nhwc)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
@@ -1063,12 +1098,12 @@ def _backward(
                         ci2_0 = ci_block * BLOCK
                         _weight_block(
                             xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
-                            pitch, 0, length, False,
+                            pitch, 0, length, False, 0,
                         )  # fmt: skip
                 for ci_block in range(ci_blocks):
                     _input_block(
                         gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, sh, sw, pt, pl, dh, dw,
-                        rows, pitch, 0, length, nhwc, False,
+                        rows, pitch, 0, length, nhwc, False, 0, 0,
                     )  # fmt: skip
             if nhwc:
                 for r in range(gi.shape[1]):
