@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._arrays import allocate
-from ._dispatch import KernelChoice, select_kernel
+from ._dispatch import flat_choice
 from ._layouts import Layout
 from ._problem import Problem
 from ._threading import run_kernel
@@ -60,9 +60,9 @@ def grad_input_by_bands(
 ) -> None:
     """gi += the input gradient, in ``count`` bands (batched arrays, user layout, finite)."""
     for band in bands(problem, count):
-        choice = _flat_choice("grad_input", band.problem)
+        choice = flat_choice("grad_input", band.problem)
         g_band = np.ascontiguousarray(_rows(g, problem.layout, band.out_rows))
-        gi_band = allocate(band.problem.layout.image_shape(*_dims(band.problem)), problem.dtype)
+        gi_band = allocate(band.problem.input_shape, problem.dtype)  # batched, like the band
         run_kernel(choice.kernel, g_band, w, gi_band, *choice.args)
         _rows(gi, problem.layout, band.in_rows)[...] += gi_band
 
@@ -72,20 +72,7 @@ def grad_weight_by_bands(
 ) -> None:
     """gw += the weight gradient, in ``count`` bands (batched arrays, user layout, finite)."""
     for band in bands(problem, count):
-        choice = _flat_choice("grad_weight", band.problem)
+        choice = flat_choice("grad_weight", band.problem)
         x_band = np.ascontiguousarray(_rows(x, problem.layout, band.in_rows))
         g_band = np.ascontiguousarray(_rows(g, problem.layout, band.out_rows))
         run_kernel(choice.kernel, x_band, g_band, gw, *choice.args)
-
-
-def _flat_choice(operation: str, band: Problem) -> KernelChoice:
-    """The flat kernel for a band (``image_bands`` keeps bands long enough for one)."""
-    choice = select_kernel(operation, band)
-    if choice.exact is None or choice.layout is not band.layout:
-        raise AssertionError(f"a band of {band.out_h} rows is not a flat-kernel problem")
-    return choice
-
-
-def _dims(problem: Problem) -> tuple[int, int, int, int]:
-    """(N, C_in, H, W) of ``problem``'s input."""
-    return problem.n, problem.c_in, problem.height, problem.width

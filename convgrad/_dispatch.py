@@ -333,11 +333,22 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     exact = _loop_kernel(operation, problem, layout)
     if operation == "forward" or not flat_suits(problem):
         return exact
+    return flat_choice(operation, problem)._replace(exact=exact)
+
+
+@lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
+def flat_choice(operation: str, problem: Problem) -> KernelChoice:
+    """The flat kernel for ``operation`` in the problem's layout, whatever suits it best.
+
+    For ``select_kernel``'s flat problems, and for the bands of rows of one
+    (``_bands``), which take the flat kernels as their whole problem did.
+    ``exact`` is left to the caller.
+    """
     sizes: tuple[int, ...] = (image_chunk(problem, operation),)
     if operation == "grad_weight":
         sizes += (weight_slice_blocks(problem),)
-    args = (*_flat_args(problem), *sizes, int(layout is NHWC))
-    return KernelChoice(_FLAT_KERNELS[operation], layout, args, exact)
+    args = (*_flat_args(problem), *sizes, int(problem.layout is NHWC))
+    return KernelChoice(_FLAT_KERNELS[operation], problem.layout, args)
 
 
 # Problems with at most SERIAL_MAX_TERMS multiply-adds per gradient run all

@@ -76,3 +76,26 @@ def test_one_big_image_runs_in_bands_through_the_api():
         expected = conv2d_backward_reference(*wide, padding=1, layout=layout.name)
         for part, want in zip(got, expected, strict=True):
             np.testing.assert_allclose(part, want, rtol=1e-4, atol=1e-3)
+
+
+def test_bands_without_padding_of_their_own():
+    """A 1x1 kernel padded only at the top and bottom: inner bands have no padding at all
+    (as problems of their own, BLAS products); they take the flat kernels all the same."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 4, 600, 600)).astype(np.float32)
+    w = rng.standard_normal((8, 4, 1, 1)).astype(np.float32)
+    opts = {"stride": 1, "padding": ((2, 1), (0, 0)), "dilation": 1, "groups": 1}
+    problem = describe(NCHW, x.dtype, x.shape, w.shape, **opts)
+    g = rng.standard_normal(problem.output_shape).astype(np.float32)
+    assert _dispatch.image_bands(problem) > 2 and not _dispatch.gemm_suits(problem)
+    inner = list(_bands.bands(problem, _dispatch.image_bands(problem)))[1].problem
+    assert _dispatch.gemm_suits(inner)
+    assert (
+        _dispatch.flat_choice("grad_input", inner).kernel
+        is not _dispatch.select_kernel("grad_input", inner).kernel
+    )
+    got = convgrad.conv2d_backward(g, x, w, padding=opts["padding"])
+    wide = [a.astype(np.float64) for a in (g, x, w)]
+    expected = conv2d_backward_reference(*wide, padding=opts["padding"])
+    for part, want in zip(got, expected, strict=True):
+        np.testing.assert_allclose(part, want, rtol=1e-4, atol=2e-3)
