@@ -370,34 +370,34 @@ FUSED_MAX_TERMS = 2**20
 def fused_workspace_bytes(problem: Problem, bands: int = 1) -> int:
     """Working memory of the fused flat backward (``nchw_flat.backward_nchw_flat``) per block.
 
-    For each block of images: the input's planes and grad_input's (shifted
-    copies at stride 1, of a band of ``bands`` rows; phase planes otherwise),
-    grad_output's planes (strided) or NCHW copy of a band (NHWC, stride 1),
-    and float64 partials of grad_weight and grad_bias.
+    For each block of images, for a band of output rows (``bands`` per image):
+    the input's planes and grad_input's (shifted copies at stride 1, phase
+    planes otherwise), grad_output's planes (strided) or NCHW copy (NHWC,
+    stride 1), and float64 partials of grad_weight and grad_bias.
     """
     (stride_h, stride_w), itemsize = problem.geometry.stride, problem.dtype.itemsize
+    band = -(-problem.out_h // bands)
+    reach = (problem.kh - 1) * problem.geometry.dilation[0]
     if (stride_h, stride_w) == (1, 1):
-        band = -(-problem.out_h // bands)
-        reach = (problem.kh - 1) * problem.geometry.dilation[0]
         planes = problem.kw * (band + reach) * problem.out_w
         grads = problem.c_out * band * problem.out_w if problem.layout is NHWC else 0
     else:
-        planes = _plane_bytes(problem)[0] // itemsize
-        grads = problem.c_out * problem.out_h * _flat_pitch(problem)
+        pitch = _flat_pitch(problem)
+        rows = ((band - 1) * stride_h + reach + stride_h) // stride_h + 1
+        planes = stride_h * stride_w * rows * pitch
+        grads = problem.c_out * band * pitch
     weight = problem.c_out * (problem.c_in // problem.geometry.groups) * problem.kh * problem.kw
     return (2 * problem.c_in * planes + grads) * itemsize + 8 * (weight + problem.c_out)
 
 
-# The fused backward at stride 1 takes each image in bands of output rows when
+# The fused backward takes each image in bands of output rows when
 # whole images' workspaces would not fit the budget for as many blocks of
 # images as it can use; a band keeps at least FUSED_MIN_BAND_ROWS rows.
 FUSED_MIN_BAND_ROWS = 8
 
 
 def fused_bands(problem: Problem) -> int:
-    """Bands of output rows per image in the fused backward (stride 1; else 1)."""
-    if problem.geometry.stride != (1, 1):
-        return 1
+    """Bands of output rows per image in the fused backward."""
     wanted = min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS)
     budget = _workspace_budget(problem) - _fused_fixed_bytes(problem)
     most = max(1, problem.out_h // FUSED_MIN_BAND_ROWS)

@@ -263,8 +263,10 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
         budget = max(_dispatch.WORKSPACE_MIN_BYTES, 4 * 35 * 224 * 224 * 4 // 4)
         assert blocks * _dispatch.fused_workspace_bytes(big, bands) <= budget
     assert _dispatch.fused_bands(problem(n=4, c_in=3, c_out=32, size=64)) == 1
-    # strided: no bands; over the budget with two blocks, the single-gradient kernels
-    assert choice(2, 3, 64, 224, k=7, stride=2, padding=3) is None
+    # strided (a 7 x 7 stem) likewise
+    assert choice(2, 3, 64, 224, k=7, stride=2, padding=3, layout=NHWC) is fused
+    stem = problem(NHWC, n=2, c_in=3, c_out=64, size=224, k=7, stride=2, padding=3)
+    assert _dispatch.fused_bands(stem) > 1 and _dispatch.fused_blocks(stem) == 2
 
 
 def test_fused_workspace_estimate_matches_the_kernel():

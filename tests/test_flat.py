@@ -104,7 +104,6 @@ def test_flat_kernels_match_row_kernels(case):
 @given(flat_problems())
 def test_fused_backward_matches_row_kernels(case):
     problem, blocks, bands, seed, nhwc = case
-    bands = bands if problem.geometry.stride == (1, 1) else 1  # bands at stride 1 only
     x, w, g = arrays(problem, seed)
     (sh, sw), padding, (dh, dw), groups = problem.geometry
     rtol, atol = tolerance(problem)

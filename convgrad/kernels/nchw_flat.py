@@ -892,19 +892,19 @@ def backward_nchw_flat(
 
     The batch is split into ``n_blocks`` fixed blocks of images, one parallel
     task each. Stride 1 runs on shifted copies of the input
-    (``_backward_shifted``), each image in ``n_bands`` bands of output rows;
-    other strides on padded phase planes (``_backward_padded``, whole images:
-    ``n_bands`` must be 1).
+    (``_backward_shifted``), other strides on padded phase planes
+    (``_backward_padded``); either way each image in ``n_bands`` bands of
+    output rows.
     """
     n_blocks = max(1, min(n_blocks, x.shape[0]))
+    n_bands = max(1, min(n_bands, _image_dims(g, nhwc)[2]))
     if sh != 1 or sw != 1:
-        args = (sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, nhwc)
+        args = (sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, n_bands, nhwc)
         _backward_padded(x, g, w, gi, gw, gb, *args)
         return
     c_in = _image_dims(x, nhwc)[1]
     _, c_out, out_h, out_w = _image_dims(g, nhwc)
     kh, kw = (w.shape[0], w.shape[1]) if nhwc else (w.shape[2], w.shape[3])
-    n_bands = max(1, min(n_bands, out_h))
     band = -(-out_h // n_bands)  # the longest band's output rows
     images = np.empty((n_blocks, c_in, kw, band + (kh - 1) * dh, out_w), x.dtype)
     gi_planes = np.empty_like(images)
@@ -1028,36 +1028,48 @@ def _backward_shifted(
                         )  # fmt: skip
 
 
-def _backward_padded(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, nhwc):
+def _backward_padded(
+    x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_blocks, n_bands, nhwc
+):
     """``backward_nchw_flat`` on padded (phase) planes, either layout.
 
     For planes with few channels the flat kernels spend most of their time
     moving grad_output: each image's planes are padded (and read for the bias)
     once here, while they sit in cache, and feed both gradients. Parallel over
     ``n_blocks`` fixed blocks of images, so the result does not
-    depend on the thread count. Workspaces are allocated here, by NumPy.
-    The arrays are NHWC if ``nhwc``.
+    depend on the thread count. Workspaces are allocated here, by NumPy, for
+    one band of output rows (``_backward``). The arrays are NHWC if ``nhwc``.
     """
-    c_in, height, width = _image_dims(x, nhwc)[1:]
+    c_in, _, width = _image_dims(x, nhwc)[1:]
     _, c_out, out_h, _ = _image_dims(g, nhwc)
+    kh = w.shape[0] if nhwc else w.shape[2]
+    band = -(-out_h // n_bands)  # the longest band's output rows, and the padded rows they read
+    reach = (band - 1) * sh + (kh - 1) * dh + 1
     images, grads = _workspaces(
-        n_blocks, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, pr, x.dtype
+        n_blocks, c_in, c_out, reach, width, band, sh, sw, 0, 0, pl, pr, x.dtype
     )
     gi_planes = np.empty_like(images)
     totals = np.zeros((n_blocks, *_weight_totals_shape(gw, nhwc)), dtype=np.float64)
     bias = np.zeros((n_blocks, c_out), dtype=np.float64)
     w = _as_nchw_weight(w, nhwc)
     _backward(
-        x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_planes, totals, bias, nhwc
-    )
+        x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_bands, images, grads, gi_planes, totals,
+        bias, nhwc,
+    )  # fmt: skip
     _add_partials(gw, gb, totals, bias, nhwc)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _backward(
-    x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, images, grads, gi_planes, totals, bias, nhwc
-):
-    """The fused backward's blocks of images, one task each (see ``backward_nchw_flat``)."""
+    x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_bands, images, grads, gi_planes, totals, bias,
+    nhwc,
+):  # fmt: skip
+    """The fused backward's blocks of images, one task each (see ``backward_nchw_flat``).
+
+    Each image goes in ``n_bands`` bands of output rows [i0, i1), each padded
+    like a problem of its own: it reads input rows [i0*sh - pt, ...) (some of
+    them padding), and its grad_input rows are added into gi band after band.
+    """
     n_batch, c_in = x.shape[0], images.shape[1]
     c_out = grads.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
@@ -1065,46 +1077,56 @@ def _backward(
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
     n_blocks = totals.shape[0]
     phases, rows, pitch = images.shape[2], images.shape[3], images.shape[4]
-    length = grads.shape[3] * pitch  # OH * pitch
+    height = x.shape[1] if nhwc else x.shape[2]
+    out_h = g.shape[1] if nhwc else g.shape[2]
+    reach = (w.shape[2] - 1) * dh + 1
     no_sums = np.zeros(0)
     for block in prange(n_blocks):
         xp, gp, gip = images[block], grads[block], gi_planes[block]
         xf = xp.reshape(c_in, phases, rows * pitch)
-        gf = gp.reshape(c_out, length)
+        gf = gp.reshape(c_out, gp.shape[2] * pitch)
         gipf = gip.reshape(c_in, phases, rows * pitch)
         for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
-            if nhwc:
-                if phases == 1:
-                    xp5 = xp.reshape(c_in, 1, 1, rows, pitch)
-                    _gather_channels(x[n], 0, c_in, 0, pt, pl, xp5, 0, no_sums)
+            for band in range(n_bands):
+                i0, i1 = band * out_h // n_bands, (band + 1) * out_h // n_bands
+                first, end = i0 * sh - pt, (i1 - 1) * sh - pt + reach  # input rows read
+                lo, hi = max(first, 0), min(end, height)
+                top = lo - first  # the band's own top padding
+                length = (i1 - i0) * pitch
+                if nhwc:
+                    image = x[n, lo:hi]
+                    if phases == 1:
+                        xp5 = xp.reshape(c_in, 1, 1, rows, pitch)
+                        _gather_channels(image, 0, c_in, 0, top, pl, xp5, 0, no_sums)
+                    else:
+                        for c in range(c_in):
+                            planes = xp[c].reshape(phases, 1, rows, pitch)
+                            _pad_channel(image, c, top, pl, sh, sw, planes, 0)
+                    gp5 = gp.reshape(c_out, 1, 1, gp.shape[2], pitch)
+                    _gather_channels(g[n, i0:i1], 0, c_out, 0, 0, 0, gp5, 0, bias[block])
                 else:
                     for c in range(c_in):
                         planes = xp[c].reshape(phases, 1, rows, pitch)
-                        _pad_channel(x[n], c, pt, pl, sh, sw, planes, 0)
-                gp5 = gp.reshape(c_out, 1, 1, gp.shape[2], pitch)
-                _gather_channels(g[n], 0, c_out, 0, 0, 0, gp5, 0, bias[block])
-            else:
-                for c in range(c_in):
-                    planes = xp[c].reshape(phases, 1, rows, pitch)
-                    _pad_plane(x[n, c], pt, pl, sh, sw, planes, 0)
-                for c in range(c_out):
-                    one_phase = gp[c].reshape(1, 1, gp.shape[2], pitch)
-                    bias[block, c] += _pad_plane(g[n, c], 0, 0, 1, 1, one_phase, 0)
-            for group in range(groups):
-                for co_block in range(co_blocks):
-                    co0 = group * cout_g + co_block * BLOCK
-                    co1 = min(co0 + BLOCK, (group + 1) * cout_g)
+                        _pad_plane(x[n, c, lo:hi], top, pl, sh, sw, planes, 0)
+                    for c in range(c_out):
+                        one_phase = gp[c].reshape(1, 1, gp.shape[2], pitch)
+                        bias[block, c] += _pad_plane(g[n, c, i0:i1], 0, 0, 1, 1, one_phase, 0)
+                gi_band = gi[n : n + 1, lo:hi] if nhwc else gi[n : n + 1, :, lo:hi]
+                for group in range(groups):
+                    for co_block in range(co_blocks):
+                        co0 = group * cout_g + co_block * BLOCK
+                        co1 = min(co0 + BLOCK, (group + 1) * cout_g)
+                        for ci_block in range(ci_blocks):
+                            ci2_0 = ci_block * BLOCK
+                            _weight_block(
+                                xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
+                                pitch, 0, length, False, 0,
+                            )  # fmt: skip
                     for ci_block in range(ci_blocks):
-                        ci2_0 = ci_block * BLOCK
-                        _weight_block(
-                            xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
-                            pitch, 0, length, False, 0,
+                        _input_block(
+                            gf, w, gipf, gi_band, 0, 1, group, ci_block * BLOCK, sh, sw, top, pl,
+                            dh, dw, rows, pitch, 0, length, nhwc, False, 0, 0,
                         )  # fmt: skip
-                for ci_block in range(ci_blocks):
-                    _input_block(
-                        gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, sh, sw, pt, pl, dh, dw,
-                        rows, pitch, 0, length, nhwc, False, 0, 0,
-                    )  # fmt: skip
-            if nhwc:
-                for r in range(gi.shape[1]):
-                    _scatter_nhwc(gipf, 0, gi[n], r, pt, pl, sh, sw, rows, pitch)
+                if nhwc:
+                    for r in range(hi - lo):
+                        _scatter_nhwc(gipf, 0, gi_band[0], r, top, pl, sh, sw, rows, pitch)
