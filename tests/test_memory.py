@@ -25,6 +25,7 @@ SHAPES = {
     "resnet_layer4_s2": (8, 256, 512, 14, 3, 2, 1),
     "late_4x4": (8, 256, 256, 4, 3, 1, 1),  # channel kernels, a 2.4 MB weight
     "stem_batch": (16, 3, 32, 96, 7, 2, 3),  # fused, fewer image blocks than 8
+    "imagenet_stem": (2, 3, 64, 224, 7, 2, 3),  # fused, in bands of rows (phase planes)
     "few_channels_big": (2, 3, 64, 112, 3, 1, 1),  # single gradients, not fused
     "one_big_image": (1, 3, 64, 224, 3, 1, 1),  # one image's planes: 3x the budget
     "few_big_images": (4, 3, 32, 224, 3, 1, 1),
