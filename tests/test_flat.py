@@ -122,6 +122,18 @@ def test_fused_backward_matches_row_kernels(case):
     np.testing.assert_allclose(gb - 1, g.sum(axis=(0, 2, 3)), rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_fused_backward_bands_that_read_only_padding(nhwc):
+    """One-row bands under three rows of top padding at stride 2: the first band reads no
+    input row (its slice of the input must be empty, not rows counted from the end)."""
+    problem = describe(
+        NCHW, np.dtype(np.float64), (3, 4, 8, 5), (18, 2, 1, 1),
+        stride=2, padding=((3, 1), (2, 2)), dilation=(1, 2), groups=2,
+    )  # fmt: skip
+    assert problem.out_h == 6
+    test_fused_backward_matches_row_kernels.hypothesis.inner_test((problem, 2, 6, 7, nhwc))
+
+
 def test_api_fused_path_agrees_with_single_gradients():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)  # NHWC: gathered, scattered

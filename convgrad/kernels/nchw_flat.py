@@ -1090,7 +1090,8 @@ def _backward(
             for band in range(n_bands):
                 i0, i1 = band * out_h // n_bands, (band + 1) * out_h // n_bands
                 first, end = i0 * sh - pt, (i1 - 1) * sh - pt + reach  # input rows read
-                lo, hi = max(first, 0), min(end, height)
+                lo = max(first, 0)
+                hi = max(lo, min(end, height))  # empty when the band reads only padding
                 top = lo - first  # the band's own top padding
                 length = (i1 - i0) * pitch
                 if nhwc:
