@@ -380,7 +380,8 @@ def fused_workspace_bytes(problem: Problem, bands: int = 1) -> int:
     reach = (problem.kh - 1) * problem.geometry.dilation[0]
     if (stride_h, stride_w) == (1, 1):
         planes = problem.kw * (band + reach) * problem.out_w
-        grads = problem.c_out * band * problem.out_w if problem.layout is NHWC else 0
+        row = nchw_flat.spread_row(band * problem.out_w, itemsize)
+        grads = problem.c_out * row if problem.layout is NHWC else 0
     else:
         pitch = _flat_pitch(problem)
         rows = ((band - 1) * stride_h + reach + stride_h) // stride_h + 1
