@@ -152,6 +152,27 @@ def test_gather_grad_transposes_by_tiles_and_edges(shape, dtype):
     assert row * image.itemsize % 128 == 64  # an odd number of 64-byte lines
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape, c0, c1", [((5, 40, 64), 16, 48), ((3, 17, 20), 0, 20), ((4, 9, 16), 0, 16)]
+)
+def test_gather_channels_into_padded_planes(shape, c0, c1, dtype):
+    """NHWC image rows into zero-padded channel planes of image slot 1 (register tiles where
+    16 pixels x 16 channels are whole), channels c0..c1 at planes[c - c0], with sums."""
+    height, width = shape[:2]
+    image = np.random.default_rng(2).standard_normal(shape).astype(dtype)
+    top, left, rows, pitch = 2, 1, height + 3, width + 3
+    planes = np.full((c1 - c0, 1, 3, rows, pitch), 7, dtype)
+    sums = np.ones(c1 - c0)
+    nchw_flat._gather_channels(image, c0, c1, c0, top, left, planes, 1, sums)
+    expected = np.zeros((c1 - c0, rows, pitch), dtype)
+    expected[:, top : top + height, left : left + width] = image[:, :, c0:c1].transpose(2, 0, 1)
+    np.testing.assert_array_equal(planes[:, 0, 1], expected)
+    assert (planes[:, 0, [0, 2]] == 7).all()  # other images' slots untouched
+    wide = image[:, :, c0:c1].astype(np.float64)
+    np.testing.assert_allclose(sums, 1 + wide.sum(axis=(0, 1)), rtol=1e-12)
+
+
 def test_api_fused_path_agrees_with_single_gradients():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)  # NHWC: gathered, scattered

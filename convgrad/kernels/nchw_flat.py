@@ -265,8 +265,8 @@ def _gather_channels(image, c0, c1, first, top, left, planes, n, sums):
     are picked out of L1. When ``sums`` is not empty, sums[c] += the channel's
     sum (in float64).
     """
-    height, width = image.shape[0], image.shape[1]
-    rows = planes.shape[3]
+    height, width, channels = image.shape
+    rows, pitch = planes.shape[3], planes.shape[4]
     for c in range(c0, c1):
         target = planes[c - first, 0, n]
         for u in range(rows):
@@ -275,17 +275,32 @@ def _gather_channels(image, c0, c1, first, top, left, planes, n, sums):
                 _clear_outside(target[u], 0, 0)
             else:
                 _clear_outside(target[u], left, left + width)
+    # whole tiles of pixels x channels by register transposes (``_transpose_tile``)
+    source, target = image.reshape(image.size), planes.reshape(planes.size)
+    lanes = TILE_BYTES // source.itemsize
+    plane_size = planes.shape[2] * rows * pitch  # one channel's planes, all images
+    tiled_width, tiled_end = width - width % lanes, c1 - (c1 - c0) % lanes
     for r in range(height):
         row = image[r]  # W x C: stays in L1 while its channels are copied out
+        at = n * rows * pitch + (top + r) * pitch + left
+        for c in range(c0, tiled_end, lanes):
+            for k in range(0, tiled_width, lanes):
+                src_at, dst_at = (r * width + k) * channels + c, (c - first) * plane_size + at + k
+                _transpose_tile(source, src_at, channels, target, dst_at, plane_size)
         for c in range(c0, c1):
             line = planes[c - first, 0, n, top + r]
-            total = 0.0
+            start = tiled_width if c < tiled_end else 0
+            for k in range(start, width):
+                line[left + k] = row[k, c]
+    if sums.shape[0]:
+        totals = np.zeros(c1 - c0)  # along pixels, a vector of channels at a time
+        for r in range(height):
             for k in range(width):
-                value = row[k, c]
-                line[left + k] = value
-                total += value
-            if sums.shape[0]:
-                sums[c - first] += total
+                pixel = image[r, k, c0:c1]
+                for c in range(c1 - c0):
+                    totals[c] += pixel[c]
+        for c in range(c0, c1):
+            sums[c - first] += totals[c - c0]
 
 
 def _as_nchw_weight(w, nhwc):
