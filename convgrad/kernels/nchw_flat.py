@@ -76,6 +76,20 @@ def all_finite(a):
     return bad == 0
 
 
+def _contiguous_pair(a, b):
+    """Whether numba types ``a`` and ``b`` are C-contiguous arrays of one dtype.
+
+    The intrinsics' condition: they address elements by flat offsets from the data pointer.
+    """
+    return (
+        isinstance(a, types.Array)
+        and isinstance(b, types.Array)
+        and a.layout == "C"
+        and b.layout == "C"
+        and a.dtype == b.dtype
+    )
+
+
 @intrinsic
 def _copy_items(typingctx, dst, dst_start, src, src_start, count):
     """dst.flat[dst_start:dst_start + count] = src.flat[src_start:src_start + count], as one memcpy.
@@ -85,13 +99,7 @@ def _copy_items(typingctx, dst, dst_start, src, src_start, count):
     short to scalar code: copying padded planes row by row took half of the
     fused backward's time on MNIST-sized images; a memcpy per row is ~2x faster.
     """
-    if not (
-        isinstance(dst, types.Array)
-        and isinstance(src, types.Array)
-        and dst.layout == "C"
-        and src.layout == "C"
-        and dst.dtype == src.dtype
-    ):
+    if not _contiguous_pair(dst, src):
         return None
     signature = types.void(dst, types.intp, src, types.intp, types.intp)
 
@@ -127,14 +135,7 @@ def _transpose_tile(typingctx, src, src_at, src_stride, dst, dst_at, dst_stride)
     of the fused backward's time on MNIST). C-contiguous float arrays of one
     dtype; the caller keeps every row of the tile in bounds.
     """
-    if not (
-        isinstance(src, types.Array)
-        and isinstance(dst, types.Array)
-        and src.layout == "C"
-        and dst.layout == "C"
-        and src.dtype == dst.dtype
-        and src.dtype in (types.float32, types.float64)
-    ):
+    if not (_contiguous_pair(src, dst) and src.dtype in (types.float32, types.float64)):
         return None
     signature = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
 
