@@ -23,6 +23,7 @@ from ._dispatch import flat_choice
 from ._layouts import Layout
 from ._problem import Problem
 from ._threading import run_kernel
+from .kernels.nchw_flat import band_rows
 
 
 class Band(NamedTuple):
@@ -38,12 +39,11 @@ def bands(problem: Problem, count: int) -> Iterator[Band]:
     (stride_h, _), (top, _, left, right), (dilation_h, _), _ = problem.geometry
     reach = (problem.kh - 1) * dilation_h + 1
     for k in range(count):
-        i0, i1 = k * problem.out_h // count, (k + 1) * problem.out_h // count
-        first, end = i0 * stride_h - top, (i1 - 1) * stride_h - top + reach
-        lo, hi = max(first, 0), min(end, problem.height)
+        rows = band_rows(k, count, problem.out_h, stride_h, top, reach, problem.height)
+        i0, i1, lo, hi, top_b, bottom_b = (int(v) for v in rows)
         if hi <= lo:
             continue  # the band reads only padding: it adds nothing to either gradient
-        geometry = problem.geometry._replace(padding=(lo - first, end - hi, left, right))
+        geometry = problem.geometry._replace(padding=(top_b, bottom_b, left, right))
         band = problem._replace(height=hi - lo, out_h=i1 - i0, batched=True, geometry=geometry)
         yield Band(band, slice(i0, i1), slice(lo, hi))
 

@@ -184,6 +184,23 @@ def spread_row(values, itemsize):
     return (lines + 1 - lines % 2) * 64 // itemsize
 
 
+@njit(cache=CACHE)
+def band_rows(band, n_bands, out_h, stride_h, top, reach, height):
+    """Band ``band`` of ``n_bands`` (as long as each other within a row), as a problem of its own.
+
+    Returns (i0, i1, lo, hi, top_b, bottom_b): output rows [i0, i1) read the
+    padded rows of input rows [i0*stride_h - top, (i1-1)*stride_h - top +
+    reach); of those, input rows [lo, hi) exist (empty when the band reads only
+    padding) and top_b, bottom_b are the band's own padding. ``reach`` is the
+    kernel's dilated height, (KH-1)*dh + 1.
+    """
+    i0, i1 = band * out_h // n_bands, (band + 1) * out_h // n_bands
+    first, end = i0 * stride_h - top, (i1 - 1) * stride_h - top + reach
+    lo = max(first, 0)
+    hi = max(lo, min(end, height))
+    return i0, i1, lo, hi, lo - first, end - hi
+
+
 @njit(cache=CACHE, inline="always")
 def _clear_outside(line, lo, hi):
     """line[:lo] = 0 and line[hi:] = 0: one plane row's padding (all of it when hi <= lo)."""
@@ -294,14 +311,23 @@ def _gather_channels(image, c0, c1, first, top, left, planes, n, sums):
             for k in range(start, width):
                 line[left + k] = row[k, c]
     if sums.shape[0]:
-        totals = np.zeros(c1 - c0)  # along pixels, a vector of channels at a time
-        for r in range(height):
-            for k in range(width):
-                pixel = image[r, k, c0:c1]
-                for c in range(c1 - c0):
-                    totals[c] += pixel[c]
-        for c in range(c0, c1):
-            sums[c - first] += totals[c - c0]
+        _add_channel_sums(image, c0, c1, sums[c0 - first : c1 - first])
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add_channel_sums(image, c0, c1, sums):
+    """sums[c - c0] += the sum of channel c of the NHWC ``image`` (H, W, C), in float64.
+
+    Along the pixels, a vector of channels at a time (contiguous in NHWC).
+    """
+    totals = np.zeros(c1 - c0)
+    for r in range(image.shape[0]):
+        for k in range(image.shape[1]):
+            pixel = image[r, k, c0:c1]
+            for c in range(c1 - c0):
+                totals[c] += pixel[c]
+    for c in range(c1 - c0):
+        sums[c] += totals[c]
 
 
 def _as_nchw_weight(w, nhwc):
@@ -319,25 +345,14 @@ def _add_partials(gw, gb, totals, bias, nhwc):
     """gw += the sum of ``totals`` over blocks, gb += the sum of ``bias``; rounded once.
 
     ``totals`` (blocks, C_out, C_in/groups, KH, KW) and ``bias`` (blocks, C_out)
-    are float64 partials, added in block order; gw is in either layout.
-    Compiled, so that no temporaries are made.
+    are float64 partials, added in block order (into block 0's); gw is in
+    either layout. Compiled, so that no temporaries are made.
     """
-    blocks, c_out, cin_g, kh, kw = totals.shape
-    for co in range(c_out):
-        for ci2 in range(cin_g):
-            for p in range(kh):
-                for q in range(kw):
-                    total = 0.0
-                    for block in range(blocks):
-                        total += totals[block, co, ci2, p, q]
-                    if nhwc:
-                        gw[p, q, ci2, co] += total
-                    else:
-                        gw[co, ci2, p, q] += total
-        total = 0.0
-        for block in range(blocks):
-            total += bias[block, co]
-        gb[co] += total
+    for block in range(1, totals.shape[0]):
+        totals[0] += totals[block]
+        bias[0] += bias[block]
+    _add_slice(gw, totals[0], 0, totals.shape[1], nhwc)
+    gb += bias[0]
 
 
 def _image_dims(a, nhwc):
@@ -1029,13 +1044,7 @@ def _gather_grad(image, target, sums):
     for p in range(tiled_pixels, pixels):
         for c in range(channels):
             target[c, p] = flat[p * channels + c]
-    totals = np.zeros(channels)  # along pixels, a vector of channels at a time
-    for p in range(pixels):
-        pixel = flat[p * channels : (p + 1) * channels]
-        for c in range(channels):
-            totals[c] += pixel[c]
-    for c in range(channels):
-        sums[c] += totals[c]
+    _add_channel_sums(image, 0, channels, sums)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -1091,6 +1100,7 @@ def _backward_shifted(
     co_blocks = (cout_g + BLOCK - 1) // BLOCK
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
     n_blocks, kw, reach = totals.shape[0], images.shape[2], (w.shape[2] - 1) * dh
+    height = x.shape[1] if nhwc else x.shape[2]
     plane = images.shape[3] * out_w
     for block in prange(n_blocks):
         xf = images[block].reshape(c_in, kw, plane)
@@ -1104,7 +1114,7 @@ def _backward_shifted(
                         total += gf[c, k]
                     bias[block, c] += total
             for band in range(n_bands):
-                i0, i1 = band * out_h // n_bands, (band + 1) * out_h // n_bands
+                i0, i1 = band_rows(band, n_bands, out_h, 1, pt, reach + 1, height)[:2]
                 rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
                 for c in range(c_in):
                     for q in range(kw):
@@ -1191,11 +1201,7 @@ def _backward(
         gipf = gip.reshape(c_in, phases, rows * pitch)
         for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
             for band in range(n_bands):
-                i0, i1 = band * out_h // n_bands, (band + 1) * out_h // n_bands
-                first, end = i0 * sh - pt, (i1 - 1) * sh - pt + reach  # input rows read
-                lo = max(first, 0)
-                hi = max(lo, min(end, height))  # empty when the band reads only padding
-                top = lo - first  # the band's own top padding
+                i0, i1, lo, hi, top, _ = band_rows(band, n_bands, out_h, sh, pt, reach, height)
                 length = (i1 - i0) * pitch
                 if nhwc:
                     image = x[n, lo:hi]
