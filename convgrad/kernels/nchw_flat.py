@@ -765,7 +765,6 @@ def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chu
         min(n_chunk, n_batch), c_in, _image_dims(g, nhwc)[1], height, width, sh, sw, pt, pb, pl, pr
     )
     planes, grads = np.empty(image_shape, gi.dtype), np.empty(grad_shape, gi.dtype)
-    w = _as_nchw_weight(w, nhwc)
     _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads, nhwc)
 
 
@@ -776,8 +775,11 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
     Parallel over (stack of images, block of up to four input channels of one
     group); each task builds its channels' padded gi planes for its stack in
     ``planes`` and adds their valid part to gi (NHWC: afterwards, a row of
-    pixels per task, all channels together).
+    pixels per task, all channels together). An NHWC weight is read through a
+    transposed view, not a copy: on many channels a copy of the weight alone
+    can pass the working-memory budget.
     """
+    w = w.transpose(3, 2, 0, 1) if nhwc else w.transpose(0, 1, 2, 3)  # one type either way
     n_batch, c_in = gi.shape[0], planes.shape[0]
     c_out = grads.shape[0]
     cin_g = c_in // groups
