@@ -75,10 +75,16 @@ SHAPES: dict[str, Shape] = {
     "dilated": Shape(4, 32, 32, 64, 3, 1, 2, 2, 1, "float32"),
     "resnet_3x3_f64": Shape(8, 64, 64, 56, 3, 1, 1, 1, 1, "float64"),
 }
-# Held out of the suite, so that a kernel family no suite shape takes any more is still
-# measured: the last stage of a ResNet at 4 x 4 (planes too short for the flat kernels).
+# Held out of the suite, so that kernel paths no suite shape takes are still measured:
+# the last stage of a ResNet at 4 x 4 (planes too short for the flat kernels: the channel
+# kernels, grad_weight by input channel), at 7 x 7 (flat grad_weight in slices of output
+# channels), one 224 x 224 image (the single gradients in bands of rows) and an ImageNet
+# stem (the fused backward in bands, on phase planes).
 EXTRA_SHAPES: dict[str, Shape] = {
     "late_4x4": Shape(8, 256, 256, 4, 3, 1, 1, 1, 1, "float32"),
+    "late_7x7": Shape(8, 512, 512, 7, 3, 1, 1, 1, 1, "float32"),
+    "image_224": Shape(1, 3, 64, 224, 3, 1, 1, 1, 1, "float32"),
+    "stem_224": Shape(2, 3, 64, 224, 7, 2, 3, 1, 1, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES

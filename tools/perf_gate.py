@@ -49,6 +49,8 @@ GATE_CASES = [
     ("depthwise", "NHWC"),  # depthwise channels
     ("resnet_s2", "NCHW"),  # flat, stride 2 (phases), stacked planes
     ("late_4x4", "NHWC"),  # channels (planes too short for flat)
+    ("late_7x7", "NCHW"),  # flat grad_weight in slices of output channels
+    ("stem_224", "NHWC"),  # the fused backward in bands of rows, phase planes
 ]
 GATE_BENCHMARKS = [
     "grad_input.GradInput.time_grad_input",
