@@ -81,6 +81,9 @@ GEMM_TILE_BYTES = 4 * 2**20
 # Working memory: padded images are made a chunk at a time, within the larger
 # of this and a quarter of the input and grad_output bytes (at least one image).
 WORKSPACE_MIN_BYTES = 4 * 2**20
+# Workspaces sized to the last byte left the calls a few KiB over the allowance
+# (partials, views, Python objects): they keep this much of it free.
+WORKSPACE_SLACK_BYTES = 64 * 2**10
 
 # The chunked NHWC grad_weight keeps one partial weight gradient per chunk
 # (a block in the dtype and a float64 total): at most MAX_WEIGHT_CHUNKS of them,
@@ -173,12 +176,16 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
 
 
 def _workspace_budget(problem: Problem) -> int:
-    """Bytes of working memory allowed: a quarter of input + grad_output, at least the floor."""
+    """Bytes the kernels' workspaces may take.
+
+    The allowance (a quarter of input + grad_output, at least the floor) less
+    WORKSPACE_SLACK_BYTES for the small arrays and objects around a call.
+    """
     images = (
         problem.c_in * problem.height * problem.width
         + problem.c_out * problem.out_h * problem.out_w
     ) * problem.dtype.itemsize
-    return max(WORKSPACE_MIN_BYTES, problem.n * images // 4)
+    return max(WORKSPACE_MIN_BYTES, problem.n * images // 4) - WORKSPACE_SLACK_BYTES
 
 
 def _totals_per_block(problem: Problem) -> int:
