@@ -99,3 +99,34 @@ def test_bands_without_padding_of_their_own():
     expected = conv2d_backward_reference(*wide, padding=opts["padding"])
     for part, want in zip(got, expected, strict=True):
         np.testing.assert_allclose(part, want, rtol=1e-4, atol=2e-3)
+
+
+def test_banded_problems_keep_nan_and_inf_where_they_belong():
+    """A NaN in the input and an Inf in grad_output of a problem big enough for bands (and
+    for the fused kernel's bands): the exact kernels run, matching the reference."""
+    rng = np.random.default_rng(6)
+    for n, size, layout in ((1, 224, NCHW), (4, 224, NHWC)):
+        x = rng.standard_normal(layout.image_shape(n, 3, size, size)).astype(np.float32)
+        w = rng.standard_normal(layout.weight_shape(32, 3, 3, 3)).astype(np.float32)
+        problem = describe(
+            layout, x.dtype, x.shape, w.shape, stride=1, padding=1, dilation=1, groups=1
+        )
+        g = rng.standard_normal(problem.output_shape).astype(np.float32)
+        x[_at(layout, n - 1, 1, 50, 60)] = np.nan  # inside: the reference pads with
+        g[_at(layout, 0, 16, 100, 100)] = np.inf  # zeros, so Inf * padding would be NaN there
+        got = convgrad.conv2d_backward(g, x, w, padding=1, layout=layout.name)
+        wide = [a.astype(np.float64) for a in (g, x, w)]
+        expected = conv2d_backward_reference(*wide, padding=1, layout=layout.name)
+        for part, want in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(np.isnan(part), np.isnan(want))
+            np.testing.assert_array_equal(np.isinf(part), np.isinf(want))
+            finite = np.isfinite(want)
+            np.testing.assert_allclose(part[finite], want[finite], rtol=1e-4, atol=1e-3)
+
+
+def _at(layout, n, c, h, w):
+    """The index of image element (n, c, h, w) in ``layout``."""
+    index = [0] * 4
+    for axis, value in zip(layout.image_axes, (n, c, h, w), strict=True):
+        index[axis] = value
+    return tuple(index)
