@@ -182,24 +182,22 @@ def conv2d_backward(
     _check_grad_output(grad_output, problem)
     mask = _check_output_mask(output_mask)
     outs = _check_out_tuple(out, mask, accumulate, problem)
-    # grad_output goes to the kernels' layout once, unless only grad_bias needs it.
-    family = kernel_layout(problem) if mask[0] or mask[1] else problem.layout
-    g = _image_for(grad_output, problem, family)
     originals = (grad_output, input, weight)
     # Every kernel runs before any result is copied into ``out``: an ``out``
     # array may alias input or grad_output, which later kernels still read.
-    # grad_bias goes first: after a BLAS product OpenBLAS's threads spin for a
-    # while, and a numba kernel started then competes with them for the cores.
     results: list[np.ndarray | None] = [None, None, None]
     fused = select_backward_kernel(problem) if all(mask) and problem.terms else None
+    if fused is not None:
+        results = _backward_fused(fused, problem, originals, outs, accumulate)
+        if results[0] is not None:
+            mask = (False, False, False)
+    # grad_output goes to the kernels' layout once, unless only grad_bias needs it.
+    family = kernel_layout(problem) if mask[0] or mask[1] else problem.layout
+    g = _image_for(grad_output, problem, family) if any(mask) else grad_output
     x = _image_for(input, problem, family) if mask[1] else None
     w = _weight_for(weight, problem, family) if mask[0] else None
-    if fused is not None and _fused_applies(fused, accumulate, g, x, w):
-        results = _backward_fused(fused, problem, g, x, w, outs, accumulate, originals)
-        if not fused.finite_only or accumulate or _finite(*results):
-            mask = (False, False, False)
-        else:  # a NaN or Inf met the zero padding (or a sum overflowed): the exact way
-            results = [None, None, None]
+    # grad_bias goes first: after a BLAS product OpenBLAS's threads spin for a
+    # while, and a numba kernel started then competes with them for the cores.
     if mask[2]:
         bias_kernel = select_bias_kernel(family, gemm_suits(problem) and (mask[0] or mask[1]))
         results[2] = _grad_bias(
@@ -457,15 +455,23 @@ def _exact_if_needed(choice: KernelChoice, *arrays: np.ndarray) -> KernelChoice:
 def _backward_fused(
     choice: KernelChoice,
     problem: Problem,
-    g: np.ndarray,
-    x: np.ndarray,
-    w: np.ndarray,
+    originals: tuple[np.ndarray, ...],
     outs: tuple[np.ndarray | None, ...],
     accumulate: bool,
-    originals: tuple[np.ndarray, ...],
 ) -> list[np.ndarray | None]:
-    """All three gradients by one fused kernel working in ``choice.layout`` (finite inputs)."""
+    """All three gradients by the fused kernel ``choice``, or three Nones.
+
+    ``originals`` are the user's (grad_output, input, weight). A kernel exact
+    for finite inputs only gives Nones where they (or, without ``accumulate``,
+    its results: see ``_fused_applies``) hold a NaN or Inf: the caller then
+    takes the exact kernels.
+    """
     family = choice.layout
+    g = _image_for(originals[0], problem, family)
+    x = _image_for(originals[1], problem, family)
+    w = _weight_for(originals[2], problem, family)
+    if not _fused_applies(choice, accumulate, g, x, w):
+        return [None, None, None]
     cin_g = problem.c_in // problem.geometry.groups
     if family is problem.layout:
         gi = destination(outs[0], problem.input_shape, problem.dtype, accumulate, originals)
@@ -478,6 +484,8 @@ def _backward_fused(
         gw = allocate(weight_shape, problem.dtype)
     gb = destination(outs[2], (problem.c_out,), problem.dtype, accumulate, originals)
     run_kernel(choice.kernel, x, g, w, gi_kernel, gw, gb, *choice.args)
+    if choice.finite_only and not accumulate and not _finite(gi_kernel, gw, gb):
+        return [None, None, None]  # a NaN or Inf met the zero padding (or a sum overflowed)
     if family is not problem.layout:
         gi = _to_user_image(gi_kernel, family, problem)
         gw = convert_weight(gw, family, problem.layout)

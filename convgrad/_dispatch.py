@@ -359,8 +359,10 @@ def flat_choice(operation: str, problem: Problem) -> KernelChoice:
 
 
 # Problems with at most SERIAL_MAX_TERMS multiply-adds per gradient run all
-# three gradients in one serial call: for them, starting the thread pool (three
-# times) costs more than the arithmetic.
+# three gradients in one serial call of the fused flat kernel
+# (``nchw_flat.backward_flat_serial``): for them, starting the thread pool
+# costs more than the arithmetic, and the flat planes beat row loops 3-6x even
+# where ``flat_suits`` says no (the rows' loop overheads dominate tiny planes).
 SERIAL_MAX_TERMS = 2**17
 
 # The fused flat backward (all three gradients in one pass over the batch,
@@ -421,6 +423,12 @@ def _fused_fixed_bytes(problem: Problem) -> int:
     return weight * problem.dtype.itemsize if problem.layout is NHWC else 0
 
 
+def serial_fits(problem: Problem) -> bool:
+    """Whether the serial fused kernel's one block of workspaces fits the budget."""
+    budget = _workspace_budget(problem) - _fused_fixed_bytes(problem)
+    return fused_workspace_bytes(problem) <= budget
+
+
 def fused_blocks(problem: Problem) -> int:
     """Blocks of images (parallel tasks) of the fused backward: at most 8, within the budget."""
     budget = _workspace_budget(problem) - _fused_fixed_bytes(problem)
@@ -432,29 +440,39 @@ def fused_blocks(problem: Problem) -> int:
 def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     """A kernel computing all three gradients in one call, or None (one kernel each).
 
-    Tiny problems whose gradients would run on the row kernels take their
-    serial fused form (exact for any input). Flat-plane problems (either
-    layout) that are small, or have few input channels per group and at least two images,
-    take the fused flat kernel if its workspaces fit the working-memory
-    budget; like the flat kernels it is exact for finite inputs only
-    (``finite_only``), otherwise each gradient takes ``select_kernel``.
+    Tiny problems (SERIAL_MAX_TERMS), whatever kernels their gradients would
+    take, run the fused flat kernel serially. Flat-plane problems (either
+    layout) that are small, or have few input channels per group and at least
+    two images, take the fused flat kernel in parallel blocks of images (or
+    serially, when one block is all the budget allows) if its workspaces fit
+    the working-memory budget. Both are exact for finite inputs only
+    (``finite_only``: the caller checks and falls back to ``select_kernel``'s
+    kernels); other problems get None (BLAS and depthwise ones always).
     """
-    if gemm_suits(problem):
-        return None
+    if gemm_suits(problem) or (is_depthwise(problem) and problem.geometry.groups > 1):
+        return None  # BLAS; the depthwise kernels (one channel alone is no group)
+    nhwc = int(problem.layout is NHWC)
+    serial = KernelChoice(
+        nchw_flat.backward_flat_serial,
+        problem.layout,
+        (*_flat_args(problem), nhwc),
+        finite_only=True,
+    )
+    if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem):
+        return serial
     if not flat_suits(problem):
-        if kernel_layout(problem) is NCHW and problem.terms <= SERIAL_MAX_TERMS:
-            return KernelChoice(nchw.backward_nchw_serial, NCHW, problem.kernel_args)
         return None
     groups = problem.geometry.groups
     few_channels = problem.c_in // groups < FUSED_MAX_CHANNELS and problem.n >= FUSED_MIN_IMAGES
-    if is_depthwise(problem) or not (few_channels or problem.terms <= FUSED_MAX_TERMS):
+    if not (few_channels or problem.terms <= FUSED_MAX_TERMS):
         return None
-    blocks = fused_blocks(problem)
+    blocks, bands = fused_blocks(problem), fused_bands(problem)
     if blocks < min(2, problem.n):
         return None  # big images: the single-gradient kernels work a chunk of images at a time
-    layout = problem.layout
-    args = (*_flat_args(problem), blocks, fused_bands(problem), int(layout is NHWC))
-    return KernelChoice(nchw_flat.backward_nchw_flat, layout, args, finite_only=True)
+    if blocks == 1 and bands == 1:
+        return serial  # one task: the same work without starting the thread pool
+    args = (*_flat_args(problem), blocks, bands, nhwc)
+    return KernelChoice(nchw_flat.backward_nchw_flat, problem.layout, args, finite_only=True)
 
 
 def select_bias_kernel(layout: Layout, beside_blas: bool = False) -> Callable[..., None]:

@@ -24,17 +24,19 @@ from .kernels.nchw_flat import all_finite
 # channels on, grad_weight by input channel), the flat planes (16
 # channel pairs, long planes; run again with a NaN for their exact fallback),
 # the fused flat backward (few input channels; stride 1 on shifted planes,
-# stride 2 on phase planes), the NHWC depthwise kernels and the BLAS products
-# (1x1). Between them they also run both relayout copies, both grad_bias
-# kernels and the forward pass. Each problem has two images.
+# stride 2 on phase planes; big enough to run in parallel blocks of images),
+# the NHWC depthwise kernels and the BLAS products (1x1). The other problems
+# are tiny: conv2d_backward runs the serial fused kernel on them. Between them
+# they also run both relayout copies, both grad_bias kernels and the forward
+# pass. Each problem has two images.
 # (C_in, C_out, H=W, K, groups, stride)
 PROBLEMS = {
     "rows": (1, 1, 12, 3, 1, 1),
     "channels": (8, 8, 6, 3, 1, 1),
     "channels_wide": (16, 8, 4, 3, 1, 1),
     "flat": (4, 4, 12, 3, 1, 1),
-    "fused": (2, 8, 12, 3, 1, 1),
-    "fused_strided": (2, 8, 24, 3, 1, 2),
+    "fused": (2, 8, 48, 3, 1, 1),
+    "fused_strided": (2, 8, 96, 3, 1, 2),
     "depthwise": (4, 4, 6, 3, 4, 1),
     "gemm": (4, 4, 4, 1, 1, 1),
 }

@@ -242,18 +242,23 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
         picked = _dispatch.select_backward_kernel(problem)
         return None if picked is None else picked.kernel
 
-    fused, serial = nchw_flat.backward_nchw_flat, nchw.backward_nchw_serial
+    fused, serial = nchw_flat.backward_nchw_flat, nchw_flat.backward_flat_serial
     assert choice(64, 1, 32, 28) is fused  # mnist_b64: few channels, a batch
     assert choice(64, 1, 32, 28, layout=NHWC) is fused  # either layout, no relayout
-    assert choice(1, 1, 6, 28, padding=0, layout=NHWC) is serial  # relayouted by NumPy
+    assert choice(1, 1, 6, 28, padding=0, layout=NHWC) is serial  # the seed, NHWC
     assert choice(32, 3, 64, 32) is fused  # cifar_b32
     assert choice(8, 6, 16, 12, groups=2) is fused
-    assert choice(1, 6, 16, 12, k=5, padding=0) is fused  # lenet2: small
+    assert choice(1, 6, 16, 12, k=5, padding=0) is serial  # lenet2: small, one block
     assert choice(1, 3, 64, 32) is None  # one image, 1.8M terms: the parallel flat kernels
     assert choice(8, 64, 64, 56) is None  # many channels, large
     assert choice(1, 1, 6, 28, padding=0) is serial  # the seed: not flat, tiny
+    assert choice(1, 32, 16, 4) is serial  # tiny planes, many channels: not flat, tiny
+    assert choice(2, 8, 8, 10, stride=2) is serial  # strided: phase planes
+    assert choice(1, 1, 1, 60) is serial  # one channel alone is not depthwise
+    assert choice(2, 32, 32, 8, groups=32) is None  # depthwise: its own kernels
     assert choice(64, 2, 8, 4) is None  # not flat, not tiny
     assert choice(8, 3, 64, 14, k=1, padding=0) is None  # 1x1: BLAS
+    assert choice(1, 16, 16, 8, k=1, padding=0) is None  # 1x1, even tiny: BLAS
     # big images: whole images' planes would pass the memory budget; bands of rows fit
     assert choice(4, 3, 32, 224) is fused and choice(4, 3, 32, 224, layout=NHWC) is fused
     for layout in (NCHW, NHWC):

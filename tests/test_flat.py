@@ -253,19 +253,24 @@ def test_api_takes_the_exact_kernels_on_non_finite_input(layout):
     np.testing.assert_array_equal(gw, exact)
 
 
+@pytest.mark.parametrize(
+    ("size", "fused"),
+    [(20, nchw_flat.backward_flat_serial), (56, nchw_flat.backward_nchw_flat)],
+    ids=["serial", "parallel"],
+)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_fused_path_takes_the_exact_kernels_on_non_finite_input(layout, stride):
+def test_fused_path_takes_the_exact_kernels_on_non_finite_input(layout, stride, size, fused):
     """The fused kernel (shifted planes at stride 1, phase planes otherwise) is finite-only too."""
     rng = np.random.default_rng(4)
-    x = np.abs(rng.standard_normal((2, 1, 20, 20)))
+    x = np.abs(rng.standard_normal((2, 1, size, size)))
     w = np.abs(rng.standard_normal((16, 1, 3, 3)))
-    out = (20 + 2 - 3) // stride + 1
+    out = (size + 2 - 3) // stride + 1
     g = np.abs(rng.standard_normal((2, 16, out, out)))
     problem = describe(
         NCHW, x.dtype, x.shape, w.shape, stride=stride, padding=1, dilation=1, groups=1
     )
-    assert _dispatch.select_backward_kernel(problem).kernel is nchw_flat.backward_nchw_flat
+    assert _dispatch.select_backward_kernel(problem).kernel is fused
     g[0, 3, 0, 0] = np.inf  # meets the zero padding: Inf * 0 would put NaN in grad_weight
     if layout == "NHWC":
         x, w, g = to_nhwc(x), weight_to_nhwc(w), to_nhwc(g)

@@ -187,25 +187,3 @@ def grad_bias_nchw(g, gb):
                 for j in range(out_w):
                     acc += g[n, co, i, j]
         gb[co] += acc
-
-
-@njit(cache=CACHE, fastmath=FASTMATH)
-def backward_nchw_serial(x, g, w, gi, gw, gb, sh, sw, pt, pl, dh, dw, groups):
-    """gi, gw, gb += all three gradients on the calling thread, in one call.
-
-    For problems so small that starting the thread pool three times costs more
-    than the arithmetic (the seed notebook's case: about 36,000 multiply-adds
-    per gradient); the same task bodies as the parallel kernels, run in order.
-    """
-    for task in range(gi.shape[0] * gi.shape[1]):
-        _grad_input_plane(g, w, gi, task, sh, sw, pt, pl, dh, dw, groups)
-    for task in range(gw.shape[0] * gw.shape[1]):
-        _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups)
-    n_batch, c_out, out_h, out_w = g.shape
-    for co in range(c_out):
-        acc = 0.0
-        for n in range(n_batch):
-            for i in range(out_h):
-                for j in range(out_w):
-                    acc += g[n, co, i, j]
-        gb[co] += acc

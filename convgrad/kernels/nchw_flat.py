@@ -91,6 +91,30 @@ def _contiguous_pair(a, b):
 
 
 @intrinsic
+def _borrowed(typingctx, array):
+    """``array`` as an array without a reference count: its views cost no atomics.
+
+    Numba counts references to an array that came from Python, with an atomic
+    add and subtract (a few ns) for every view made of it: a row slice per
+    plane row adds up to most of the time of a tiny serial kernel. Inside a
+    prange body arrays come without a count (a NULL meminfo), and serial code
+    borrows them the same way. Only for arrays the caller holds for the whole
+    call (arguments), and never returned.
+    """
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        source = context.make_array(sig.args[0])(context, builder, args[0])
+        view = context.make_array(sig.return_type)(context, builder, source._getvalue())
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+
+    return array(array), codegen
+
+
+@intrinsic
 def _copy_items(typingctx, dst, dst_start, src, src_start, count):
     """dst.flat[dst_start:dst_start + count] = src.flat[src_start:src_start + count], as one memcpy.
 
@@ -172,6 +196,7 @@ def _transpose_tile(typingctx, src, src_at, src_stride, dst, dst_at, dst_stride)
     return signature, codegen
 
 
+@njit(cache=CACHE)
 def spread_row(values, itemsize):
     """Row length (>= ``values``) whose bytes are an odd multiple of 64.
 
@@ -355,6 +380,7 @@ def _add_partials(gw, gb, totals, bias, nhwc):
     gb += bias[0]
 
 
+@njit(cache=CACHE)
 def _image_dims(a, nhwc):
     """(N, C, H, W) of an image array in either layout."""
     if nhwc:
@@ -1026,6 +1052,44 @@ def backward_nchw_flat(
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
+def backward_flat_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc=0):
+    """``backward_nchw_flat`` on the calling thread, in one block and one band, for tiny problems.
+
+    For them starting the thread pool (about 5 us) and NumPy's allocations cost
+    more than the arithmetic, so everything, workspaces included, happens in
+    this one compiled call; the dispatch bounds the workspaces (a few KiB for
+    the seed notebook's problem) by its working-memory budget.
+    """
+    _, c_in, _, width = _image_dims(x, nhwc)
+    c_out, out_h, out_w = _image_dims(g, nhwc)[1:]
+    kh, kw = (w.shape[0], w.shape[1]) if nhwc else (w.shape[2], w.shape[3])
+    totals = np.zeros((1, c_out, c_in // groups, kh, kw))
+    bias = np.zeros((1, c_out))
+    w_nchw = np.ascontiguousarray(w.transpose(3, 2, 0, 1)) if nhwc else w
+    if sh == 1 and sw == 1:
+        images = np.empty((1, c_in, kw, out_h + (kh - 1) * dh, out_w), x.dtype)
+        gi_planes = np.empty_like(images)
+        row = spread_row(out_h * out_w, x.itemsize)
+        grads = np.empty((1, c_out, row) if nhwc else (0, 0, 0), x.dtype)
+        _shifted_block(
+            0, x, g, w_nchw, gi, pt, pl, dh, dw, groups, 1, images, gi_planes, grads, totals,
+            bias, nhwc,
+        )  # fmt: skip
+    else:
+        reach = (out_h - 1) * sh + (kh - 1) * dh + 1  # the padded rows the output rows read
+        pitch = (width + pl + pr + sw - 1) // sw
+        rows = (reach + sh - 1) // sh + 1
+        images = np.empty((1, c_in, sh * sw, rows, pitch), x.dtype)
+        padded_grads = np.empty((1, c_out, 1, out_h, pitch), x.dtype)
+        gi_planes = np.empty_like(images)
+        _padded_block(
+            0, x, g, w_nchw, gi, sh, sw, pt, pl, dh, dw, groups, 1, images, padded_grads,
+            gi_planes, totals, bias, nhwc,
+        )  # fmt: skip
+    _add_partials(gw, gb, totals, bias, nhwc)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _gather_grad(image, target, sums):
     """target[c] = channel c of the NHWC ``image`` (OH, OW, C), flattened; sums[c] += its sum.
 
@@ -1095,6 +1159,22 @@ def _backward_shifted(
     working-memory budget; grad_input rows two bands read get both bands' sums,
     one after the other within the task.
     """
+    for block in prange(totals.shape[0]):
+        _shifted_block(
+            block, x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals,
+            bias, nhwc,
+        )  # fmt: skip
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _shifted_block(
+    block, x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias,
+    nhwc,
+):  # fmt: skip
+    """One task of ``_backward_shifted``: its block of images, into its own workspaces."""
+    x, g, w, gi = _borrowed(x), _borrowed(g), _borrowed(w), _borrowed(gi)
+    images, gi_planes, grads = _borrowed(images), _borrowed(gi_planes), _borrowed(grads)
+    totals, bias = _borrowed(totals), _borrowed(bias)
     n_batch, c_in = x.shape[0], images.shape[1]
     c_out = bias.shape[1]
     out_h, out_w = (g.shape[1], g.shape[2]) if nhwc else (g.shape[2], g.shape[3])
@@ -1104,43 +1184,42 @@ def _backward_shifted(
     n_blocks, kw, reach = totals.shape[0], images.shape[2], (w.shape[2] - 1) * dh
     height = x.shape[1] if nhwc else x.shape[2]
     plane = images.shape[3] * out_w
-    for block in prange(n_blocks):
-        xf = images[block].reshape(c_in, kw, plane)
-        gipf = gi_planes[block].reshape(c_in, kw, plane)
-        for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
-            if not nhwc:
-                gf = g[n].reshape(c_out, out_h * out_w)
-                for c in range(c_out):
-                    total = 0.0
-                    for k in range(out_h * out_w):
-                        total += gf[c, k]
-                    bias[block, c] += total
-            for band in range(n_bands):
-                i0, i1 = band_rows(band, n_bands, out_h, 1, pt, reach + 1, height)[:2]
-                rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
-                for c in range(c_in):
-                    for q in range(kw):
-                        target = images[block, c, q, :rows]
-                        _shift_plane(x[n], c, pt - i0, pl - q * dw, target, nhwc)
-                gbase = i0 * out_w
-                if nhwc:
-                    gf = grads[block]
-                    _gather_grad(g[n, i0:i1], gf, bias[block])
-                    gbase = 0
-                for group in range(groups):
-                    for co_block in range(co_blocks):
-                        co0 = group * cout_g + co_block * BLOCK
-                        co1 = min(co0 + BLOCK, (group + 1) * cout_g)
-                        for ci_block in range(ci_blocks):
-                            _weight_block(
-                                xf, gf, totals[block], group, co0, co1, ci_block * BLOCK,
-                                1, 1, dh, dw, out_w, 0, length, True, gbase,
-                            )  # fmt: skip
+    xf = images[block].reshape(c_in, kw, plane)
+    gipf = gi_planes[block].reshape(c_in, kw, plane)
+    for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
+        if not nhwc:
+            gf = g[n].reshape(c_out, out_h * out_w)
+            for c in range(c_out):
+                total = 0.0
+                for k in range(out_h * out_w):
+                    total += gf[c, k]
+                bias[block, c] += total
+        for band in range(n_bands):
+            i0, i1 = band_rows(band, n_bands, out_h, 1, pt, reach + 1, height)[:2]
+            rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
+            for c in range(c_in):
+                for q in range(kw):
+                    target = images[block, c, q, :rows]
+                    _shift_plane(x[n], c, pt - i0, pl - q * dw, target, nhwc)
+            gbase = i0 * out_w
+            if nhwc:
+                gf = grads[block]
+                _gather_grad(g[n, i0:i1], gf, bias[block])
+                gbase = 0
+            for group in range(groups):
+                for co_block in range(co_blocks):
+                    co0 = group * cout_g + co_block * BLOCK
+                    co1 = min(co0 + BLOCK, (group + 1) * cout_g)
                     for ci_block in range(ci_blocks):
-                        _input_block(
-                            gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, 1, 1, pt, pl, dh, dw,
-                            rows, out_w, 0, length, nhwc, True, gbase, i0,
+                        _weight_block(
+                            xf, gf, totals[block], group, co0, co1, ci_block * BLOCK,
+                            1, 1, dh, dw, out_w, 0, length, True, gbase,
                         )  # fmt: skip
+                for ci_block in range(ci_blocks):
+                    _input_block(
+                        gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, 1, 1, pt, pl, dh, dw,
+                        rows, out_w, 0, length, nhwc, True, gbase, i0,
+                    )  # fmt: skip
 
 
 def _backward_padded(
@@ -1185,6 +1264,22 @@ def _backward(
     like a problem of its own: it reads input rows [i0*sh - pt, ...) (some of
     them padding), and its grad_input rows are added into gi band after band.
     """
+    for block in prange(totals.shape[0]):
+        _padded_block(
+            block, x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_bands, images, grads, gi_planes,
+            totals, bias, nhwc,
+        )  # fmt: skip
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _padded_block(
+    block, x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_bands, images, grads, gi_planes, totals,
+    bias, nhwc,
+):  # fmt: skip
+    """One task of ``_backward``: its block of images, into its own workspaces."""
+    x, g, w, gi = _borrowed(x), _borrowed(g), _borrowed(w), _borrowed(gi)
+    images, gi_planes, grads = _borrowed(images), _borrowed(gi_planes), _borrowed(grads)
+    totals, bias = _borrowed(totals), _borrowed(bias)
     n_batch, c_in = x.shape[0], images.shape[1]
     c_out = grads.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
@@ -1196,49 +1291,48 @@ def _backward(
     out_h = g.shape[1] if nhwc else g.shape[2]
     reach = (w.shape[2] - 1) * dh + 1
     no_sums = np.zeros(0)
-    for block in prange(n_blocks):
-        xp, gp, gip = images[block], grads[block], gi_planes[block]
-        xf = xp.reshape(c_in, phases, rows * pitch)
-        gf = gp.reshape(c_out, gp.shape[2] * pitch)
-        gipf = gip.reshape(c_in, phases, rows * pitch)
-        for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
-            for band in range(n_bands):
-                i0, i1, lo, hi, top, _ = band_rows(band, n_bands, out_h, sh, pt, reach, height)
-                length = (i1 - i0) * pitch
-                if nhwc:
-                    image = x[n, lo:hi]
-                    if phases == 1:
-                        xp5 = xp.reshape(c_in, 1, 1, rows, pitch)
-                        _gather_channels(image, 0, c_in, 0, top, pl, xp5, 0, no_sums)
-                    else:
-                        for c in range(c_in):
-                            planes = xp[c].reshape(phases, 1, rows, pitch)
-                            _pad_channel(image, c, top, pl, sh, sw, planes, 0)
-                    gp5 = gp.reshape(c_out, 1, 1, gp.shape[2], pitch)
-                    _gather_channels(g[n, i0:i1], 0, c_out, 0, 0, 0, gp5, 0, bias[block])
+    xp, gp, gip = images[block], grads[block], gi_planes[block]
+    xf = xp.reshape(c_in, phases, rows * pitch)
+    gf = gp.reshape(c_out, gp.shape[2] * pitch)
+    gipf = gip.reshape(c_in, phases, rows * pitch)
+    for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
+        for band in range(n_bands):
+            i0, i1, lo, hi, top, _ = band_rows(band, n_bands, out_h, sh, pt, reach, height)
+            length = (i1 - i0) * pitch
+            if nhwc:
+                image = x[n, lo:hi]
+                if phases == 1:
+                    xp5 = xp.reshape(c_in, 1, 1, rows, pitch)
+                    _gather_channels(image, 0, c_in, 0, top, pl, xp5, 0, no_sums)
                 else:
                     for c in range(c_in):
                         planes = xp[c].reshape(phases, 1, rows, pitch)
-                        _pad_plane(x[n, c, lo:hi], top, pl, sh, sw, planes, 0)
-                    for c in range(c_out):
-                        one_phase = gp[c].reshape(1, 1, gp.shape[2], pitch)
-                        bias[block, c] += _pad_plane(g[n, c, i0:i1], 0, 0, 1, 1, one_phase, 0)
-                gi_band = gi[n : n + 1, lo:hi] if nhwc else gi[n : n + 1, :, lo:hi]
-                for group in range(groups):
-                    for co_block in range(co_blocks):
-                        co0 = group * cout_g + co_block * BLOCK
-                        co1 = min(co0 + BLOCK, (group + 1) * cout_g)
-                        for ci_block in range(ci_blocks):
-                            ci2_0 = ci_block * BLOCK
-                            _weight_block(
-                                xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
-                                pitch, 0, length, False, 0,
-                            )  # fmt: skip
+                        _pad_channel(image, c, top, pl, sh, sw, planes, 0)
+                gp5 = gp.reshape(c_out, 1, 1, gp.shape[2], pitch)
+                _gather_channels(g[n, i0:i1], 0, c_out, 0, 0, 0, gp5, 0, bias[block])
+            else:
+                for c in range(c_in):
+                    planes = xp[c].reshape(phases, 1, rows, pitch)
+                    _pad_plane(x[n, c, lo:hi], top, pl, sh, sw, planes, 0)
+                for c in range(c_out):
+                    one_phase = gp[c].reshape(1, 1, gp.shape[2], pitch)
+                    bias[block, c] += _pad_plane(g[n, c, i0:i1], 0, 0, 1, 1, one_phase, 0)
+            gi_band = gi[n : n + 1, lo:hi] if nhwc else gi[n : n + 1, :, lo:hi]
+            for group in range(groups):
+                for co_block in range(co_blocks):
+                    co0 = group * cout_g + co_block * BLOCK
+                    co1 = min(co0 + BLOCK, (group + 1) * cout_g)
                     for ci_block in range(ci_blocks):
-                        _input_block(
-                            gf, w, gipf, gi_band, 0, 1, group, ci_block * BLOCK, sh, sw, top, pl,
-                            dh, dw, rows, pitch, 0, length, nhwc, False, 0, 0,
+                        ci2_0 = ci_block * BLOCK
+                        _weight_block(
+                            xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
+                            pitch, 0, length, False, 0,
                         )  # fmt: skip
-                if nhwc:
-                    for r in range(hi - lo):
-                        _scatter_nhwc(gipf, 0, gi_band[0], r, top, pl, sh, sw, rows, pitch)
+                for ci_block in range(ci_blocks):
+                    _input_block(
+                        gf, w, gipf, gi_band, 0, 1, group, ci_block * BLOCK, sh, sw, top, pl,
+                        dh, dw, rows, pitch, 0, length, nhwc, False, 0, 0,
+                    )  # fmt: skip
+            if nhwc:
+                for r in range(hi - lo):
+                    _scatter_nhwc(gipf, 0, gi_band[0], r, top, pl, sh, sw, rows, pitch)
