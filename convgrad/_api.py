@@ -32,6 +32,9 @@ from .kernels.nchw_flat import all_finite, all_finite_serial
 
 Shape = tuple[int, ...]
 
+# conv2d_backward's default output_mask, recognised by identity (no checks).
+ALL_GRADIENTS = (True, True, True)
+
 
 def conv2d(
     input: np.ndarray,
@@ -124,7 +127,7 @@ def conv2d_backward(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     layout: str = "NCHW",
-    output_mask: Sequence[bool] = (True, True, True),
+    output_mask: Sequence[bool] = ALL_GRADIENTS,
     out: Sequence[np.ndarray | None] | None = None,
     accumulate: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -483,9 +486,13 @@ def _backward_fused(
         weight_shape = family.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw)
         gw = allocate(weight_shape, problem.dtype)
     gb = destination(outs[2], (problem.c_out,), problem.dtype, accumulate, originals)
-    run_kernel(choice.kernel, x, g, w, gi_kernel, gw, gb, *choice.args)
-    if choice.finite_only and not accumulate and not _finite(gi_kernel, gw, gb):
-        return [None, None, None]  # a NaN or Inf met the zero padding (or a sum overflowed)
+    # the serial kernel says whether its results are finite; the others leave it to us
+    finite = run_kernel(choice.kernel, x, g, w, gi_kernel, gw, gb, *choice.args)
+    if choice.finite_only and not accumulate:
+        if finite is None:
+            finite = _finite(gi_kernel, gw, gb)
+        if not finite:  # a NaN or Inf met the zero padding (or a sum overflowed)
+            return [None, None, None]
     if family is not problem.layout:
         gi = _to_user_image(gi_kernel, family, problem)
         gw = convert_weight(gw, family, problem.layout)
@@ -574,6 +581,8 @@ def _check_grad_output(grad_output: np.ndarray, problem: Problem) -> None:
 
 
 def _check_output_mask(output_mask: object) -> tuple[bool, bool, bool]:
+    if output_mask is ALL_GRADIENTS:  # the default: nothing to check
+        return ALL_GRADIENTS
     if (
         not isinstance(output_mask, (tuple, list))
         or len(output_mask) != 3

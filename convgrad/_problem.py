@@ -1,5 +1,6 @@
 """One convolution problem: every size, validated once, in logical (N, C, H, W) terms."""
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -31,25 +32,20 @@ class Problem(NamedTuple):
         (sh, sw), (top, _, left, _), (dh, dw), groups = self.geometry
         return sh, sw, top, left, dh, dw, groups
 
-    def _unbatch(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return shape if self.batched else shape[1:]
-
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of input and grad_input, as the user sees them."""
-        return self._unbatch(self.layout.image_shape(self.n, self.c_in, self.height, self.width))
+        return _user_shapes(self)[0]
 
     @property
     def output_shape(self) -> tuple[int, ...]:
         """Shape of the forward output and grad_output, as the user sees them."""
-        return self._unbatch(self.layout.image_shape(self.n, self.c_out, self.out_h, self.out_w))
+        return _user_shapes(self)[1]
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
         """Shape of weight and grad_weight."""
-        return self.layout.weight_shape(
-            self.c_out, self.c_in // self.geometry.groups, self.kh, self.kw
-        )
+        return _user_shapes(self)[2]
 
     @property
     def terms(self) -> int:
@@ -63,6 +59,18 @@ class Problem(NamedTuple):
             * self.kh
             * self.kw
         )
+
+
+# Every call asks for a problem's shapes a few times: worked out once.
+@lru_cache(maxsize=512)
+def _user_shapes(problem: Problem) -> tuple[tuple[int, ...], ...]:
+    """(input, output, weight) shapes of ``problem`` as the user sees them (unbatched or not)."""
+    layout, skip = problem.layout, 0 if problem.batched else 1
+    image = layout.image_shape(problem.n, problem.c_in, problem.height, problem.width)
+    output = layout.image_shape(problem.n, problem.c_out, problem.out_h, problem.out_w)
+    cin_g = problem.c_in // problem.geometry.groups
+    weight = layout.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw)
+    return image[skip:], output[skip:], weight
 
 
 def describe(
@@ -80,15 +88,16 @@ def describe(
 ) -> Problem:
     """Validate sizes and options and return the Problem they define.
 
-    ``input_shape`` may be batched (4-D) or unbatched (3-D); ``weight_shape`` is 4-D.
+    ``input_shape`` may be batched (4-D) or unbatched (3-D); ``weight_shape`` is 4-D;
+    both tuples of ints (an array's ``shape``, or ``check_shape_tuple``'s result).
     A training loop asks about the same few problems over and over: problems
-    whose shapes and options are plain ints and strings are remembered (other
-    types, where ``True == 1`` or ``1.0 == 1`` could let a remembered answer
-    skip a check that must fail, are validated every time).
+    whose options are plain ints and strings are remembered (other types,
+    where ``True == 1`` or ``1.0 == 1`` could let a remembered answer skip a
+    check that must fail, are validated every time).
     """
-    arguments = (layout, dtype, input_shape, weight_shape, stride, padding, dilation, groups)
-    key = (*arguments, input_name, weight_name)
-    if not all(map(_plain, (input_shape, weight_shape, stride, padding, dilation, groups))):
+    key = (layout, dtype, input_shape, weight_shape, stride, padding, dilation, groups)
+    key = (*key, input_name, weight_name)
+    if not (_plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups)):
         return _describe(*key)
     problem = _REMEMBERED.get(key)
     if problem is None:

@@ -99,8 +99,11 @@ def kernel_guard() -> AbstractContextManager[object]:
 
 def run_kernel(kernel: Callable[..., T], *args: object) -> T:
     """``kernel(*args)`` under ``kernel_guard()``: every convgrad kernel call goes through here."""
-    with kernel_guard():
-        return kernel(*args)
+    guard = kernel_guard()
+    if guard is _kernel_lock:
+        with guard:
+            return kernel(*args)
+    return kernel(*args)  # tbb and omp need no lock: a tiny call spares the context manager
 
 
 # At import, so that numba's default order (tbb, omp, workqueue) finds TBB too

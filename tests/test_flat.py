@@ -122,6 +122,34 @@ def test_fused_backward_matches_row_kernels(case):
     np.testing.assert_allclose(gb - 1, g.sum(axis=(0, 2, 3)), rtol=rtol, atol=atol)
 
 
+@settings(deadline=None, max_examples=100)
+@given(flat_problems(), st.sampled_from(["", "input", "weight", "grad_output"]))
+def test_serial_fused_backward_is_the_one_block_kernel(case, poison):
+    """backward_flat_serial: the same bits as backward_nchw_flat in one block and one band
+    (checked against the row kernels above), and it says whether its results are finite
+    (a NaN in the weight reaches grad_input alone, one in the input grad_weight alone)."""
+    problem, _, _, seed, nhwc = case
+    x, w, g = arrays(problem, seed)
+    if poison:
+        target = {"input": x, "weight": w, "grad_output": g}[poison]
+        target.flat[seed % target.size] = np.nan
+    xk, gk = (to_nhwc(x), to_nhwc(g)) if nhwc else (x, g)
+    wk = weight_to_nhwc(w) if nhwc else w
+    results = []
+    for kernel, sizes in (
+        (nchw_flat.backward_flat_serial, ()),
+        (nchw_flat.backward_nchw_flat, (1, 1)),
+    ):
+        gi, gw, gb = np.ones_like(xk), np.ones_like(wk), np.ones(problem.c_out, x.dtype)
+        said = kernel(xk, gk, wk, gi, gw, gb, *_dispatch._flat_args(problem), *sizes, int(nhwc))
+        results.append((said, gi, gw, gb))
+    (finite, *serial), (_, *parallel) = results
+    for got, expected in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert finite == all(np.isfinite(a).all() for a in serial)
+    assert finite or poison
+
+
 @pytest.mark.parametrize("nhwc", [False, True])
 def test_fused_backward_bands_that_read_only_padding(nhwc):
     """One-row bands under three rows of top padding at stride 2: the first band reads no

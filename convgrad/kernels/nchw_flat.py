@@ -1058,7 +1058,8 @@ def backward_flat_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, gr
     For them starting the thread pool (about 5 us) and NumPy's allocations cost
     more than the arithmetic, so everything, workspaces included, happens in
     this one compiled call; the dispatch bounds the workspaces (a few KiB for
-    the seed notebook's problem) by its working-memory budget.
+    the seed notebook's problem) by its working-memory budget. Returns whether
+    gi, gw and gb are all finite (checked here, while they are in cache).
     """
     _, c_in, _, width = _image_dims(x, nhwc)
     c_out, out_h, out_w = _image_dims(g, nhwc)[1:]
@@ -1087,6 +1088,7 @@ def backward_flat_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, gr
             gi_planes, totals, bias, nhwc,
         )  # fmt: skip
     _add_partials(gw, gb, totals, bias, nhwc)
+    return all_finite_serial(gi) and all_finite_serial(gw) and all_finite_serial(gb)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
