@@ -26,6 +26,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+# Seconds between two libraries' turns in ``interleaved_medians`` (see there);
+# the same as ``convgrad.bench``'s, kept here so that asv can time old commits.
+PAUSE_BETWEEN_LIBRARIES_S = 0.05
+
 
 class Shape(NamedTuple):
     """One suite problem, NCHW-logical: H = W = ``size``, square ``k`` x ``k`` kernel."""
@@ -189,14 +193,18 @@ def interleaved_medians(
 
     Alternating the contenders within one process exposes them to the same
     machine state, so their ratio is steadier than two separate timings. A
-    short pause between libraries lets the last one's spinning threads settle.
+    pause between libraries lets the last one's spinning threads settle:
+    torch's OpenMP threads spin for milliseconds after a call, and a 2 ms pause
+    left convgrad's next calls up to 1.8x slower (``convgrad.bench``). One
+    untimed call after it wakes the next contender's threads.
     """
     for call in calls.values():
         call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
-            time.sleep(0.002)
+            time.sleep(PAUSE_BETWEEN_LIBRARIES_S)
+            call()  # untimed: wakes this contender's threads
             samples[name].append(seconds_per_call(call, 0.02))
     return {name: float(np.median(times)) for name, times in samples.items()}
 

@@ -22,7 +22,15 @@ from . import __version__, conv2d_backward
 from .reference import conv2d_backward_reference
 from .suite import SUITE, Shape
 
-PAUSE_BETWEEN_LIBRARIES_S = 0.002  # let the last library's spinning threads settle
+# Between two libraries' turns, let the last one's idle threads stop spinning:
+# torch's OpenMP (libgomp) threads spin for several milliseconds after a call and
+# take the cores from whatever runs next in the process. After a 2 ms pause
+# convgrad's cifar_b32 took 1.20 ms and mnist_b64 0.82 ms, after 20-200 ms
+# 0.94-0.97 and 0.45-0.47 (0.88 and 0.41 with no torch call before); torch's own
+# times do not depend on the pause (2.10-2.38 and 1.39-1.45 ms). After the
+# pause one untimed call wakes the next contender's threads (an idle virtual
+# CPU can take milliseconds to wake), so neither side is timed waking them.
+PAUSE_BETWEEN_LIBRARIES_S = 0.05
 
 
 def make_arrays(shape: Shape, layout: str, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -90,6 +98,7 @@ def measure(
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
             time.sleep(PAUSE_BETWEEN_LIBRARIES_S)
             call, count = calls[name], repeats[name]
+            call()  # untimed: wakes this contender's threads
             start = time.perf_counter()
             for _ in range(count):
                 call()
