@@ -34,6 +34,17 @@ def _multiply_add(dest, a, b):
         dest[k] += a[k] * b[k]
 
 
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _multiply_add_pixels(dest, a, b):
+    """dest[c] += sum over pixels k of a[k, c] * b[k, c]: a run of pixels of two image rows.
+
+    One call per run instead of one per pixel: the call and its overlap checks
+    cost more than a pixel's C multiply-adds.
+    """
+    for k in range(a.shape[0]):
+        _multiply_add(dest, a[k], b[k])
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
     """y += depthwise conv2d(x, w); parallel over (n, i) output rows."""
@@ -159,6 +170,11 @@ def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chun
                 for q in range(kw):
                     j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
                     acc = blocks[chunk, p, q, 0]
+                    if sw == 1:  # the pixels read are a run of the input row
+                        left = j_lo + q * dw - pl
+                        pixels = x[n, r, left : left + j_hi - j_lo]
+                        _multiply_add_pixels(acc, pixels, g[n, i, j_lo:j_hi])
+                        continue
                     for j in range(j_lo, j_hi):
                         _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
             if (row - row_lo + 1) % block_rows == 0 or row == row_hi - 1:
