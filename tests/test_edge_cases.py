@@ -863,3 +863,34 @@ def test_depthwise_3x3_nine_tap_path_matches_the_naive_loops(padding, dilation):
         groups=channels,
     )
     np.testing.assert_allclose(gi, naive.nchw_to_nhwc(expected), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [5, 8, 9, 16, 23])
+@pytest.mark.parametrize(("kernel", "padding", "dilation"), [(3, 1, 1), (3, 2, 2), (5, (0, 3), 1)])
+def test_depthwise_runs_of_pixels_match_the_naive_loops(width, kernel, padding, dilation):
+    """NHWC depthwise, stride 1: grad_weight sums runs of pixels (eight at a time, then one by
+    one) and grad_input gathers a row's inner pixels in one call; every run length and
+    remainder against the naive loops."""
+    rng = np.random.default_rng(width)
+    channels = 19  # an odd channel count: the vector loop's remainder runs too
+    x = rng.standard_normal((2, 7, width, channels))
+    w = rng.standard_normal((kernel, kernel, 1, channels))
+    options = {"padding": padding, "dilation": dilation, "groups": channels, "layout": "NHWC"}
+    g = rng.standard_normal(conv2d(x, w, **options).shape)
+    gi, gw, _ = conv2d_backward(g, x, w, **options)
+    pads = padding if isinstance(padding, tuple) else (padding, padding)
+    geometry = {
+        "stride": (1, 1),
+        "padding": (pads[0], pads[0], pads[1], pads[1]),
+        "dilation": (dilation, dilation),
+        "groups": channels,
+    }
+    g_nchw = naive.nhwc_to_nchw(g)
+    expected_gw = naive.grad_weight_nchw(
+        g_nchw, naive.nhwc_to_nchw(x), (channels, 1, kernel, kernel), **geometry
+    )
+    expected_gi = naive.grad_input_nchw(
+        g_nchw, naive.hwio_to_oihw(w), (2, channels, 7, width), **geometry
+    )
+    np.testing.assert_allclose(gw, naive.oihw_to_hwio(expected_gw), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gi, naive.nchw_to_nhwc(expected_gi), rtol=1e-12, atol=1e-12)

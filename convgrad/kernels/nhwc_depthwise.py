@@ -39,9 +39,22 @@ def _multiply_add_pixels(dest, a, b):
     """dest[c] += sum over pixels k of a[k, c] * b[k, c]: a run of pixels of two image rows.
 
     One call per run instead of one per pixel: the call and its overlap checks
-    cost more than a pixel's C multiply-adds.
+    cost more than a pixel's C multiply-adds. Four pixels' products are summed
+    before each read-modify-write of ``dest``.
     """
-    for k in range(a.shape[0]):
+    pixels, channels = a.shape
+    eight = pixels - pixels % 8
+    for k in range(0, eight, 8):
+        a8, b8 = a[k : k + 8], b[k : k + 8]
+        for c in range(channels):
+            dest[c] += (
+                (a8[0, c] * b8[0, c] + a8[1, c] * b8[1, c])
+                + (a8[2, c] * b8[2, c] + a8[3, c] * b8[3, c])
+            ) + (
+                (a8[4, c] * b8[4, c] + a8[5, c] * b8[5, c])
+                + (a8[6, c] * b8[6, c] + a8[7, c] * b8[7, c])
+            )
+    for k in range(eight, pixels):
         _multiply_add(dest, a[k], b[k])
 
 
@@ -64,7 +77,7 @@ def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(y[n, i, j], w[p, q, 0], x[n, r, j * sw + q * dw - pl])
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _gather_3x3(dest, w, g0, g1, g2, j0, j1, j2):
     """dest[c] += sum over p, q < 3 of w[p, q, 0, c] * g_p[j_q, c]: one pixel, all nine taps.
 
@@ -77,6 +90,17 @@ def _gather_3x3(dest, w, g0, g1, g2, j0, j1, j2):
             + (w[1, 0, 0, c] * g1[j0, c] + w[1, 1, 0, c] * g1[j1, c] + w[1, 2, 0, c] * g1[j2, c])
             + (w[2, 0, 0, c] * g2[j0, c] + w[2, 1, 0, c] * g2[j1, c] + w[2, 2, 0, c] * g2[j2, c])
         )
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _gather_3x3_run(row, w, g0, g1, g2, lo, hi, pl, dw):
+    """_gather_3x3 for the pixels row[lo:hi] of a grad_input row, in one call.
+
+    Their nine taps all fall inside grad_output's rows g0, g1, g2 (p = 0, 1, 2).
+    """
+    for col in range(lo, hi):
+        j0 = col + pl
+        _gather_3x3(row[col], w, g0, g1, g2, j0, j0 - dw, j0 - 2 * dw)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
@@ -96,11 +120,11 @@ def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
         r = task - n * height
         i0, i1, i2 = r + pt, r + pt - dh, r + pt - 2 * dh  # output rows of taps p = 0, 1, 2
         if nine and i2 >= 0 and i0 < out_h:
+            inner_lo, inner_hi = max(0, 2 * dw - pl), max(0, min(width, out_w - pl))
+            _gather_3x3_run(gi[n, r], w, g[n, i0], g[n, i1], g[n, i2], inner_lo, inner_hi, pl, dw)
             for col in range(width):
-                j0, j1, j2 = col + pl, col + pl - dw, col + pl - 2 * dw
-                if j2 >= 0 and j0 < out_w:
-                    _gather_3x3(gi[n, r, col], w, g[n, i0], g[n, i1], g[n, i2], j0, j1, j2)
-                    continue
+                if inner_lo <= col < inner_hi:
+                    continue  # all nine taps inside grad_output: done above
                 for p in range(3):
                     for q in range(3):
                         j = col + pl - q * dw
