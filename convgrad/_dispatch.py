@@ -360,9 +360,10 @@ def flat_choice(operation: str, problem: Problem) -> KernelChoice:
 
 # Problems with at most SERIAL_MAX_TERMS multiply-adds per gradient run all
 # three gradients in one serial call of the fused flat kernel
-# (``nchw_flat.backward_flat_serial``): for them, starting the thread pool
-# costs more than the arithmetic, and the flat planes beat row loops 3-6x even
-# where ``flat_suits`` says no (the rows' loop overheads dominate tiny planes).
+# (``nchw_flat.backward_shifted_serial`` or ``backward_padded_serial``): for
+# them, starting the thread pool costs more than the arithmetic, and the flat
+# planes beat row loops 3-6x even where ``flat_suits`` says no (the rows' loop
+# overheads dominate tiny planes).
 SERIAL_MAX_TERMS = 2**17
 
 # The fused flat backward (all three gradients in one pass over the batch,
@@ -452,12 +453,9 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     if gemm_suits(problem) or (is_depthwise(problem) and problem.geometry.groups > 1):
         return None  # BLAS; the depthwise kernels (one channel alone is no group)
     nhwc = int(problem.layout is NHWC)
-    serial = KernelChoice(
-        nchw_flat.backward_flat_serial,
-        problem.layout,
-        (*_flat_args(problem), nhwc),
-        finite_only=True,
-    )
+    shifted = problem.geometry.stride == (1, 1)
+    kernel = nchw_flat.backward_shifted_serial if shifted else nchw_flat.backward_padded_serial
+    serial = KernelChoice(kernel, problem.layout, (*_flat_args(problem), nhwc), finite_only=True)
     if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem):
         return serial
     if not flat_suits(problem):

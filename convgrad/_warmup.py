@@ -26,7 +26,8 @@ from .kernels.nchw_flat import all_finite
 # the fused flat backward (few input channels; stride 1 on shifted planes,
 # stride 2 on phase planes; big enough to run in parallel blocks of images),
 # the NHWC depthwise kernels and the BLAS products (1x1). The other problems
-# are tiny: conv2d_backward runs the serial fused kernel on them. Between them
+# are tiny: conv2d_backward runs the serial fused kernel on them (on phase
+# planes for tiny_strided, on shifted planes for the rest). Between them
 # they also run both relayout copies, both grad_bias kernels and the forward
 # pass. Each problem has two images.
 # (C_in, C_out, H=W, K, groups, stride)
@@ -37,6 +38,7 @@ PROBLEMS = {
     "flat": (4, 4, 12, 3, 1, 1),
     "fused": (2, 8, 48, 3, 1, 1),
     "fused_strided": (2, 8, 96, 3, 1, 2),
+    "tiny_strided": (2, 8, 12, 3, 1, 2),
     "depthwise": (4, 4, 6, 3, 4, 1),
     "gemm": (4, 4, 4, 1, 1, 1),
 }
@@ -98,7 +100,7 @@ def warmup(
     --------
     >>> import convgrad
     >>> convgrad.warmup(dtypes=["float32"], layouts=["NHWC"], forward=False)
-    9
+    10
     """
     chosen_dtypes = [_dtype(d) for d in _listed("dtypes", dtypes)]
     chosen_layouts = [_layout(name) for name in _listed("layouts", layouts)]

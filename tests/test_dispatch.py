@@ -242,7 +242,7 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
         picked = _dispatch.select_backward_kernel(problem)
         return None if picked is None else picked.kernel
 
-    fused, serial = nchw_flat.backward_nchw_flat, nchw_flat.backward_flat_serial
+    fused, serial = nchw_flat.backward_nchw_flat, nchw_flat.backward_shifted_serial
     assert choice(64, 1, 32, 28) is fused  # mnist_b64: few channels, a batch
     assert choice(64, 1, 32, 28, layout=NHWC) is fused  # either layout, no relayout
     assert choice(1, 1, 6, 28, padding=0, layout=NHWC) is serial  # the seed, NHWC
@@ -253,7 +253,7 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     assert choice(8, 64, 64, 56) is None  # many channels, large
     assert choice(1, 1, 6, 28, padding=0) is serial  # the seed: not flat, tiny
     assert choice(1, 32, 16, 4) is serial  # tiny planes, many channels: not flat, tiny
-    assert choice(2, 8, 8, 10, stride=2) is serial  # strided: phase planes
+    assert choice(2, 8, 8, 10, stride=2) is nchw_flat.backward_padded_serial  # phase planes
     assert choice(1, 1, 1, 60) is serial  # one channel alone is not depthwise
     assert choice(2, 32, 32, 8, groups=32) is None  # depthwise: its own kernels
     assert choice(64, 2, 8, 4) is None  # not flat, not tiny

@@ -125,10 +125,13 @@ def test_fused_backward_matches_row_kernels(case):
 @settings(deadline=None, max_examples=100)
 @given(flat_problems(), st.sampled_from(["", "input", "weight", "grad_output"]))
 def test_serial_fused_backward_is_the_one_block_kernel(case, poison):
-    """backward_flat_serial: the same bits as backward_nchw_flat in one block and one band
-    (checked against the row kernels above), and it says whether its results are finite
-    (a NaN in the weight reaches grad_input alone, one in the input grad_weight alone)."""
+    """The serial kernels (shifted planes at stride 1, phase planes otherwise): the same bits
+    as backward_nchw_flat in one block and one band (checked against the row kernels above),
+    and they say whether their results are finite (a NaN in the weight reaches grad_input
+    alone, one in the input grad_weight alone)."""
     problem, _, _, seed, nhwc = case
+    shifted = problem.geometry.stride == (1, 1)
+    serial = nchw_flat.backward_shifted_serial if shifted else nchw_flat.backward_padded_serial
     x, w, g = arrays(problem, seed)
     if poison:
         target = {"input": x, "weight": w, "grad_output": g}[poison]
@@ -137,7 +140,7 @@ def test_serial_fused_backward_is_the_one_block_kernel(case, poison):
     wk = weight_to_nhwc(w) if nhwc else w
     results = []
     for kernel, sizes in (
-        (nchw_flat.backward_flat_serial, ()),
+        (serial, ()),
         (nchw_flat.backward_nchw_flat, (1, 1)),
     ):
         gi, gw, gb = np.ones_like(xk), np.ones_like(wk), np.ones(problem.c_out, x.dtype)
@@ -281,14 +284,10 @@ def test_api_takes_the_exact_kernels_on_non_finite_input(layout):
     np.testing.assert_array_equal(gw, exact)
 
 
-@pytest.mark.parametrize(
-    ("size", "fused"),
-    [(20, nchw_flat.backward_flat_serial), (56, nchw_flat.backward_nchw_flat)],
-    ids=["serial", "parallel"],
-)
+@pytest.mark.parametrize("size", [20, 56], ids=["serial", "parallel"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_fused_path_takes_the_exact_kernels_on_non_finite_input(layout, stride, size, fused):
+def test_fused_path_takes_the_exact_kernels_on_non_finite_input(layout, stride, size):
     """The fused kernel (shifted planes at stride 1, phase planes otherwise) is finite-only too."""
     rng = np.random.default_rng(4)
     x = np.abs(rng.standard_normal((2, 1, size, size)))
@@ -298,6 +297,8 @@ def test_fused_path_takes_the_exact_kernels_on_non_finite_input(layout, stride, 
     problem = describe(
         NCHW, x.dtype, x.shape, w.shape, stride=stride, padding=1, dilation=1, groups=1
     )
+    serial = (nchw_flat.backward_shifted_serial, nchw_flat.backward_padded_serial)[stride - 1]
+    fused = serial if size == 20 else nchw_flat.backward_nchw_flat
     assert _dispatch.select_backward_kernel(problem).kernel is fused
     g[0, 3, 0, 0] = np.inf  # meets the zero padding: Inf * 0 would put NaN in grad_weight
     if layout == "NHWC":

@@ -408,7 +408,7 @@ def _workspaces(n_chunk, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, 
 BLOCK = 4
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _dot(a, b):
     """sum of a * b over two equally long contiguous vectors."""
     acc = a.dtype.type(0)
@@ -417,7 +417,7 @@ def _dot(a, b):
     return acc
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _dot4(a, b0, b1, b2, b3):
     """(sum a*b0, sum a*b1, sum a*b2, sum a*b3) in one pass over a."""
     s0 = s1 = s2 = s3 = a.dtype.type(0)
@@ -430,21 +430,21 @@ def _dot4(a, b0, b1, b2, b3):
     return s0, s1, s2, s3
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _axpy(dest, scale, src):
     """dest += scale * src over two equally long contiguous vectors."""
     for k in range(src.shape[0]):
         dest[k] += scale * src[k]
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
     """dest += w0*s0 + w1*s1 + w2*s2 + w3*s3 in one pass over dest."""
     for k in range(dest.shape[0]):
         dest[k] += w0 * s0[k] + w1 * s1[k] + w2 * s2[k] + w3 * s3[k]
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
     """The 16 dot products a_i . b_j (i, j < 4), returned i-major, in one pass.
 
@@ -480,7 +480,7 @@ def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
 TAPS = 3
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _dot3x4(x0, x1, x2, b0, b1, b2, b3):
     """The 12 sums over k of x_t[k] * b_j[k] (t < 3, j < 4), returned t-major.
 
@@ -508,7 +508,7 @@ def _dot3x4(x0, x1, x2, b0, b1, b2, b3):
     return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _axpy4x4(d0, d1, d2, d3, w, s0, s1, s2, s3):
     """d_i += sum over j < 4 of w[j, i] * s_j, for i < 4, in one pass.
 
@@ -840,7 +840,7 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
                 _scatter_nhwc(gi_flat, m, gi[n0 + m], r, pt, pl, sh, sw, rows, pitch)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _axpy3x4(d0, d1, d2, w, s0, s1, s2, s3):
     """d_i += sum over j < 4 of w[j, i] * s_j, for i < 3: ``_axpy4x4`` for three planes.
 
@@ -1051,42 +1051,68 @@ def backward_nchw_flat(
     _add_partials(gw, gb, totals, bias, nhwc)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
-def backward_flat_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc=0):
-    """``backward_nchw_flat`` on the calling thread, in one block and one band, for tiny problems.
+# The fused backward on the calling thread, in one block and one band, for tiny
+# problems: starting the thread pool (about 5 us) and NumPy's allocations cost
+# more than their arithmetic, so everything, workspaces included, happens in one
+# compiled call; the dispatch bounds the workspaces (a few KiB for the seed
+# notebook's problem) by its working-memory budget. Each returns whether gi, gw
+# and gb are all finite (checked while they are in cache). One kernel per kind
+# of plane: a call compiles only the planes it uses (the first call of a
+# process with an empty cache compiles for 10-20 s).
 
-    For them starting the thread pool (about 5 us) and NumPy's allocations cost
-    more than the arithmetic, so everything, workspaces included, happens in
-    this one compiled call; the dispatch bounds the workspaces (a few KiB for
-    the seed notebook's problem) by its working-memory budget. Returns whether
-    gi, gw and gb are all finite (checked here, while they are in cache).
-    """
-    _, c_in, _, width = _image_dims(x, nhwc)
-    c_out, out_h, out_w = _image_dims(g, nhwc)[1:]
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def backward_shifted_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc=0):
+    """``backward_nchw_flat`` at stride 1 (shifted planes), serially; arguments as there."""
+    if sh != 1 or sw != 1:
+        raise ValueError("backward_shifted_serial is for stride 1")
+    totals, bias, w_nchw = _serial_partials(x, g, w, groups, nhwc)
+    c_in, c_out, out_h, out_w = _image_dims(x, nhwc)[1], *_image_dims(g, nhwc)[1:]
+    kh, kw = w_nchw.shape[2], w_nchw.shape[3]
+    images = np.empty((1, c_in, kw, out_h + (kh - 1) * dh, out_w), x.dtype)
+    gi_planes = np.empty_like(images)
+    row = spread_row(out_h * out_w, x.itemsize)
+    grads = np.empty((1, c_out, row) if nhwc else (0, 0, 0), x.dtype)
+    _shifted_block(
+        0, x, g, w_nchw, gi, pt, pl, dh, dw, groups, 1, images, gi_planes, grads, totals, bias,
+        nhwc,
+    )  # fmt: skip
+    return _finish_serial(gi, gw, gb, totals, bias, nhwc)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def backward_padded_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups, nhwc=0):
+    """``backward_nchw_flat`` on padded phase planes (any stride), serially; arguments as there."""
+    totals, bias, w_nchw = _serial_partials(x, g, w, groups, nhwc)
+    c_in, width = _image_dims(x, nhwc)[1], _image_dims(x, nhwc)[3]
+    c_out, out_h = _image_dims(g, nhwc)[1], _image_dims(g, nhwc)[2]
+    reach = (out_h - 1) * sh + (w_nchw.shape[2] - 1) * dh + 1  # padded rows the output reads
+    pitch = (width + pl + pr + sw - 1) // sw
+    rows = (reach + sh - 1) // sh + 1
+    images = np.empty((1, c_in, sh * sw, rows, pitch), x.dtype)
+    grads = np.empty((1, c_out, 1, out_h, pitch), x.dtype)
+    gi_planes = np.empty_like(images)
+    _padded_block(
+        0, x, g, w_nchw, gi, sh, sw, pt, pl, dh, dw, groups, 1, images, grads, gi_planes, totals,
+        bias, nhwc,
+    )  # fmt: skip
+    return _finish_serial(gi, gw, gb, totals, bias, nhwc)
+
+
+@njit(cache=CACHE)
+def _serial_partials(x, g, w, groups, nhwc):
+    """One block's float64 partials of grad_weight and grad_bias, and the weight in NCHW order."""
+    c_in, c_out = _image_dims(x, nhwc)[1], _image_dims(g, nhwc)[1]
     kh, kw = (w.shape[0], w.shape[1]) if nhwc else (w.shape[2], w.shape[3])
     totals = np.zeros((1, c_out, c_in // groups, kh, kw))
     bias = np.zeros((1, c_out))
     w_nchw = np.ascontiguousarray(w.transpose(3, 2, 0, 1)) if nhwc else w
-    if sh == 1 and sw == 1:
-        images = np.empty((1, c_in, kw, out_h + (kh - 1) * dh, out_w), x.dtype)
-        gi_planes = np.empty_like(images)
-        row = spread_row(out_h * out_w, x.itemsize)
-        grads = np.empty((1, c_out, row) if nhwc else (0, 0, 0), x.dtype)
-        _shifted_block(
-            0, x, g, w_nchw, gi, pt, pl, dh, dw, groups, 1, images, gi_planes, grads, totals,
-            bias, nhwc,
-        )  # fmt: skip
-    else:
-        reach = (out_h - 1) * sh + (kh - 1) * dh + 1  # the padded rows the output rows read
-        pitch = (width + pl + pr + sw - 1) // sw
-        rows = (reach + sh - 1) // sh + 1
-        images = np.empty((1, c_in, sh * sw, rows, pitch), x.dtype)
-        padded_grads = np.empty((1, c_out, 1, out_h, pitch), x.dtype)
-        gi_planes = np.empty_like(images)
-        _padded_block(
-            0, x, g, w_nchw, gi, sh, sw, pt, pl, dh, dw, groups, 1, images, padded_grads,
-            gi_planes, totals, bias, nhwc,
-        )  # fmt: skip
+    return totals, bias, w_nchw
+
+
+@njit(cache=CACHE)
+def _finish_serial(gi, gw, gb, totals, bias, nhwc):
+    """Add the partials into gw and gb; whether gi, gw and gb are all finite."""
     _add_partials(gw, gb, totals, bias, nhwc)
     return all_finite_serial(gi) and all_finite_serial(gw) and all_finite_serial(gb)
 
