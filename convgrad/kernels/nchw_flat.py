@@ -896,8 +896,9 @@ def _add_shifted(gif, gi, n, ci0, width_b, pt, pl, dw, pitch, rows, top_row, nhw
                 lo, hi = max(0, -move), min(width, pitch - move)
                 source = gif[ci, q, row + lo + move : row + hi + move]
                 if nhwc:
+                    pixels = gi[n, r, lo:hi, ci]
                     for k in range(hi - lo):
-                        gi[n, r, lo + k, ci] += source[k]
+                        pixels[k] += source[k]
                 else:
                     part = gi[n, ci, r, lo:hi]
                     for k in range(hi - lo):
@@ -1159,12 +1160,14 @@ def _shift_plane(image, c, top, move, target, nhwc):
             _clear_outside(line, 0, 0)
             continue
         _clear_outside(line, lo, hi)
-        if nhwc:
+        if not nhwc:
+            _copy_items(target, u * pitch + lo, image[c], r * width + lo - move, hi - lo)
+        elif image.shape[2] == 1:  # one channel: its pixels are contiguous, as in NCHW
+            _copy_items(target, u * pitch + lo, image, r * width + lo - move, hi - lo)
+        else:
             row = image[r]
             for v in range(lo, hi):
                 line[v] = row[v - move, c]
-        else:
-            _copy_items(target, u * pitch + lo, image[c], r * width + lo - move, hi - lo)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
