@@ -38,8 +38,8 @@ TRAILER = "Perf-regression-accepted"
 # One (shape, layout) per kernel family and layout the dispatch picks, so a
 # slowdown in any kernel shows in its own gradient's benchmark:
 GATE_CASES = [
-    ("seed", "NCHW"),  # rows; the fused serial backward (fixed costs)
-    ("seed", "NHWC"),  # the same after a relayout
+    ("seed", "NCHW"),  # the serial fused flat backward, shifted planes (fixed costs)
+    ("seed", "NHWC"),  # the same in NHWC (no relayout: the flat kernels read it)
     ("mnist_b64", "NCHW"),  # flat, one input channel; the fused flat backward
     ("cifar_b32", "NHWC"),  # the same after a relayout, three input channels
     ("dilated", "NCHW"),  # flat, dilation 2
