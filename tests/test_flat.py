@@ -325,3 +325,12 @@ def test_fused_path_takes_the_exact_kernels_on_non_finite_input(layout, stride, 
     for got, accumulated, expected in zip((gi, gw, gb), out, exact, strict=True):
         np.testing.assert_array_equal(got, expected)
         np.testing.assert_allclose(accumulated, expected + 1, rtol=1e-12)  # NaN where expected
+
+
+def test_shifted_serial_kernel_refuses_other_strides():
+    """The dispatch sends strided problems to backward_padded_serial; called directly, the
+    shifted kernel says it is for stride 1 instead of reading past its planes."""
+    x, g = np.zeros((1, 1, 6, 6)), np.zeros((1, 2, 3, 3))
+    w, gi, gw, gb = np.zeros((2, 1, 2, 2)), np.zeros_like(x), np.zeros((2, 1, 2, 2)), np.zeros(2)
+    with pytest.raises(ValueError, match="backward_shifted_serial is for stride 1"):
+        nchw_flat.backward_shifted_serial(x, g, w, gi, gw, gb, 2, 2, 0, 0, 0, 0, 1, 1, 1, 0)
