@@ -858,6 +858,19 @@ def _axpy3x4(d0, d1, d2, w, s0, s1, s2, s3):
         d2[k] += w02 * g0 + w12 * g1 + w22 * g2 + w32 * g3
 
 
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _axpy2x4(d0, d1, w, s0, s1, s2, s3):
+    """d_i += sum over j < 4 of w[j, i] * s_j, for i < 2: ``_axpy4x4`` for two planes."""
+    w00, w01 = w[0, 0], w[0, 1]
+    w10, w11 = w[1, 0], w[1, 1]
+    w20, w21 = w[2, 0], w[2, 1]
+    w30, w31 = w[3, 0], w[3, 1]
+    for k in range(d0.shape[0]):
+        g0, g1, g2, g3 = s0[k], s1[k], s2[k], s3[k]
+        d0[k] += w00 * g0 + w10 * g1 + w20 * g2 + w30 * g3
+        d1[k] += w01 * g0 + w11 * g1 + w21 * g2 + w31 * g3
+
+
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _scatter_nhwc(gif, slot, image, r, pt, pl, sh, sw, rows, pitch):
     """image[r, k, c] += the valid value of gi plane ``slot`` of channel c, for every k and c.
@@ -964,6 +977,17 @@ def _input_block(
                         gif[ci0 + 1, phase, start : start + length],
                         gif[ci0 + 2, phase, start : start + length],
                         w[co : co + BLOCK, ci2_0 : ci2_0 + 3, p, q],
+                        s0,
+                        s1,
+                        s2,
+                        s3,
+                    )
+                    continue
+                if full and width_b == 2:
+                    _axpy2x4(
+                        gif[ci0, phase, start : start + length],
+                        gif[ci0 + 1, phase, start : start + length],
+                        w[co : co + BLOCK, ci2_0 : ci2_0 + 2, p, q],
                         s0,
                         s1,
                         s2,
@@ -1123,23 +1147,37 @@ def _gather_grad(image, target, sums):
     """target[c] = channel c of the NHWC ``image`` (OH, OW, C), flattened; sums[c] += its sum.
 
     A transpose of the (pixels, C) matrix: square tiles of one register's
-    width go through ``_transpose_tile``, the edges value by value.
+    width go through ``_transpose_tile``; fewer channels than a tile (no
+    whole tiles) are copied a channel at a time, and the rest value by value.
+    The sums run along the contiguous rows of ``target``, as NCHW's do.
     """
     pixels, channels = image.shape[0] * image.shape[1], image.shape[2]
     flat = image.reshape(pixels * channels)
     lanes = TILE_BYTES // flat.itemsize
     stride = target.shape[1]
-    tiled_pixels, tiled_channels = pixels - pixels % lanes, channels - channels % lanes
-    for p0 in range(0, tiled_pixels, lanes):
-        for c0 in range(0, tiled_channels, lanes):
-            _transpose_tile(flat, p0 * channels + c0, channels, target, c0 * stride + p0, stride)
-        for c in range(tiled_channels, channels):
-            for p in range(p0, p0 + lanes):
-                target[c, p] = flat[p * channels + c]
-    for p in range(tiled_pixels, pixels):
+    if channels < lanes:
         for c in range(channels):
-            target[c, p] = flat[p * channels + c]
-    _add_channel_sums(image, 0, channels, sums)
+            line = target[c]
+            for p in range(pixels):
+                line[p] = flat[p * channels + c]
+    else:
+        tiled_pixels, tiled_channels = pixels - pixels % lanes, channels - channels % lanes
+        for p0 in range(0, tiled_pixels, lanes):
+            for c0 in range(0, tiled_channels, lanes):
+                src_at, dst_at = p0 * channels + c0, c0 * stride + p0
+                _transpose_tile(flat, src_at, channels, target, dst_at, stride)
+            for c in range(tiled_channels, channels):
+                for p in range(p0, p0 + lanes):
+                    target[c, p] = flat[p * channels + c]
+        for p in range(tiled_pixels, pixels):
+            for c in range(channels):
+                target[c, p] = flat[p * channels + c]
+    for c in range(channels):
+        line = target[c]
+        total = 0.0
+        for p in range(pixels):
+            total += line[p]
+        sums[c] += total
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
