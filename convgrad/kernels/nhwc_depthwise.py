@@ -13,6 +13,7 @@ from numba import njit, prange
 
 from ._cache import CACHE
 from ._flags import FASTMATH
+from ._noalias import NoAliasCompiler
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
 # cache keys a kernel on its own module's source, so an edited helper imported
@@ -34,7 +35,7 @@ def _multiply_add(dest, a, b):
         dest[k] += a[k] * b[k]
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
 def _multiply_add_pixels(dest, a, b):
     """dest[c] += sum over pixels k of a[k, c] * b[k, c]: a run of pixels of two image rows.
 
@@ -92,15 +93,42 @@ def _gather_3x3(dest, w, g0, g1, g2, j0, j1, j2):
         )
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _nine_taps(taps, g0, g1, g2, j, dw, c):
+    """sum over p, q < 3 of taps[3p + q] * g_p[j - q*dw, c]: channel c of one pixel's nine taps."""
+    return (
+        (taps[0] * g0[j, c] + taps[1] * g0[j - dw, c] + taps[2] * g0[j - 2 * dw, c])
+        + (taps[3] * g1[j, c] + taps[4] * g1[j - dw, c] + taps[5] * g1[j - 2 * dw, c])
+        + (taps[6] * g2[j, c] + taps[7] * g2[j - dw, c] + taps[8] * g2[j - 2 * dw, c])
+    )
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
 def _gather_3x3_run(row, w, g0, g1, g2, lo, hi, pl, dw):
-    """_gather_3x3 for the pixels row[lo:hi] of a grad_input row, in one call.
+    """_gather_3x3 for the pixels row[lo:hi] of a grad_input row, four pixels per pass.
 
     Their nine taps all fall inside grad_output's rows g0, g1, g2 (p = 0, 1, 2).
+    The four pixels share each load of the nine weights; ``noalias`` (``row`` is
+    grad_input, never an input) lets LLVM vectorise the pass over channels
+    without a run-time overlap check per pair of its arrays.
     """
-    for col in range(lo, hi):
-        j0 = col + pl
-        _gather_3x3(row[col], w, g0, g1, g2, j0, j0 - dw, j0 - 2 * dw)
+    col = lo
+    while col + 4 <= hi:
+        j = col + pl
+        for c in range(row.shape[1]):
+            taps = (
+                w[0, 0, 0, c], w[0, 1, 0, c], w[0, 2, 0, c],
+                w[1, 0, 0, c], w[1, 1, 0, c], w[1, 2, 0, c],
+                w[2, 0, 0, c], w[2, 1, 0, c], w[2, 2, 0, c],
+            )  # fmt: skip
+            row[col, c] += _nine_taps(taps, g0, g1, g2, j, dw, c)
+            row[col + 1, c] += _nine_taps(taps, g0, g1, g2, j + 1, dw, c)
+            row[col + 2, c] += _nine_taps(taps, g0, g1, g2, j + 2, dw, c)
+            row[col + 3, c] += _nine_taps(taps, g0, g1, g2, j + 3, dw, c)
+        col += 4
+    for rest in range(col, hi):
+        j0 = rest + pl
+        _gather_3x3(row[rest], w, g0, g1, g2, j0, j0 - dw, j0 - 2 * dw)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
@@ -140,6 +168,61 @@ def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
                 j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
                 for j in range(j_lo, j_hi):
                     _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _products4(a, k, c, b0, b1, b2, b3):
+    """a[k, c]*b0 + a[k+1, c]*b1 + a[k+2, c]*b2 + a[k+3, c]*b3: four pixels of one channel."""
+    return (a[k, c] * b0 + a[k + 1, c] * b1) + (a[k + 2, c] * b2 + a[k + 3, c] * b3)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+def _multiply_add_3_taps(acc, q, a, b, dw):
+    """acc[q + t, 0, c] += sum over pixels k of a[k + t*dw, c] * b[k, c], for t < 3.
+
+    Three taps of a kernel row at once: ``b`` is a run of grad_output pixels,
+    ``a`` the input pixels they read (2*dw more). The taps share each load of
+    ``b``, and four pixels' products are summed before each read-modify-write
+    of ``acc``; ``noalias`` (``acc`` is a workspace of its own) spares the
+    vectorised loop its run-time overlap checks.
+    """
+    pixels, channels = b.shape
+    four = pixels - pixels % 4
+    for k in range(0, four, 4):
+        for c in range(channels):
+            b0, b1, b2, b3 = b[k, c], b[k + 1, c], b[k + 2, c], b[k + 3, c]
+            acc[q, 0, c] += _products4(a, k, c, b0, b1, b2, b3)
+            acc[q + 1, 0, c] += _products4(a, k + dw, c, b0, b1, b2, b3)
+            acc[q + 2, 0, c] += _products4(a, k + 2 * dw, c, b0, b1, b2, b3)
+    for k in range(four, pixels):
+        for t in range(3):
+            _multiply_add(acc[q + t, 0], a[k + t * dw], b[k])
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _weight_row_taps(acc, x_row, g_row, pl, dw):
+    """acc[q, 0] += sum over j of x_row[j + q*dw - pl] * g_row[j], for every tap q of a kernel row.
+
+    Stride 1; ``acc`` is (KW, 1, C). Taps go three at a time over the pixels
+    valid for all three (``_multiply_add_3_taps``); each tap's other pixels
+    (near the edges) and the taps left over from threes, one tap at a time.
+    """
+    kw, width, out_w = acc.shape[0], x_row.shape[0], g_row.shape[0]
+    threes = kw - kw % 3
+    for q in range(kw):
+        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, 1)
+        lo = hi = j_hi  # the pixels done three taps at a time: none
+        if q < threes:
+            first = q - q % 3
+            lo = _valid_range(out_w, width, first * dw - pl, 1)[0]
+            hi = max(lo, _valid_range(out_w, width, (first + 2) * dw - pl, 1)[1])
+            if q == first and hi > lo:
+                run = x_row[lo + first * dw - pl : hi + (first + 2) * dw - pl]
+                _multiply_add_3_taps(acc, q, run, g_row[lo:hi], dw)
+        for j0, j1 in ((j_lo, min(j_hi, lo)), (max(j_lo, hi), j_hi)):
+            if j1 > j0:
+                left = j0 + q * dw - pl
+                _multiply_add_pixels(acc[q, 0], x_row[left : left + j1 - j0], g_row[j0:j1])
 
 
 # Blocked sums, as in nhwc.py: rows are summed a block of at most about
@@ -191,16 +274,15 @@ def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chun
                 r = i * sh + p * dh - pt
                 if r < 0 or r >= height:
                     continue
+                if sw == 1:  # the pixels each tap reads are a run of the input row
+                    _weight_row_taps(blocks[chunk, p], x[n, r], g[n, i], pl, dw)
+                    continue
                 for q in range(kw):
                     j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    acc = blocks[chunk, p, q, 0]
-                    if sw == 1:  # the pixels read are a run of the input row
-                        left = j_lo + q * dw - pl
-                        pixels = x[n, r, left : left + j_hi - j_lo]
-                        _multiply_add_pixels(acc, pixels, g[n, i, j_lo:j_hi])
-                        continue
                     for j in range(j_lo, j_hi):
-                        _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
+                        _multiply_add(
+                            blocks[chunk, p, q, 0], x[n, r, j * sw + q * dw - pl], g[n, i, j]
+                        )
             if (row - row_lo + 1) % block_rows == 0 or row == row_hi - 1:
                 _fold(totals[chunk], blocks[chunk])
     for chunk in range(1, n_chunks):
