@@ -27,9 +27,11 @@ from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import NamedTuple
 
+import numba
+
 from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
-from .kernels import gemm, nchw, nchw_flat, nhwc, nhwc_depthwise
+from .kernels import gemm, nchw, nchw_depthwise, nchw_flat, nhwc, nhwc_depthwise
 
 _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NCHW"): nchw.forward_nchw,
@@ -437,6 +439,27 @@ def fused_blocks(problem: Problem) -> int:
     return int(min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS, budget // per_block))
 
 
+def depthwise_workspace_bytes(problem: Problem) -> int:
+    """Bytes of one task's planes in ``nchw_depthwise``: input, grad_output and gi, padded."""
+    top, bottom, left, right = problem.geometry.padding
+    dh, dw = problem.geometry.dilation
+    pitch = problem.width + left + right
+    margin = (problem.kh - 1) * dh * pitch + (problem.kw - 1) * dw
+    rows = problem.height + top + bottom
+    values = 2 * (rows * pitch + margin) + problem.height * pitch
+    return values * problem.dtype.itemsize
+
+
+def depthwise_fits(problem: Problem) -> bool:
+    """Whether the NCHW depthwise backward's planes fit the budget, one set per thread.
+
+    At most as many tasks run at once as numba has threads at most
+    (``NUMBA_NUM_THREADS``, fixed for the process), whatever the count set now.
+    """
+    tasks = min(problem.c_in, numba.config.NUMBA_NUM_THREADS)
+    return tasks * depthwise_workspace_bytes(problem) <= _workspace_budget(problem)
+
+
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
 def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     """A kernel computing all three gradients in one call, or None (one kernel each).
@@ -450,8 +473,14 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     (``finite_only``: the caller checks and falls back to ``select_kernel``'s
     kernels); other problems get None (BLAS and depthwise ones always).
     """
-    if gemm_suits(problem) or (is_depthwise(problem) and problem.geometry.groups > 1):
-        return None  # BLAS; the depthwise kernels (one channel alone is no group)
+    if is_depthwise(problem) and problem.geometry.groups > 1:  # one channel alone is no group
+        if problem.layout is NCHW and problem.geometry.stride == (1, 1) and depthwise_fits(problem):
+            args = _flat_args(problem)
+            kernel = nchw_depthwise.backward_nchw_depthwise
+            return KernelChoice(kernel, NCHW, args, finite_only=True)
+        return None  # the depthwise kernels, one gradient at a time
+    if gemm_suits(problem):
+        return None  # BLAS
     nhwc = int(problem.layout is NHWC)
     shifted = problem.geometry.stride == (1, 1)
     kernel = nchw_flat.backward_shifted_serial if shifted else nchw_flat.backward_padded_serial

@@ -25,7 +25,8 @@ from .kernels.nchw_flat import all_finite
 # channel pairs, long planes; run again with a NaN for their exact fallback),
 # the fused flat backward (few input channels; stride 1 on shifted planes,
 # stride 2 on phase planes; big enough to run in parallel blocks of images),
-# the NHWC depthwise kernels and the BLAS products (1x1). The other problems
+# the depthwise kernels (NCHW: one fused backward at stride 1) and the BLAS
+# products (1x1). The other problems
 # are tiny: conv2d_backward runs the serial fused kernel on them (on phase
 # planes for tiny_strided, on shifted planes for the rest). Between them
 # they also run both relayout copies, both grad_bias kernels and the forward

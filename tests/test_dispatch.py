@@ -6,7 +6,7 @@ import pytest
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import nchw, nchw_flat, nhwc, nhwc_depthwise
+from convgrad.kernels import nchw, nchw_depthwise, nchw_flat, nhwc, nhwc_depthwise
 
 
 def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, groups=1, **opts):
@@ -255,7 +255,10 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     assert choice(1, 32, 16, 4) is serial  # tiny planes, many channels: not flat, tiny
     assert choice(2, 8, 8, 10, stride=2) is nchw_flat.backward_padded_serial  # phase planes
     assert choice(1, 1, 1, 60) is serial  # one channel alone is not depthwise
-    assert choice(2, 32, 32, 8, groups=32) is None  # depthwise: its own kernels
+    depthwise = nchw_depthwise.backward_nchw_depthwise
+    assert choice(2, 32, 32, 8, groups=32) is depthwise  # NCHW depthwise: its own fused kernel
+    assert choice(2, 32, 32, 8, groups=32, layout=NHWC) is None  # its own kernels, one by one
+    assert choice(2, 32, 32, 8, groups=32, stride=2) is None
     assert choice(64, 2, 8, 4) is None  # not flat, not tiny
     assert choice(8, 3, 64, 14, k=1, padding=0) is None  # 1x1: BLAS
     assert choice(1, 16, 16, 8, k=1, padding=0) is None  # 1x1, even tiny: BLAS

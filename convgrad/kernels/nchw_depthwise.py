@@ -1,0 +1,251 @@
+"""Depthwise backward for the NCHW layout, all three gradients in one pass.
+
+For groups == C_in == C_out at stride 1: every channel is its own one-channel
+convolution. A parallel task owns one channel, for all images. Per image it
+zero-pads the input plane (``x_pad``, pitch Wp = W + pl + pr) and lays the
+grad_output plane out at the same pitch, its OW columns followed by zero
+columns, behind a margin of zeros (``g_pad``). Every kernel tap is then a
+window of a flat vector (m runs over whole planes):
+
+    gw[c, 0, p, q] = sum over m of x_pad[m + p*dh*Wp + q*dw] * g_pad[margin + m]
+    gi_pad[m]      = sum over p, q of w[c, 0, p, q] * g_pad[margin + m - p*dh*Wp - q*dw]
+
+The zero columns and margin stand in for the image's edges, so the loops run
+over planes thousands of values long instead of rows of a few dozen, which is
+what made the row kernels slow here. Zero padding multiplies the data, so this
+is exact for finite inputs only (``finite_only`` in the dispatch; the caller
+falls back to the row kernels).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._cache import CACHE
+from ._flags import FASTMATH
+from ._noalias import NoAliasCompiler
+
+# Values per float32 dot product of grad_weight; the dots are summed in float64,
+# so the error does not grow with the image size or the batch.
+DOT_TERMS = 4096
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _place(plane, target, top, left, pitch):
+    """target[(top + r) * pitch + left + k] = plane[r, k]: a plane into a wider, zeroed one."""
+    height, width = plane.shape
+    for r in range(height):
+        row = target[(top + r) * pitch + left : (top + r) * pitch + left + width]
+        source = plane[r]
+        for k in range(width):
+            row[k] = source[k]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _plane_sum(values):
+    """The sum of ``values`` (a plane laid out flat, zero columns and all), in float64.
+
+    Summed DOT_TERMS values at a time in the dtype (vectorised), those sums in float64.
+    """
+    total = 0.0
+    for m0 in range(0, values.shape[0], DOT_TERMS):
+        part = values[m0 : m0 + DOT_TERMS]
+        acc = values.dtype.type(0)
+        for m in range(part.shape[0]):
+            acc += part[m]
+        total += acc
+    return total
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _dot(a, b):
+    """sum of a * b over two equally long contiguous vectors."""
+    acc = a.dtype.type(0)
+    for m in range(b.shape[0]):
+        acc += a[m] * b[m]
+    return acc
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _dot3(a0, a1, a2, b):
+    """(sum a0*b, sum a1*b, sum a2*b) in one pass: three taps share each load of b."""
+    s0 = s1 = s2 = b.dtype.type(0)
+    for m in range(b.shape[0]):
+        v = b[m]
+        s0 += a0[m] * v
+        s1 += a1[m] * v
+        s2 += a2[m] * v
+    return s0, s1, s2
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _dot3x3(x_pad, at, step, dw, b):
+    """The nine sums over m of x_pad[at + p*step + q*dw + m] * b[m] (p, q < 3), p-major.
+
+    A 3 x 3 kernel's taps in one pass: nine windows share each load of b.
+    """
+    length = b.shape[0]
+    a0 = x_pad[at : at + length]
+    a1 = x_pad[at + dw : at + dw + length]
+    a2 = x_pad[at + 2 * dw : at + 2 * dw + length]
+    a3 = x_pad[at + step : at + step + length]
+    a4 = x_pad[at + step + dw : at + step + dw + length]
+    a5 = x_pad[at + step + 2 * dw : at + step + 2 * dw + length]
+    a6 = x_pad[at + 2 * step : at + 2 * step + length]
+    a7 = x_pad[at + 2 * step + dw : at + 2 * step + dw + length]
+    a8 = x_pad[at + 2 * step + 2 * dw : at + 2 * step + 2 * dw + length]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = b.dtype.type(0)
+    for m in range(length):
+        v = b[m]
+        s0 += a0[m] * v
+        s1 += a1[m] * v
+        s2 += a2[m] * v
+        s3 += a3[m] * v
+        s4 += a4[m] * v
+        s5 += a5[m] * v
+        s6 += a6[m] * v
+        s7 += a7[m] * v
+        s8 += a8[m] * v
+    return s0, s1, s2, s3, s4, s5, s6, s7, s8
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+def _gather3x3(dest, taps, g_pad, at, step, dw):
+    """dest[m] = sum over p, q < 3 of taps[p, q] * g_pad[at - p*step - q*dw + m].
+
+    A 3 x 3 kernel's taps in one pass over dest; ``noalias`` (dest is a
+    workspace) spares the loop's ten arrays their run-time overlap checks.
+    """
+    length = dest.shape[0]
+    t00, t01, t02 = taps[0, 0], taps[0, 1], taps[0, 2]
+    t10, t11, t12 = taps[1, 0], taps[1, 1], taps[1, 2]
+    t20, t21, t22 = taps[2, 0], taps[2, 1], taps[2, 2]
+    r0, r1, r2 = at, at - step, at - 2 * step
+    s00, s01 = g_pad[r0 : r0 + length], g_pad[r0 - dw : r0 - dw + length]
+    s02 = g_pad[r0 - 2 * dw : r0 - 2 * dw + length]
+    s10, s11 = g_pad[r1 : r1 + length], g_pad[r1 - dw : r1 - dw + length]
+    s12 = g_pad[r1 - 2 * dw : r1 - 2 * dw + length]
+    s20, s21 = g_pad[r2 : r2 + length], g_pad[r2 - dw : r2 - dw + length]
+    s22 = g_pad[r2 - 2 * dw : r2 - 2 * dw + length]
+    for m in range(length):
+        dest[m] = (
+            (t00 * s00[m] + t01 * s01[m] + t02 * s02[m])
+            + (t10 * s10[m] + t11 * s11[m] + t12 * s12[m])
+            + (t20 * s20[m] + t21 * s21[m] + t22 * s22[m])
+        )
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add3(dest, w0, s0, w1, s1, w2, s2):
+    """dest += w0*s0 + w1*s1 + w2*s2 in one pass over dest."""
+    for m in range(dest.shape[0]):
+        dest[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add1(dest, w0, s0):
+    """dest += w0 * s0."""
+    for m in range(dest.shape[0]):
+        dest[m] += w0 * s0[m]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _weight_taps(x_pad, g_rows, totals, pitch, dh, dw):
+    """totals[p, q] += sum over m of x_pad[m + p*dh*pitch + q*dw] * g_rows[m].
+
+    ``g_rows`` is grad_output's OH rows at the padded pitch. Dots of at most
+    DOT_TERMS values (whole rows), three taps of a kernel row at a time.
+    """
+    kh, kw = totals.shape
+    rows_per_dot = max(1, DOT_TERMS // pitch)
+    for m0 in range(0, g_rows.shape[0], rows_per_dot * pitch):
+        length = min(rows_per_dot * pitch, g_rows.shape[0] - m0)
+        b = g_rows[m0 : m0 + length]
+        if kh == 3 and kw == 3:
+            sums = _dot3x3(x_pad, m0, dh * pitch, dw, b)
+            for t in range(9):
+                totals[t // 3, t % 3] += sums[t]
+            continue
+        threes = kw - kw % 3
+        for p in range(kh):
+            row = m0 + p * dh * pitch
+            for q in range(0, threes, 3):
+                a0 = x_pad[row + q * dw : row + q * dw + length]
+                a1 = x_pad[row + (q + 1) * dw : row + (q + 1) * dw + length]
+                a2 = x_pad[row + (q + 2) * dw : row + (q + 2) * dw + length]
+                s0, s1, s2 = _dot3(a0, a1, a2, b)
+                totals[p, q] += s0
+                totals[p, q + 1] += s1
+                totals[p, q + 2] += s2
+            for q in range(threes, kw):
+                totals[p, q] += _dot(x_pad[row + q * dw : row + q * dw + length], b)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _input_taps(g_pad, taps, gi_pad, start, pitch, dh, dw):
+    """gi_pad[m] = sum over p, q of taps[p, q] * g_pad[start + m - p*dh*pitch - q*dw].
+
+    Three taps of a kernel row at a time.
+    """
+    kh, kw = taps.shape
+    length = gi_pad.shape[0]
+    if kh == 3 and kw == 3:
+        _gather3x3(gi_pad, taps, g_pad, start, dh * pitch, dw)
+        return
+    gi_pad[:] = 0
+    threes = kw - kw % 3
+    for p in range(kh):
+        row = start - p * dh * pitch
+        for q in range(0, threes, 3):
+            s0 = g_pad[row - q * dw : row - q * dw + length]
+            s1 = g_pad[row - (q + 1) * dw : row - (q + 1) * dw + length]
+            s2 = g_pad[row - (q + 2) * dw : row - (q + 2) * dw + length]
+            _add3(gi_pad, taps[p, q], s0, taps[p, q + 1], s1, taps[p, q + 2], s2)
+        for q in range(threes, kw):
+            _add1(gi_pad, taps[p, q], g_pad[row - q * dw : row - q * dw + length])
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add_valid(gi_plane, gi_pad, left, pitch):
+    """gi_plane[r, k] += gi_pad[r * pitch + left + k]: the image's part of the padded rows."""
+    height, width = gi_plane.shape
+    for r in range(height):
+        row = gi_plane[r]
+        source = gi_pad[r * pitch + left : r * pitch + left + width]
+        for k in range(width):
+            row[k] += source[k]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def backward_nchw_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups):
+    """gi, gw, gb += the depthwise backward (stride 1); parallel over channels.
+
+    Each task owns channel c of gi, gw and gb and goes through the images in
+    order: the same bits whatever the thread count. Arguments as the flat
+    kernels take them; ``groups`` is C.
+    """
+    if sh != 1 or sw != 1:
+        raise ValueError("backward_nchw_depthwise is for stride 1")
+    n_batch, channels, height, width = x.shape
+    out_h = g.shape[2]
+    kh, kw = w.shape[2], w.shape[3]
+    pitch, rows = width + pl + pr, height + pt + pb
+    margin = (kh - 1) * dh * pitch + (kw - 1) * dw  # the farthest a tap reaches
+    for c in prange(channels):
+        # zeros outside the planes' own values: written once, never overwritten
+        x_pad = np.zeros(rows * pitch + margin, x.dtype)
+        g_pad = np.zeros(margin + rows * pitch, x.dtype)
+        gi_pad = np.empty(height * pitch, x.dtype)
+        totals = np.zeros((kh, kw))
+        bias = 0.0
+        for n in range(n_batch):
+            _place(x[n, c], x_pad, pt, pl, pitch)
+            _place(g[n, c], g_pad[margin:], 0, 0, pitch)
+            bias += _plane_sum(g_pad[margin : margin + out_h * pitch])
+            _weight_taps(x_pad, g_pad[margin : margin + out_h * pitch], totals, pitch, dh, dw)
+            # gi's rows pt .. pt + H of the padded plane
+            _input_taps(g_pad, w[c, 0], gi_pad, margin + pt * pitch, pitch, dh, dw)
+            _add_valid(gi[n, c], gi_pad, pl, pitch)
+        for p in range(kh):
+            for q in range(kw):
+                gw[c, 0, p, q] += totals[p, q]
+        gb[c] += bias

@@ -1,0 +1,121 @@
+"""The NCHW depthwise backward (``kernels/nchw_depthwise.py``) against the naive loops.
+
+Stride 1, any kernel size, padding and dilation: the taps in threes and one by
+one, the 3 x 3 kernel's one-pass paths, and planes longer than one float32 dot
+product (``DOT_TERMS``). The dispatch sends NCHW depthwise problems at stride 1
+to it through ``conv2d_backward``.
+"""
+
+import naive
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convgrad
+from convgrad import _dispatch
+from convgrad._layouts import NCHW, NHWC
+from convgrad._problem import describe
+from convgrad.kernels import nchw_depthwise
+
+
+@st.composite
+def depthwise_problems(draw):
+    channels, n = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    height = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[1]), 16))
+    width = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[2] - pads[3]), 16))
+    return n, channels, height, width, (kh, kw), pads, (dh, dw)
+
+
+def expected_gradients(g, x, w, pads, dilation):
+    geometry = {"stride": (1, 1), "padding": pads, "dilation": dilation, "groups": x.shape[1]}
+    return (
+        naive.grad_input_nchw(g, w, x.shape, **geometry),
+        naive.grad_weight_nchw(g, x, w.shape, **geometry),
+        naive.grad_bias_nchw(g),
+    )
+
+
+def run_kernel(g, x, w, pads, dilation):
+    gi, gw, gb = np.zeros_like(x), np.zeros_like(w), np.zeros(x.shape[1], x.dtype)
+    nchw_depthwise.backward_nchw_depthwise(x, g, w, gi, gw, gb, 1, 1, *pads, *dilation, x.shape[1])
+    return gi, gw, gb
+
+
+def random_problem(rng, n, channels, height, width, kernel, pads, dilation, dtype=np.float64):
+    x = rng.standard_normal((n, channels, height, width)).astype(dtype)
+    w = rng.standard_normal((channels, 1, *kernel)).astype(dtype)
+    out_h = naive.output_size(height, kernel[0], 1, dilation[0], pads[0], pads[1])
+    out_w = naive.output_size(width, kernel[1], 1, dilation[1], pads[2], pads[3])
+    g = rng.standard_normal((n, channels, out_h, out_w)).astype(dtype)
+    return g, x, w
+
+
+@settings(max_examples=150, deadline=None)
+@given(problem=depthwise_problems(), seed=st.integers(0, 2**16))
+def test_matches_the_naive_loops(problem, seed):
+    *_, pads, dilation = problem
+    g, x, w = random_problem(np.random.default_rng(seed), *problem)
+    got = run_kernel(g, x, w, pads, dilation)
+    for a, b in zip(got, expected_gradients(g, x, w, pads, dilation), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("kernel", "dilation"), [((3, 3), (1, 1)), ((3, 3), (2, 1)), ((5, 4), (1, 2))]
+)
+def test_planes_longer_than_one_dot(kernel, dilation, dtype):
+    """A 70 x 75 image: grad_weight's dots run over several chunks of rows."""
+    pads = (1, 2, 2, 1)
+    g, x, w = random_problem(np.random.default_rng(7), 2, 3, 70, 75, kernel, pads, dilation, dtype)
+    assert g.shape[2] * (75 + 3) > nchw_depthwise.DOT_TERMS
+    got = run_kernel(g, x, w, pads, dilation)
+    wide = [a.astype(np.float64) for a in (g, x, w)]
+    rtol, atol = (1e-12, 1e-11) if dtype == np.float64 else (2e-5, 2e-4)
+    for a, b in zip(got, expected_gradients(*wide, pads, dilation), strict=True):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def test_dispatch_sends_nchw_depthwise_at_stride_1_here():
+    def picked(layout=NCHW, stride=1, channels=32, multiplier=1):
+        problem = describe(
+            layout,
+            np.dtype(np.float32),
+            layout.image_shape(8, channels, 28, 28),
+            layout.weight_shape(channels * multiplier, 1, 3, 3),
+            stride=stride,
+            padding=1,
+            dilation=1,
+            groups=channels,
+        )
+        choice = _dispatch.select_backward_kernel(problem)
+        return None if choice is None else choice.kernel
+
+    kernel = nchw_depthwise.backward_nchw_depthwise
+    assert picked() is kernel
+    assert picked(stride=2) is None  # the row kernels
+    assert picked(multiplier=2) is None  # two output channels per group: not depthwise
+    assert picked(layout=NHWC) is None  # the NHWC depthwise kernels
+
+
+def test_api_result_matches_the_naive_loops_and_keeps_nan_exact():
+    rng = np.random.default_rng(3)
+    pads, dilation = (1, 1, 1, 1), (1, 1)
+    g, x, w = random_problem(rng, 2, 6, 9, 10, (3, 3), pads, dilation)
+    got = convgrad.conv2d_backward(g, x, w, padding=1, groups=6)
+    for a, b in zip(got, expected_gradients(g, x, w, pads, dilation), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    # an Inf in grad_output would meet the zero padding (Inf * 0 = NaN in grad_weight's tap
+    # (0, 0)): the exact kernels, one gradient each, run instead
+    g[1, 2, 0, 0] = np.inf
+    got = convgrad.conv2d_backward(g, x, w, padding=1, groups=6)
+    masks = [(True, False, False), (False, True, False), (False, False, True)]
+    for k, mask in enumerate(masks):
+        exact = convgrad.conv2d_backward(g, x, w, padding=1, groups=6, output_mask=mask)[k]
+        np.testing.assert_array_equal(got[k], exact)
+    assert np.isinf(got[1][2]).any() and not np.isnan(got[1]).any()
