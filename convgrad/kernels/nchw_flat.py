@@ -858,19 +858,6 @@ def _axpy3x4(d0, d1, d2, w, s0, s1, s2, s3):
         d2[k] += w02 * g0 + w12 * g1 + w22 * g2 + w32 * g3
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _axpy2x4(d0, d1, w, s0, s1, s2, s3):
-    """d_i += sum over j < 4 of w[j, i] * s_j, for i < 2: ``_axpy4x4`` for two planes."""
-    w00, w01 = w[0, 0], w[0, 1]
-    w10, w11 = w[1, 0], w[1, 1]
-    w20, w21 = w[2, 0], w[2, 1]
-    w30, w31 = w[3, 0], w[3, 1]
-    for k in range(d0.shape[0]):
-        g0, g1, g2, g3 = s0[k], s1[k], s2[k], s3[k]
-        d0[k] += w00 * g0 + w10 * g1 + w20 * g2 + w30 * g3
-        d1[k] += w01 * g0 + w11 * g1 + w21 * g2 + w31 * g3
-
-
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _scatter_nhwc(gif, slot, image, r, pt, pl, sh, sw, rows, pitch):
     """image[r, k, c] += the valid value of gi plane ``slot`` of channel c, for every k and c.
@@ -977,17 +964,6 @@ def _input_block(
                         gif[ci0 + 1, phase, start : start + length],
                         gif[ci0 + 2, phase, start : start + length],
                         w[co : co + BLOCK, ci2_0 : ci2_0 + 3, p, q],
-                        s0,
-                        s1,
-                        s2,
-                        s3,
-                    )
-                    continue
-                if full and width_b == 2:
-                    _axpy2x4(
-                        gif[ci0, phase, start : start + length],
-                        gif[ci0 + 1, phase, start : start + length],
-                        w[co : co + BLOCK, ci2_0 : ci2_0 + 2, p, q],
                         s0,
                         s1,
                         s2,
