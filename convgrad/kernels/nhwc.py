@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from ._cache import CACHE
 from ._flags import FASTMATH
+from ._noalias import NoAliasCompiler
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
 # cache keys a kernel on its own module's source, so an edited helper imported
@@ -29,7 +30,9 @@ def _valid_range(out_len, in_len, offset, stride):
     return lo, max(lo, hi)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+# Writes an output row or a workspace from inputs: noalias (``_noalias.py``) spares its
+# short loop (a group's output channels) the run-time overlap checks.
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
 def _axpy(dest, scale, src):
     """dest += scale * src over two equally long contiguous vectors."""
     for k in range(src.shape[0]):
