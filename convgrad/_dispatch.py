@@ -440,13 +440,24 @@ def fused_blocks(problem: Problem) -> int:
 
 
 def depthwise_workspace_bytes(problem: Problem) -> int:
-    """Bytes of one task's planes in ``nchw_depthwise``: input, grad_output and gi, padded."""
+    """Bytes of one task's planes in ``nchw_depthwise``: input, grad_output and gi, padded.
+
+    Stride 1: ``backward_nchw_depthwise``'s planes; other strides, the phase
+    planes of ``backward_nchw_depthwise_strided``.
+    """
     top, bottom, left, right = problem.geometry.padding
-    dh, dw = problem.geometry.dilation
-    pitch = problem.width + left + right
-    margin = (problem.kh - 1) * dh * pitch + (problem.kw - 1) * dw
-    rows = problem.height + top + bottom
-    values = 2 * (rows * pitch + margin) + problem.height * pitch
+    (sh, sw), (dh, dw) = problem.geometry.stride, problem.geometry.dilation
+    if (sh, sw) == (1, 1):
+        pitch = problem.width + left + right
+        margin = (problem.kh - 1) * dh * pitch + (problem.kw - 1) * dw
+        rows = problem.height + top + bottom
+        values = 2 * (rows * pitch + margin) + problem.height * pitch
+    else:
+        pitch = _flat_pitch(problem)
+        reach_h = (problem.kh - 1) * dh // sh
+        rows = max(-(-(problem.height + top + bottom) // sh), problem.out_h + reach_h) + 1
+        margin = reach_h * pitch + (problem.kw - 1) * dw // sw
+        values = (2 * sh * sw + 1) * rows * pitch + margin
     return values * problem.dtype.itemsize
 
 
@@ -474,10 +485,12 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     kernels); other problems get None (BLAS and depthwise ones always).
     """
     if is_depthwise(problem) and problem.geometry.groups > 1:  # one channel alone is no group
-        if problem.layout is NCHW and problem.geometry.stride == (1, 1) and depthwise_fits(problem):
-            args = _flat_args(problem)
-            kernel = nchw_depthwise.backward_nchw_depthwise
-            return KernelChoice(kernel, NCHW, args, finite_only=True)
+        if problem.layout is NCHW and depthwise_fits(problem):
+            if problem.geometry.stride == (1, 1):
+                kernel = nchw_depthwise.backward_nchw_depthwise
+            else:
+                kernel = nchw_depthwise.backward_nchw_depthwise_strided
+            return KernelChoice(kernel, NCHW, _flat_args(problem), finite_only=True)
         return None  # the depthwise kernels, one gradient at a time
     if gemm_suits(problem):
         return None  # BLAS

@@ -1,9 +1,9 @@
 """The NCHW depthwise backward (``kernels/nchw_depthwise.py``) against the naive loops.
 
-Stride 1, any kernel size, padding and dilation: the taps in threes and one by
-one, the 3 x 3 kernel's one-pass paths, and planes longer than one float32 dot
-product (``DOT_TERMS``). The dispatch sends NCHW depthwise problems at stride 1
-to it through ``conv2d_backward``.
+Any kernel size, padding and dilation: at stride 1 the taps in threes and one
+by one, the 3 x 3 kernel's one-pass paths, and planes longer than one float32
+dot product (``DOT_TERMS``); at any stride the phase-plane kernel. The dispatch
+sends NCHW depthwise problems to them through ``conv2d_backward``.
 """
 
 import naive
@@ -20,18 +20,19 @@ from convgrad.kernels import nchw_depthwise
 
 
 @st.composite
-def depthwise_problems(draw):
+def depthwise_problems(draw, strides=(1, 1)):
     channels, n = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(*strides)), draw(st.integers(*strides)))
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
     height = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[1]), 16))
     width = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[2] - pads[3]), 16))
-    return n, channels, height, width, (kh, kw), pads, (dh, dw)
+    return n, channels, height, width, (kh, kw), pads, (dh, dw), stride
 
 
-def expected_gradients(g, x, w, pads, dilation):
-    geometry = {"stride": (1, 1), "padding": pads, "dilation": dilation, "groups": x.shape[1]}
+def expected_gradients(g, x, w, pads, dilation, stride=(1, 1)):
+    geometry = {"stride": stride, "padding": pads, "dilation": dilation, "groups": x.shape[1]}
     return (
         naive.grad_input_nchw(g, w, x.shape, **geometry),
         naive.grad_weight_nchw(g, x, w.shape, **geometry),
@@ -39,17 +40,21 @@ def expected_gradients(g, x, w, pads, dilation):
     )
 
 
-def run_kernel(g, x, w, pads, dilation):
+def run_kernel(
+    g, x, w, pads, dilation, stride=(1, 1), kernel=nchw_depthwise.backward_nchw_depthwise
+):
     gi, gw, gb = np.zeros_like(x), np.zeros_like(w), np.zeros(x.shape[1], x.dtype)
-    nchw_depthwise.backward_nchw_depthwise(x, g, w, gi, gw, gb, 1, 1, *pads, *dilation, x.shape[1])
+    kernel(x, g, w, gi, gw, gb, *stride, *pads, *dilation, x.shape[1])
     return gi, gw, gb
 
 
-def random_problem(rng, n, channels, height, width, kernel, pads, dilation, dtype=np.float64):
+def random_problem(
+    rng, n, channels, height, width, kernel, pads, dilation, stride=(1, 1), dtype=np.float64
+):
     x = rng.standard_normal((n, channels, height, width)).astype(dtype)
     w = rng.standard_normal((channels, 1, *kernel)).astype(dtype)
-    out_h = naive.output_size(height, kernel[0], 1, dilation[0], pads[0], pads[1])
-    out_w = naive.output_size(width, kernel[1], 1, dilation[1], pads[2], pads[3])
+    out_h = naive.output_size(height, kernel[0], stride[0], dilation[0], pads[0], pads[1])
+    out_w = naive.output_size(width, kernel[1], stride[1], dilation[1], pads[2], pads[3])
     g = rng.standard_normal((n, channels, out_h, out_w)).astype(dtype)
     return g, x, w
 
@@ -57,10 +62,21 @@ def random_problem(rng, n, channels, height, width, kernel, pads, dilation, dtyp
 @settings(max_examples=150, deadline=None)
 @given(problem=depthwise_problems(), seed=st.integers(0, 2**16))
 def test_matches_the_naive_loops(problem, seed):
-    *_, pads, dilation = problem
+    *_, pads, dilation, _ = problem
     g, x, w = random_problem(np.random.default_rng(seed), *problem)
     got = run_kernel(g, x, w, pads, dilation)
     for a, b in zip(got, expected_gradients(g, x, w, pads, dilation), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(problem=depthwise_problems(strides=(1, 3)), seed=st.integers(0, 2**16))
+def test_phase_planes_match_the_naive_loops(problem, seed):
+    *_, pads, dilation, stride = problem
+    g, x, w = random_problem(np.random.default_rng(seed), *problem)
+    kernel = nchw_depthwise.backward_nchw_depthwise_strided
+    got = run_kernel(g, x, w, pads, dilation, stride, kernel)
+    for a, b in zip(got, expected_gradients(g, x, w, pads, dilation, stride), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -71,7 +87,8 @@ def test_matches_the_naive_loops(problem, seed):
 def test_planes_longer_than_one_dot(kernel, dilation, dtype):
     """A 70 x 75 image: grad_weight's dots run over several chunks of rows."""
     pads = (1, 2, 2, 1)
-    g, x, w = random_problem(np.random.default_rng(7), 2, 3, 70, 75, kernel, pads, dilation, dtype)
+    rng = np.random.default_rng(7)
+    g, x, w = random_problem(rng, 2, 3, 70, 75, kernel, pads, dilation, dtype=dtype)
     assert g.shape[2] * (75 + 3) > nchw_depthwise.DOT_TERMS
     got = run_kernel(g, x, w, pads, dilation)
     wide = [a.astype(np.float64) for a in (g, x, w)]
@@ -98,24 +115,26 @@ def test_dispatch_sends_nchw_depthwise_at_stride_1_here():
 
     kernel = nchw_depthwise.backward_nchw_depthwise
     assert picked() is kernel
-    assert picked(stride=2) is None  # the row kernels
+    assert picked(stride=2) is nchw_depthwise.backward_nchw_depthwise_strided
     assert picked(multiplier=2) is None  # two output channels per group: not depthwise
     assert picked(layout=NHWC) is None  # the NHWC depthwise kernels
 
 
-def test_api_result_matches_the_naive_loops_and_keeps_nan_exact():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_api_result_matches_the_naive_loops_and_keeps_nan_exact(stride):
     rng = np.random.default_rng(3)
-    pads, dilation = (1, 1, 1, 1), (1, 1)
-    g, x, w = random_problem(rng, 2, 6, 9, 10, (3, 3), pads, dilation)
-    got = convgrad.conv2d_backward(g, x, w, padding=1, groups=6)
-    for a, b in zip(got, expected_gradients(g, x, w, pads, dilation), strict=True):
+    pads, dilation, strides = (1, 1, 1, 1), (1, 1), (stride, stride)
+    g, x, w = random_problem(rng, 2, 6, 9, 10, (3, 3), pads, dilation, strides)
+    options = {"padding": 1, "groups": 6, "stride": stride}
+    got = convgrad.conv2d_backward(g, x, w, **options)
+    for a, b in zip(got, expected_gradients(g, x, w, pads, dilation, strides), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     # an Inf in grad_output would meet the zero padding (Inf * 0 = NaN in grad_weight's tap
     # (0, 0)): the exact kernels, one gradient each, run instead
     g[1, 2, 0, 0] = np.inf
-    got = convgrad.conv2d_backward(g, x, w, padding=1, groups=6)
+    got = convgrad.conv2d_backward(g, x, w, **options)
     masks = [(True, False, False), (False, True, False), (False, False, True)]
     for k, mask in enumerate(masks):
-        exact = convgrad.conv2d_backward(g, x, w, padding=1, groups=6, output_mask=mask)[k]
+        exact = convgrad.conv2d_backward(g, x, w, **options, output_mask=mask)[k]
         np.testing.assert_array_equal(got[k], exact)
     assert np.isinf(got[1][2]).any() and not np.isnan(got[1]).any()

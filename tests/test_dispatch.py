@@ -258,7 +258,8 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     depthwise = nchw_depthwise.backward_nchw_depthwise
     assert choice(2, 32, 32, 8, groups=32) is depthwise  # NCHW depthwise: its own fused kernel
     assert choice(2, 32, 32, 8, groups=32, layout=NHWC) is None  # its own kernels, one by one
-    assert choice(2, 32, 32, 8, groups=32, stride=2) is None
+    strided = nchw_depthwise.backward_nchw_depthwise_strided
+    assert choice(2, 32, 32, 8, groups=32, stride=2) is strided  # on phase planes
     assert choice(64, 2, 8, 4) is None  # not flat, not tiny
     assert choice(8, 3, 64, 14, k=1, padding=0) is None  # 1x1: BLAS
     assert choice(1, 16, 16, 8, k=1, padding=0) is None  # 1x1, even tiny: BLAS

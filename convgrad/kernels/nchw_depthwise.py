@@ -249,3 +249,93 @@ def backward_nchw_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
             for q in range(kw):
                 gw[c, 0, p, q] += totals[p, q]
         gb[c] += bias
+
+
+# Other strides: the padded planes split into sh * sw phases, as in
+# ``nchw_flat``. Phase (a, b) holds the padded plane's rows a, a + sh, ... and
+# columns b, b + sw, ... at pitch ceil(Wp / sw), so tap (p, q) is a window of
+# phase ((p*dh) % sh, (q*dw) % sw), ((p*dh) // sh) rows and ((q*dw) // sw)
+# columns in, and grad_output is laid out at that pitch:
+#
+#     gw[c, 0, p, q] = sum over m of x_ph[phase, offset + m] * g_pad[margin + m]
+#     gi_ph[phase, m] = sum over that phase's taps of w[c, 0, p, q] * g_pad[margin + m - offset]
+#
+# A tap at a time (a phase's windows are few and short).
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _tap(p, q, sh, sw, dh, dw, pitch):
+    """(phase, offset) of kernel tap (p, q) in the phase planes."""
+    phase = ((p * dh) % sh) * sw + (q * dw) % sw
+    return phase, ((p * dh) // sh) * pitch + (q * dw) // sw
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _place_phases(plane, phases, top, left, sh, sw, pitch):
+    """phases[(y % sh)*sw + z % sw, (y // sh)*pitch + z // sw] = plane[y - top, z - left]."""
+    height, width = plane.shape
+    for r in range(height):
+        y = top + r
+        row = plane[r]
+        for b in range(sw):
+            first = (b - left) % sw  # the first column k with (left + k) % sw == b
+            count = (width - first + sw - 1) // sw
+            at = (y // sh) * pitch + (left + first) // sw
+            target = phases[(y % sh) * sw + b, at : at + count]
+            for t in range(count):
+                target[t] = row[first + t * sw]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add_valid_phases(gi_plane, phases, top, left, sh, sw, pitch):
+    """gi_plane[r, k] += its value in ``phases``: ``_place_phases`` undone, adding."""
+    height, width = gi_plane.shape
+    for r in range(height):
+        y = top + r
+        row = gi_plane[r]
+        for b in range(sw):
+            first = (b - left) % sw
+            count = (width - first + sw - 1) // sw
+            at = (y // sh) * pitch + (left + first) // sw
+            source = phases[(y % sh) * sw + b, at : at + count]
+            for t in range(count):
+                row[first + t * sw] += source[t]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups):
+    """``backward_nchw_depthwise`` for any stride, on phase planes; parallel over channels."""
+    n_batch, channels, height, width = x.shape
+    out_h = g.shape[2]
+    kh, kw = w.shape[2], w.shape[3]
+    pitch = (width + pl + pr + sw - 1) // sw
+    reach_h, reach_w = ((kh - 1) * dh) // sh, ((kw - 1) * dw) // sw
+    rows = max((height + pt + pb + sh - 1) // sh, out_h + reach_h) + 1
+    margin = reach_h * pitch + reach_w  # the farthest a tap reaches
+    rows_per_dot = max(1, DOT_TERMS // pitch)
+    for c in prange(channels):
+        x_ph = np.zeros((sh * sw, rows * pitch), x.dtype)
+        g_pad = np.zeros(margin + rows * pitch, x.dtype)
+        gi_ph = np.empty((sh * sw, rows * pitch), x.dtype)
+        totals = np.zeros((kh, kw))
+        bias = 0.0
+        for n in range(n_batch):
+            _place_phases(x[n, c], x_ph, pt, pl, sh, sw, pitch)
+            _place(g[n, c], g_pad[margin:], 0, 0, pitch)
+            g_rows = g_pad[margin : margin + out_h * pitch]
+            bias += _plane_sum(g_rows)
+            gi_ph[:] = 0
+            for p in range(kh):
+                for q in range(kw):
+                    phase, offset = _tap(p, q, sh, sw, dh, dw, pitch)
+                    for m0 in range(0, g_rows.shape[0], rows_per_dot * pitch):
+                        length = min(rows_per_dot * pitch, g_rows.shape[0] - m0)
+                        window = x_ph[phase, offset + m0 : offset + m0 + length]
+                        totals[p, q] += _dot(window, g_rows[m0 : m0 + length])
+                    source = g_pad[margin - offset : margin - offset + rows * pitch]
+                    _add1(gi_ph[phase], w[c, 0, p, q], source)
+            _add_valid_phases(gi[n, c], gi_ph, pt, pl, sh, sw, pitch)
+        for p in range(kh):
+            for q in range(kw):
+                gw[c, 0, p, q] += totals[p, q]
+        gb[c] += bias

@@ -279,10 +279,9 @@ def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chun
                     continue
                 for q in range(kw):
                     j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+                    acc = blocks[chunk, p, q, 0]
                     for j in range(j_lo, j_hi):
-                        _multiply_add(
-                            blocks[chunk, p, q, 0], x[n, r, j * sw + q * dw - pl], g[n, i, j]
-                        )
+                        _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
             if (row - row_lo + 1) % block_rows == 0 or row == row_hi - 1:
                 _fold(totals[chunk], blocks[chunk])
     for chunk in range(1, n_chunks):
