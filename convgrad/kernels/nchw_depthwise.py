@@ -24,6 +24,10 @@ from ._cache import CACHE
 from ._flags import FASTMATH
 from ._noalias import NoAliasCompiler
 
+# Small helpers are repeated in each kernel module on purpose: numba's on-disk
+# cache keys a kernel on its own module's source, so an edited helper imported
+# from elsewhere would leave stale compiled kernels behind.
+
 # Values per float32 dot product of grad_weight; the dots are summed in float64,
 # so the error does not grow with the image size or the batch.
 DOT_TERMS = 4096
@@ -270,18 +274,27 @@ def _tap(p, q, sh, sw, dh, dw, pitch):
     return phase, ((p * dh) // sh) * pitch + (q * dw) // sw
 
 
+@njit(cache=CACHE, inline="always")
+def _phase_run(y, b, left, width, sh, sw, pitch):
+    """Where padded row y's columns b, b + sw, ... of the image lie in the phase planes.
+
+    The image starts ``left`` columns in and is ``width`` wide. Returns their
+    phase, where they start in it, the first such image column, and how many.
+    """
+    first = (b - left) % sw  # the first image column k with (left + k) % sw == b
+    count = (width - first + sw - 1) // sw
+    return (y % sh) * sw + b, (y // sh) * pitch + (left + first) // sw, first, count
+
+
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _place_phases(plane, phases, top, left, sh, sw, pitch):
     """phases[(y % sh)*sw + z % sw, (y // sh)*pitch + z // sw] = plane[y - top, z - left]."""
     height, width = plane.shape
     for r in range(height):
-        y = top + r
         row = plane[r]
         for b in range(sw):
-            first = (b - left) % sw  # the first column k with (left + k) % sw == b
-            count = (width - first + sw - 1) // sw
-            at = (y // sh) * pitch + (left + first) // sw
-            target = phases[(y % sh) * sw + b, at : at + count]
+            phase, at, first, count = _phase_run(top + r, b, left, width, sh, sw, pitch)
+            target = phases[phase, at : at + count]
             for t in range(count):
                 target[t] = row[first + t * sw]
 
@@ -291,13 +304,10 @@ def _add_valid_phases(gi_plane, phases, top, left, sh, sw, pitch):
     """gi_plane[r, k] += its value in ``phases``: ``_place_phases`` undone, adding."""
     height, width = gi_plane.shape
     for r in range(height):
-        y = top + r
         row = gi_plane[r]
         for b in range(sw):
-            first = (b - left) % sw
-            count = (width - first + sw - 1) // sw
-            at = (y // sh) * pitch + (left + first) // sw
-            source = phases[(y % sh) * sw + b, at : at + count]
+            phase, at, first, count = _phase_run(top + r, b, left, width, sh, sw, pitch)
+            source = phases[phase, at : at + count]
             for t in range(count):
                 row[first + t * sw] += source[t]
 
