@@ -82,13 +82,15 @@ SHAPES: dict[str, Shape] = {
 # Held out of the suite, so that kernel paths no suite shape takes are still measured:
 # the last stage of a ResNet at 4 x 4 (planes too short for the flat kernels: the channel
 # kernels, grad_weight by input channel), at 7 x 7 (flat grad_weight in slices of output
-# channels), one 224 x 224 image (the single gradients in bands of rows) and an ImageNet
-# stem (the fused backward in bands, on phase planes).
+# channels), one 224 x 224 image (the single gradients in bands of rows), an ImageNet
+# stem (the fused backward in bands, on phase planes) and a stride-2 depthwise layer
+# (NCHW: the depthwise backward on phase planes).
 EXTRA_SHAPES: dict[str, Shape] = {
     "late_4x4": Shape(8, 256, 256, 4, 3, 1, 1, 1, 1, "float32"),
     "late_7x7": Shape(8, 512, 512, 7, 3, 1, 1, 1, 1, "float32"),
     "image_224": Shape(1, 3, 64, 224, 3, 1, 1, 1, 1, "float32"),
     "stem_224": Shape(2, 3, 64, 224, 7, 2, 3, 1, 1, "float32"),
+    "depthwise_s2": Shape(8, 128, 128, 56, 3, 2, 1, 1, 128, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES

@@ -1,6 +1,6 @@
 """Pick the kernel for a problem: a pure function of layout, dtype, shape and options.
 
-Five kernel families, by what their innermost loop runs along:
+Six kernel families, by what their innermost loop runs along:
 
 - "gemm" (``kernels/gemm.py``, both layouts): 1x1 kernels with stride 1 and
   no padding are plain matrix products, run through NumPy's BLAS;
@@ -10,9 +10,11 @@ Five kernel families, by what their innermost loop runs along:
 - "rows" (``kernels/nchw.py``, NCHW): one output row, OW long;
 - "channels" (``kernels/nhwc.py``, NHWC): a group's output channels;
 - "depthwise channels" (``kernels/nhwc_depthwise.py``, NHWC, groups == C_in
-  == C_out): all channels, elementwise. Depthwise problems stay in the
-  user's layout (rows for NCHW), as their little arithmetic per byte would
-  not pay for a relayout.
+  == C_out): all channels, elementwise;
+- "depthwise planes" (``kernels/nchw_depthwise.py``, NCHW, conv2d_backward
+  only): a channel's whole padded plane, all three gradients in one pass.
+  Depthwise problems stay in the user's layout (rows for NCHW's single
+  gradients), as their little arithmetic per byte would not pay for a relayout.
 
 The choice depends only on the problem, never on the data or thread count,
 so results are reproducible. The one data-dependent step is the flat
@@ -482,7 +484,10 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     serially, when one block is all the budget allows) if its workspaces fit
     the working-memory budget. Both are exact for finite inputs only
     (``finite_only``: the caller checks and falls back to ``select_kernel``'s
-    kernels); other problems get None (BLAS and depthwise ones always).
+    kernels). NCHW depthwise problems take the depthwise planes kernel (phase
+    planes at other strides), finite-only too, when one set of planes per
+    thread fits the budget. Other problems get None (BLAS and NHWC depthwise
+    ones always).
     """
     if is_depthwise(problem) and problem.geometry.groups > 1:  # one channel alone is no group
         if problem.layout is NCHW and depthwise_fits(problem):

@@ -138,3 +138,12 @@ def test_api_result_matches_the_naive_loops_and_keeps_nan_exact(stride):
         exact = convgrad.conv2d_backward(g, x, w, **options, output_mask=mask)[k]
         np.testing.assert_array_equal(got[k], exact)
     assert np.isinf(got[1][2]).any() and not np.isnan(got[1]).any()
+
+
+def test_stride_1_kernel_refuses_other_strides():
+    """The dispatch sends strided problems to the phase-plane kernel; called directly, the
+    stride-1 kernel says it is for stride 1 instead of reading past its planes."""
+    x, g = np.zeros((1, 2, 6, 6)), np.zeros((1, 2, 3, 3))
+    w, gi, gw, gb = np.zeros((2, 1, 2, 2)), np.zeros_like(x), np.zeros((2, 1, 2, 2)), np.zeros(2)
+    with pytest.raises(ValueError, match=r"^backward_nchw_depthwise is for stride 1$"):
+        nchw_depthwise.backward_nchw_depthwise(x, g, w, gi, gw, gb, 2, 2, 0, 0, 0, 0, 1, 1, 2)

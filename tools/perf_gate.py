@@ -45,7 +45,8 @@ GATE_CASES = [
     ("dilated", "NCHW"),  # flat, dilation 2
     ("pointwise", "NCHW"),  # gemm
     ("pointwise", "NHWC"),  # gemm, channels-last
-    ("depthwise", "NCHW"),  # rows, depthwise
+    ("depthwise", "NCHW"),  # depthwise planes (backward), rows (single gradients)
+    ("depthwise_s2", "NCHW"),  # depthwise phase planes (backward), rows
     ("depthwise", "NHWC"),  # depthwise channels
     ("resnet_s2", "NCHW"),  # flat, stride 2 (phases), stacked planes
     ("late_4x4", "NHWC"),  # channels (planes too short for flat)

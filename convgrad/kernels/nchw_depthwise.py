@@ -1,10 +1,11 @@
 """Depthwise backward for the NCHW layout, all three gradients in one pass.
 
-For groups == C_in == C_out at stride 1: every channel is its own one-channel
-convolution. A parallel task owns one channel, for all images. Per image it
-zero-pads the input plane (``x_pad``, pitch Wp = W + pl + pr) and lays the
-grad_output plane out at the same pitch, its OW columns followed by zero
-columns, behind a margin of zeros (``g_pad``). Every kernel tap is then a
+For groups == C_in == C_out: every channel is its own one-channel
+convolution. Stride 1 here; other strides on phase planes further down
+(``backward_nchw_depthwise_strided``). A parallel task owns one channel, for
+all images. Per image it zero-pads the input plane (``x_pad``, pitch
+Wp = W + pl + pr) and lays the grad_output plane out at the same pitch, its OW
+columns followed by zero columns, behind a margin of zeros (``g_pad``). Every kernel tap is then a
 window of a flat vector (m runs over whole planes):
 
     gw[c, 0, p, q] = sum over m of x_pad[m + p*dh*Wp + q*dw] * g_pad[margin + m]

@@ -1131,7 +1131,7 @@ def _gather_grad(image, target, sums):
     A transpose of the (pixels, C) matrix: square tiles of one register's
     width go through ``_transpose_tile``; fewer channels than a tile (no
     whole tiles) are copied a channel at a time, and the rest value by value.
-    The sums run along the contiguous rows of ``target``, as NCHW's do.
+    The sums run along the contiguous rows of ``target`` (``_add_row_sums``, as NCHW's).
     """
     pixels, channels = image.shape[0] * image.shape[1], image.shape[2]
     flat = image.reshape(pixels * channels)
@@ -1154,11 +1154,17 @@ def _gather_grad(image, target, sums):
         for p in range(tiled_pixels, pixels):
             for c in range(channels):
                 target[c, p] = flat[p * channels + c]
-    for c in range(channels):
-        line = target[c]
+    _add_row_sums(target, pixels, sums)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _add_row_sums(rows, length, sums):
+    """sums[c] += the sum of rows[c, :length], in float64: grad_bias from NCHW-ordered planes."""
+    for c in range(rows.shape[0]):
+        line = rows[c]
         total = 0.0
-        for p in range(pixels):
-            total += line[p]
+        for k in range(length):
+            total += line[k]
         sums[c] += total
 
 
@@ -1240,11 +1246,7 @@ def _shifted_block(
     for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
         if not nhwc:
             gf = g[n].reshape(c_out, out_h * out_w)
-            for c in range(c_out):
-                total = 0.0
-                for k in range(out_h * out_w):
-                    total += gf[c, k]
-                bias[block, c] += total
+            _add_row_sums(gf, out_h * out_w, bias[block])
         for band in range(n_bands):
             i0, i1 = band_rows(band, n_bands, out_h, 1, pt, reach + 1, height)[:2]
             rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
