@@ -26,6 +26,7 @@ from ._dispatch import (
     select_kernel,
 )
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
+from ._plans import plan_key, remember, run_plan
 from ._problem import Problem, describe
 from ._threading import run_kernel
 from .kernels.nchw_flat import all_finite, all_finite_serial
@@ -168,6 +169,15 @@ def conv2d_backward(
     >>> gi.shape, gw.shape, float(gb[0])
     ((28, 28, 1), (3, 3, 1, 6), 676.0)
     """
+    defaults = out is None and accumulate is False and output_mask is ALL_GRADIENTS
+    key = (
+        plan_key(grad_output, input, weight, layout, stride, padding, dilation, groups)
+        if defaults
+        else None
+    )
+    planned = run_plan(key, grad_output, input, weight)
+    if planned is not None:
+        return planned
     spec = get_layout(layout)
     dtype = common_float_dtype(grad_output=grad_output, input=input, weight=weight)
     check_ndim("input", input, (4, 3), spec.image_order)
@@ -194,6 +204,7 @@ def conv2d_backward(
         results = _backward_fused(fused, problem, originals, outs, accumulate)
         if results[0] is not None:
             mask = (False, False, False)
+            remember(key, problem, fused)
     # grad_output goes to the kernels' layout once, unless only grad_bias needs it.
     family = kernel_layout(problem) if mask[0] or mask[1] else problem.layout
     g = _image_for(grad_output, problem, family) if any(mask) else grad_output

@@ -520,6 +520,11 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     return KernelChoice(nchw_flat.backward_nchw_flat, problem.layout, args, finite_only=True)
 
 
+def reports_finite(choice: KernelChoice) -> bool:
+    """Whether ``choice``'s kernel returns whether its results are finite (serial fused ones)."""
+    return choice.kernel in (nchw_flat.backward_shifted_serial, nchw_flat.backward_padded_serial)
+
+
 def select_bias_kernel(layout: Layout, beside_blas: bool = False) -> Callable[..., None]:
     """The kernel ``(g, gb)`` that sums grad_output into grad_bias for ``layout``.
 

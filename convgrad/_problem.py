@@ -97,7 +97,8 @@ def describe(
     """
     key = (layout, dtype, input_shape, weight_shape, stride, padding, dilation, groups)
     key = (*key, input_name, weight_name)
-    if not (_plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups)):
+    plain = plain_value
+    if not (plain(stride) and plain(padding) and plain(dilation) and plain(groups)):
         return _describe(*key)
     problem = _REMEMBERED.get(key)
     if problem is None:
@@ -113,7 +114,7 @@ MAX_REMEMBERED = 256
 _REMEMBERED: dict[tuple[object, ...], "Problem"] = {}
 
 
-def _plain(value: object) -> bool:
+def plain_value(value: object) -> bool:
     """An int, a str, or a flat tuple of ints: types whose equality is exact."""
     kind = type(value)
     return kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value))
