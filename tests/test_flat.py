@@ -251,6 +251,38 @@ def test_api_weight_totals_in_slices_and_image_chunks(layout):
     np.testing.assert_allclose(gw, expected, rtol=1e-4, atol=2e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_api_planes_longer_than_an_l1_piece(dtype, layout, stride):
+    """Planes several L1_BYTES pieces long (and not a whole number of them), 4 x 4 blocks."""
+    from convgrad.reference import conv2d_backward_reference
+
+    layout_obj = convgrad._layouts.NHWC if layout == "NHWC" else NCHW
+    rng = np.random.default_rng(11)
+    n, c_in, c_out, size = 2, 8, 12, 45 * stride + 1
+    x = rng.standard_normal(layout_obj.image_shape(n, c_in, size, size)).astype(dtype)
+    w = rng.standard_normal(layout_obj.weight_shape(c_out, c_in, 3, 3)).astype(dtype)
+    opts = {"stride": stride, "padding": 1}
+    g = rng.standard_normal(convgrad.conv2d(x, w, layout=layout, **opts).shape).astype(dtype)
+    problem = describe(layout_obj, x.dtype, x.shape, w.shape, dilation=1, groups=1, **opts)
+    for operation in ("grad_input", "grad_weight"):
+        kernel = _dispatch.select_kernel(operation, problem).kernel
+        assert kernel.__name__.endswith("_nchw_flat")
+    piece = nchw_flat.L1_BYTES // np.dtype(dtype).itemsize
+    assert problem.out_h * -(-(size + 2) // stride) > 2 * piece  # one image: 2-3 pieces
+    expected = conv2d_backward_reference(g, x, w, layout=layout, **opts)
+    gi = convgrad.conv2d_grad_input(g, w, x.shape, layout=layout, **opts)
+    gw = convgrad.conv2d_grad_weight(g, x, w.shape, layout=layout, **opts)
+    tolerance = {"rtol": 1e-4, "atol": 1e-3} if dtype == np.float32 else {"rtol": 1e-10}
+    np.testing.assert_allclose(gi, expected[0], **tolerance)
+    np.testing.assert_allclose(gw, expected[1], **tolerance)
+    for got, want in zip(
+        convgrad.conv2d_backward(g, x, w, layout=layout, **opts), expected, strict=True
+    ):
+        np.testing.assert_allclose(got, want, **tolerance)
+
+
 @settings(deadline=None, max_examples=60)
 @given(st.integers(0, 5000), st.sampled_from([np.nan, np.inf, -np.inf]))
 def test_all_finite_finds_any_bad_value(position, bad):

@@ -482,6 +482,15 @@ def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
     return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
 
 
+# The 4 x 4 channel blocks' dot products and axpys run over the planes
+# L1_BYTES of each vector at a time, every kernel tap (and, for grad_input,
+# every output-channel block) before the next piece: the eight vectors' pieces
+# then stay in L1 instead of streaming whole planes (8 x 13 KB on resnet_3x3)
+# from L2 once per tap. Measured on a 2-core Intel Xeon (AVX-512, 48 KiB L1d):
+# resnet_3x3 0.85x, big_kernel 0.87x, resnet_3x3_f64 0.90x the time; 2 and 8
+# KiB pieces were slower than 4 (more horizontal sums, or L1 misses).
+L1_BYTES = 4096
+
 # Kernel taps of one row handled together by ``_dot3x4``.
 TAPS = 3
 
@@ -732,23 +741,28 @@ def _weight_block(
     g2 = gf[min(co0 + 2, co1 - 1), gbase : gbase + length]
     g3 = gf[min(co0 + 3, co1 - 1), gbase : gbase + length]
     if co1 - co0 == BLOCK and ci2_1 - ci2_0 == BLOCK:
-        for p in range(kh):
-            for q in range(kw):
-                phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
-                start = base + offset
-                sums = _dot4x4(
-                    xf[ci0, phase, start : start + length],
-                    xf[ci0 + 1, phase, start : start + length],
-                    xf[ci0 + 2, phase, start : start + length],
-                    xf[ci0 + 3, phase, start : start + length],
-                    g0,
-                    g1,
-                    g2,
-                    g3,
-                )
-                for a in range(BLOCK):
-                    for b in range(BLOCK):
-                        totals[co0 + b, ci2_0 + a, p, q] += sums[a * BLOCK + b]
+        chunk = L1_BYTES // xf.itemsize
+        for c0 in range(0, length, chunk):
+            c1 = min(c0 + chunk, length)
+            h0, h1, h2, h3 = g0[c0:c1], g1[c0:c1], g2[c0:c1], g3[c0:c1]
+            for p in range(kh):
+                for q in range(kw):
+                    phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
+                    start = base + offset + c0
+                    stop = base + offset + c1
+                    sums = _dot4x4(
+                        xf[ci0, phase, start:stop],
+                        xf[ci0 + 1, phase, start:stop],
+                        xf[ci0 + 2, phase, start:stop],
+                        xf[ci0 + 3, phase, start:stop],
+                        h0,
+                        h1,
+                        h2,
+                        h3,
+                    )
+                    for a in range(BLOCK):
+                        for b in range(BLOCK):
+                            totals[co0 + b, ci2_0 + a, p, q] += sums[a * BLOCK + b]
         return
     for ci2 in range(ci2_0, ci2_1):
         x_planes = xf[group * cin_g + ci2]
@@ -939,61 +953,65 @@ def _input_block(
     for b in range(width_b):
         for phase in range(phases):
             gif[ci0 + b, phase, base : base + count * plane_size] = 0
-    co = group * cout_g
-    end = co + cout_g
-    while co < end:
-        full = end - co >= BLOCK
-        s0 = gf[co, gbase : gbase + length]
-        s1 = gf[min(co + 1, end - 1), gbase : gbase + length]
-        s2 = gf[min(co + 2, end - 1), gbase : gbase + length]
-        s3 = gf[min(co + 3, end - 1), gbase : gbase + length]
-        for p in range(kh):
-            for q in range(kw):
-                phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
-                start = base + offset
-                if full and width_b == BLOCK:
-                    _axpy4x4(
-                        gif[ci0, phase, start : start + length],
-                        gif[ci0 + 1, phase, start : start + length],
-                        gif[ci0 + 2, phase, start : start + length],
-                        gif[ci0 + 3, phase, start : start + length],
-                        w[co : co + BLOCK, ci2_0 : ci2_0 + BLOCK, p, q],
-                        s0,
-                        s1,
-                        s2,
-                        s3,
-                    )
-                    continue
-                if full and width_b == 3:
-                    _axpy3x4(
-                        gif[ci0, phase, start : start + length],
-                        gif[ci0 + 1, phase, start : start + length],
-                        gif[ci0 + 2, phase, start : start + length],
-                        w[co : co + BLOCK, ci2_0 : ci2_0 + 3, p, q],
-                        s0,
-                        s1,
-                        s2,
-                        s3,
-                    )
-                    continue
-                for b in range(width_b):
-                    target = gif[ci0 + b, phase, start : start + length]
-                    ci2 = ci2_0 + b
-                    if full:
-                        _axpy4(
-                            target,
-                            w[co, ci2, p, q],
+    end = group * cout_g + cout_g
+    chunk = L1_BYTES // gif.itemsize
+    for c0 in range(0, length, chunk):
+        c1 = min(c0 + chunk, length)
+        co = group * cout_g
+        while co < end:
+            full = end - co >= BLOCK
+            s0 = gf[co, gbase + c0 : gbase + c1]
+            s1 = gf[min(co + 1, end - 1), gbase + c0 : gbase + c1]
+            s2 = gf[min(co + 2, end - 1), gbase + c0 : gbase + c1]
+            s3 = gf[min(co + 3, end - 1), gbase + c0 : gbase + c1]
+            for p in range(kh):
+                for q in range(kw):
+                    phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
+                    start = base + offset + c0
+                    stop = base + offset + c1
+                    if full and width_b == BLOCK:
+                        _axpy4x4(
+                            gif[ci0, phase, start:stop],
+                            gif[ci0 + 1, phase, start:stop],
+                            gif[ci0 + 2, phase, start:stop],
+                            gif[ci0 + 3, phase, start:stop],
+                            w[co : co + BLOCK, ci2_0 : ci2_0 + BLOCK, p, q],
                             s0,
-                            w[co + 1, ci2, p, q],
                             s1,
-                            w[co + 2, ci2, p, q],
                             s2,
-                            w[co + 3, ci2, p, q],
                             s3,
                         )
-                    else:
-                        _axpy(target, w[co, ci2, p, q], s0)
-        co += BLOCK if full else 1
+                        continue
+                    if full and width_b == 3:
+                        _axpy3x4(
+                            gif[ci0, phase, start:stop],
+                            gif[ci0 + 1, phase, start:stop],
+                            gif[ci0 + 2, phase, start:stop],
+                            w[co : co + BLOCK, ci2_0 : ci2_0 + 3, p, q],
+                            s0,
+                            s1,
+                            s2,
+                            s3,
+                        )
+                        continue
+                    for b in range(width_b):
+                        target = gif[ci0 + b, phase, start:stop]
+                        ci2 = ci2_0 + b
+                        if full:
+                            _axpy4(
+                                target,
+                                w[co, ci2, p, q],
+                                s0,
+                                w[co + 1, ci2, p, q],
+                                s1,
+                                w[co + 2, ci2, p, q],
+                                s2,
+                                w[co + 3, ci2, p, q],
+                                s3,
+                            )
+                        else:
+                            _axpy(target, w[co, ci2, p, q], s0)
+            co += BLOCK if full else 1
     if shifted:
         _add_shifted(gif, gi, first, ci0, width_b, pt, pl, dw, pitch, rows, top_row, nhwc)
         return
