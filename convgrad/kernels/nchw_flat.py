@@ -730,8 +730,9 @@ def _weight_block(
     ``xf`` holds the flattened image planes (C_in, planes, ...), ``gf`` the
     flattened grad_output planes (C_out, ...) with the same row pitch: kernel
     tap (p, q) pairs xf[ci, plane, base + offset + k] with gf[co, base + k]
-    (``_tap``). Full 4 x 4 channel blocks take sixteen dot products at a time;
-    fewer input channels take three kernel taps at a time or four output channels.
+    (``_tap``). Full 4 x 4 channel blocks take sixteen dot products at a time,
+    L1_BYTES of each vector at a time for all taps; fewer input channels take
+    three kernel taps at a time or four output channels.
     """
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
     ci2_1 = min(ci2_0 + BLOCK, cin_g)
@@ -939,7 +940,8 @@ def _input_block(
     are zeroed, built, and their valid part added to gi; with ``nhwc`` that
     is left to the caller (``_scatter_nhwc``), which writes each NHWC pixel's
     channels together. Full 4 x 4 channel blocks feed four gi planes from four
-    g planes at once. ``gbase``: where the positions start in grad_output's
+    g planes at once; all output channels and taps go through L1_BYTES of the
+    planes before the next piece. ``gbase``: where the positions start in grad_output's
     planes; ``top_row``: the padded row the shifted planes start at (both 0
     but for the fused kernel's bands of rows).
     """
