@@ -6,7 +6,7 @@ import pytest
 from numba import njit
 
 from convgrad.kernels._flags import FASTMATH
-from convgrad.kernels._wide import PREFER_512, WideCompiler
+from convgrad.kernels._wide import PREFER_512, WideCompiler, WideFloat64NoAliasCompiler
 
 
 def _dot(a, b):
@@ -16,10 +16,10 @@ def _dot(a, b):
     return acc
 
 
-def _compiled(pipeline_class=None):
+def _compiled(pipeline_class=None, dtype=np.float32):
     options = {"pipeline_class": pipeline_class} if pipeline_class else {}
     kernel = njit(fastmath=FASTMATH, **options)(_dot)
-    a = np.arange(1000, dtype=np.float32)
+    a = np.arange(1000, dtype=dtype)
     assert kernel(a, a) == pytest.approx(float(np.dot(a.astype(np.float64), a)), rel=1e-5)
     return kernel, kernel.signatures[0]
 
@@ -36,3 +36,13 @@ def test_wide_functions_use_512_bit_registers_on_avx512():
         pytest.skip("this CPU has no AVX-512")
     wide, signature = _compiled(WideCompiler)
     assert "zmm" in wide.inspect_asm(signature)
+
+
+def test_float64_only_compiler_widens_float64_signatures_only():
+    wide, signature = _compiled(WideFloat64NoAliasCompiler, np.float64)
+    assert PREFER_512 in wide.inspect_llvm(signature)
+    narrow, signature = _compiled(WideFloat64NoAliasCompiler, np.float32)
+    assert PREFER_512 not in narrow.inspect_llvm(signature)
+    plain, plain_signature = _compiled()
+    noalias = narrow.inspect_llvm(signature).count("noalias")
+    assert noalias > plain.inspect_llvm(plain_signature).count("noalias")  # the flag is on

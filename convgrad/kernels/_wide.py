@@ -1,4 +1,4 @@
-"""A numba compiler whose functions LLVM vectorises 512 bits wide on AVX-512 CPUs.
+"""Numba compilers whose functions LLVM vectorises 512 bits wide on AVX-512 CPUs.
 
 LLVM's tuning for Intel's AVX-512 processors prefers 256-bit vectors (the
 ``prefer-256-bit`` feature; AMD's Zen 4 and 5 get 512 bits), so numba emits
@@ -6,21 +6,26 @@ ymm code there unless told otherwise. The process-wide switch
 (``NUMBA_CPU_FEATURES`` without ``prefer-256-bit``) is the user's to set, not a
 library's, and measured on a 2-core Intel Xeon it slowed the tiny problems'
 serial kernels (lenet2 1.07-1.08x the time) while it sped up the dense ones.
-This pipeline instead gives chosen functions LLVM's per-function attribute
+These pipelines instead give chosen functions LLVM's per-function attribute
 ``"prefer-vector-width"="512"``, which is what clang's
 ``-mprefer-vector-width=512`` sets. On CPUs without AVX-512 LLVM still picks
 the widest vectors it has (256 or 128 bits), so the attribute is harmless there.
+
+- ``WideCompiler``: every compiled signature of the function is wide.
+- ``WideFloat64NoAliasCompiler``: only signatures with a float64 array are
+  wide (float32 keeps LLVM's choice), and the ``noalias`` flag is on as in
+  ``_noalias.NoAliasCompiler``.
 
 Use: ``@njit(pipeline_class=WideCompiler)``. Numba's ``inline="always"`` helpers
 inlined into such a function are compiled with it; a function it calls (not
 inlined) keeps its own width.
 
 It relies on two numba internals (the lowering class of the ``NativeLowering``
-pass, and llvmlite's function attribute set); if either is not as expected,
-functions compile as with numba's default pipeline.
+pass, and llvmlite's function attribute set); if the attribute set is not as
+expected, functions compile as with numba's default pipeline.
 """
 
-from numba.core import lowering
+from numba.core import lowering, types
 from numba.core.compiler import Compiler, DefaultPassBuilder
 from numba.core.compiler_machinery import register_pass
 from numba.core.typed_passes import NativeLowering
@@ -31,8 +36,15 @@ PREFER_512 = '"prefer-vector-width"="512"'
 class _WideLower(lowering.Lower):
     """Numba's lowering, with the preferred vector width set on the function it lowers."""
 
+    float64_only = False  # set the width only for signatures with a float64 array
+
     def lower_normal_function(self, fndesc):
         super().lower_normal_function(fndesc)
+        if self.float64_only and not any(
+            isinstance(kind, types.Array) and kind.dtype == types.float64
+            for kind in fndesc.argtypes
+        ):
+            return
         attributes = getattr(self.function, "attributes", None)
         if isinstance(attributes, set):
             # llvmlite's FunctionAttributes.add takes only the attribute names it
@@ -40,25 +52,46 @@ class _WideLower(lowering.Lower):
             set.add(attributes, PREFER_512)
 
 
-@register_pass(mutates_CFG=True, analysis_only=False)
-class _WideNativeLowering(NativeLowering):
-    _name = "convgrad_wide_native_lowering"
+class _WideFloat64Lower(_WideLower):
+    float64_only = True
 
-    @property
-    def lowering_class(self):
-        return _WideLower
+
+def _lowering_pass(lower_class: type, name: str) -> type:
+    """Numba's NativeLowering pass, lowering with ``lower_class``."""
+
+    @register_pass(mutates_CFG=True, analysis_only=False)
+    class _Lowering(NativeLowering):
+        _name = name
+
+        @property
+        def lowering_class(self):
+            return lower_class
+
+    return _Lowering
 
 
 class WideCompiler(Compiler):
     """Numba's default nopython pipeline, lowering with ``prefer-vector-width`` 512."""
+
+    lowering_pass = _lowering_pass(_WideLower, "convgrad_wide_lowering")
 
     def define_pipelines(self):
         if self.state.flags.force_pyobject:
             return super().define_pipelines()
         manager = DefaultPassBuilder.define_nopython_pipeline(self.state)
         manager.passes = [
-            (_WideNativeLowering if kind is NativeLowering else kind, description)
+            (self.lowering_pass if kind is NativeLowering else kind, description)
             for kind, description in manager.passes
         ]
         manager.finalize()
         return [manager]
+
+
+class WideFloat64NoAliasCompiler(WideCompiler):
+    """``WideCompiler`` for float64 signatures only, with numba's ``noalias`` flag on."""
+
+    lowering_pass = _lowering_pass(_WideFloat64Lower, "convgrad_wide_float64_lowering")
+
+    def __init__(self, typingctx, targetctx, library, args, return_type, flags, locals):
+        flags.noalias = True
+        super().__init__(typingctx, targetctx, library, args, return_type, flags, locals)

@@ -43,8 +43,7 @@ from numba.extending import intrinsic
 
 from ._cache import CACHE
 from ._flags import FASTMATH
-from ._noalias import NoAliasCompiler
-from ._wide import WideCompiler
+from ._wide import WideCompiler, WideFloat64NoAliasCompiler
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
 # cache keys a kernel on its own module's source, so an edited helper imported
@@ -436,15 +435,18 @@ def _dot4(a, b0, b1, b2, b3):
 # weight: compiled with ``noalias`` (``_noalias.py``) and called rather than
 # inlined, they run without run-time overlap checks; the dense grad_input
 # shapes took 0.78-0.91x the time. The dot products write nothing and stay
-# inlined (called, lenet2 took 1.14x the time).
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+# inlined (called, lenet2 took 1.14x the time). Their float64 signatures use
+# 512-bit vectors on AVX-512 CPUs (``_wide.py``; resnet_3x3_f64 0.95x the time
+# on a 2-core Intel Xeon); float32 keeps LLVM's choice, as wide float32 axpys
+# made lenet2 1.11x slower there for 0.91-0.95x on the dense shapes.
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
 def _axpy(dest, scale, src):
     """dest += scale * src over two equally long contiguous vectors."""
     for k in range(src.shape[0]):
         dest[k] += scale * src[k]
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
 def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
     """dest += w0*s0 + w1*s1 + w2*s2 + w3*s3 in one pass over dest."""
     for k in range(dest.shape[0]):
@@ -524,7 +526,7 @@ def _dot3x4(x0, x1, x2, b0, b1, b2, b3):
     return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
 def _axpy4x4(d0, d1, d2, d3, w, s0, s1, s2, s3):
     """d_i += sum over j < 4 of w[j, i] * s_j, for i < 4, in one pass.
 
@@ -865,7 +867,7 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
                 _scatter_nhwc(gi_flat, m, gi[n0 + m], r, pt, pl, sh, sw, rows, pitch)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
 def _axpy3x4(d0, d1, d2, w, s0, s1, s2, s3):
     """d_i += sum over j < 4 of w[j, i] * s_j, for i < 3: ``_axpy4x4`` for three planes.
 
