@@ -485,9 +485,9 @@ def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
     return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
 
 
-# The 4 x 4 channel blocks' dot products and axpys run over the planes
-# L1_BYTES of each vector at a time, every kernel tap (and, for grad_input,
-# every output-channel block) before the next piece: the eight vectors' pieces
+# grad_weight's 4 x 4 channel blocks and all of grad_input's axpys run over
+# the planes L1_BYTES of each vector at a time, every kernel tap (and, for
+# grad_input, every output-channel block) before the next piece: the pieces
 # then stay in L1 instead of streaming whole planes (8 x 13 KB on resnet_3x3)
 # from L2 once per tap. Measured on a 2-core Intel Xeon (AVX-512, 48 KiB L1d):
 # resnet_3x3 0.85x, big_kernel 0.87x, resnet_3x3_f64 0.90x the time; 2 and 8
@@ -724,7 +724,8 @@ def _tap(p, q, sh, sw, dh, dw, pitch, shifted):
 
 # 512-bit vectors where the CPU has AVX-512 (``_wide.py``): on a 2-core Intel
 # Xeon resnet_3x3, big_kernel and resnet_3x3_f64 took 0.89-0.90x the time,
-# lenet2 1.04x; wide axpys as well made lenet2 1.11x and gained less.
+# lenet2 1.04x; wide float32 axpys as well made lenet2 1.11x and gained less
+# (only the axpys' float64 signatures are wide).
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
 def _weight_block(
     xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch, base, length, shifted, gbase
