@@ -37,6 +37,16 @@ def test_bench_json_without_torch(capsys):
     assert "torch_us" not in row
 
 
+def test_peak_is_the_better_of_two_measurements(monkeypatch):
+    # the first measurement disturbed (a busy neighbour), the second not
+    rates = iter([50.0, 200.0])
+    monkeypatch.setattr(bench, "gemm_peak_gflops", lambda dtype: next(rates))
+    result = bench.run(["seed"], rounds=1, with_torch=False, progress=None)
+    (row,) = result["rows"]
+    assert result["gemm_peak_gflops"] == {"float32": 200.0}
+    assert row["peak_percent"] == pytest.approx(100 * row["gflops"] / 200.0)
+
+
 def test_bench_table_with_torch(capsys):
     pytest.importorskip("torch")
     assert cli.main(["bench", "seed", "--rounds", "1", "--threads", "1"]) == 0
