@@ -15,6 +15,7 @@ the widest vectors it has (256 or 128 bits), so the attribute is harmless there.
 - ``WideFloat64NoAliasCompiler``: only signatures with a float64 array are
   wide (float32 keeps LLVM's choice), and the ``noalias`` flag is on as in
   ``_noalias.NoAliasCompiler``.
+- ``WideNoAliasCompiler``: every signature wide, and ``noalias`` on.
 
 Use: ``@njit(pipeline_class=WideCompiler)``. Numba's ``inline="always"`` helpers
 inlined into such a function are compiled with it; a function it calls (not
@@ -87,11 +88,15 @@ class WideCompiler(Compiler):
         return [manager]
 
 
-class WideFloat64NoAliasCompiler(WideCompiler):
-    """``WideCompiler`` for float64 signatures only, with numba's ``noalias`` flag on."""
-
-    lowering_pass = _lowering_pass(_WideFloat64Lower, "convgrad_wide_float64_lowering")
+class WideNoAliasCompiler(WideCompiler):
+    """``WideCompiler`` with numba's ``noalias`` flag on."""
 
     def __init__(self, typingctx, targetctx, library, args, return_type, flags, locals):
         flags.noalias = True
         super().__init__(typingctx, targetctx, library, args, return_type, flags, locals)
+
+
+class WideFloat64NoAliasCompiler(WideNoAliasCompiler):
+    """``WideNoAliasCompiler`` for float64 signatures only."""
+
+    lowering_pass = _lowering_pass(_WideFloat64Lower, "convgrad_wide_float64_lowering")

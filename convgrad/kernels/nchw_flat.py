@@ -43,7 +43,7 @@ from numba.extending import intrinsic
 
 from ._cache import CACHE
 from ._flags import FASTMATH
-from ._wide import WideCompiler, WideFloat64NoAliasCompiler
+from ._wide import WideCompiler, WideFloat64NoAliasCompiler, WideNoAliasCompiler
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
 # cache keys a kernel on its own module's source, so an edited helper imported
@@ -438,7 +438,8 @@ def _dot4(a, b0, b1, b2, b3):
 # inlined (called, lenet2 took 1.14x the time). Their float64 signatures use
 # 512-bit vectors on AVX-512 CPUs (``_wide.py``; resnet_3x3_f64 0.95x the time
 # on a 2-core Intel Xeon); float32 keeps LLVM's choice, as wide float32 axpys
-# made lenet2 1.11x slower there for 0.91-0.95x on the dense shapes.
+# made lenet2 1.11x slower there for 0.91-0.95x on the dense shapes (re-run a
+# session later: dense 0.98-1.13x, no gain). ``_axpy3x4`` is the exception.
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
 def _axpy(dest, scale, src):
     """dest += scale * src over two equally long contiguous vectors."""
@@ -868,12 +869,15 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
                 _scatter_nhwc(gi_flat, m, gi[n0 + m], r, pt, pl, sh, sw, rows, pitch)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideNoAliasCompiler)
 def _axpy3x4(d0, d1, d2, w, s0, s1, s2, s3):
     """d_i += sum over j < 4 of w[j, i] * s_j, for i < 3: ``_axpy4x4`` for three planes.
 
     Three input channels (RGB images) are common enough for their own kernel:
     8 loads and 3 stores per 12 multiply-adds instead of 15 and 3 with ``_axpy4``.
+    Wide in float32 too (unlike the other axpys): on a 2-core Intel Xeon the
+    fused cifar_b32 backward took 0.96x the time on one thread; tiny RGB
+    problems (12-32 pixel images) were within noise.
     """
     w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
     w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
