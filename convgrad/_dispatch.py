@@ -25,6 +25,7 @@ caller runs instead when an input holds NaN or Inf.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import NamedTuple
@@ -387,21 +388,24 @@ def fused_workspace_bytes(problem: Problem, bands: int = 1) -> int:
     For each block of images, for a band of output rows (``bands`` per image):
     the input's planes and grad_input's (shifted copies at stride 1, phase
     planes otherwise), grad_output's planes (strided) or NCHW copy (NHWC,
-    stride 1), and float64 partials of grad_weight and grad_bias.
+    stride 1), grad_input's weighted columns (stride 1, few columns), and
+    float64 partials of grad_weight and grad_bias.
     """
     (stride_h, stride_w), itemsize = problem.geometry.stride, problem.dtype.itemsize
     band = -(-problem.out_h // bands)
     reach = (problem.kh - 1) * problem.geometry.dilation[0]
+    cin_g = problem.c_in // problem.geometry.groups
     if (stride_h, stride_w) == (1, 1):
         planes = problem.kw * (band + reach) * problem.out_w
         row = nchw_flat.spread_row(band * problem.out_w, itemsize)
         grads = problem.c_out * row if problem.layout is NHWC else 0
+        grads += math.prod(nchw_flat.columns_shape(cin_g, problem.kh, problem.kw))
     else:
         pitch = _flat_pitch(problem)
         rows = ((band - 1) * stride_h + reach + stride_h) // stride_h + 1
         planes = stride_h * stride_w * rows * pitch
         grads = problem.c_out * band * pitch
-    weight = problem.c_out * (problem.c_in // problem.geometry.groups) * problem.kh * problem.kw
+    weight = problem.c_out * cin_g * problem.kh * problem.kw
     return (2 * problem.c_in * planes + grads) * itemsize + 8 * (weight + problem.c_out)
 
 

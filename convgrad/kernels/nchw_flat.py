@@ -42,6 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._cache import CACHE
+from ._columns import COLUMNS_MAX, VECTOR_BYTES, weighted_columns
 from ._flags import FASTMATH
 from ._wide import WideCompiler, WideFloat64NoAliasCompiler, WideNoAliasCompiler
 
@@ -1082,10 +1083,12 @@ def backward_nchw_flat(
     grads = np.empty((n_blocks, c_out, row) if nhwc else (0, 0, 0), x.dtype)
     totals = np.zeros((n_blocks, *_weight_totals_shape(gw, nhwc)), dtype=np.float64)
     bias = np.zeros((n_blocks, c_out), dtype=np.float64)
-    w = _as_nchw_weight(w, nhwc)
+    w = np.ascontiguousarray(_as_nchw_weight(w, nhwc))
+    cols = np.empty((n_blocks, *columns_shape(c_in // groups, kh, kw)), x.dtype)
     _backward_shifted(
-        x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, nhwc
-    )
+        x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, cols,
+        nhwc,
+    )  # fmt: skip
     _add_partials(gw, gb, totals, bias, nhwc)
 
 
@@ -1111,9 +1114,10 @@ def backward_shifted_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
     gi_planes = np.empty_like(images)
     row = spread_row(out_h * out_w, x.itemsize)
     grads = np.empty((1, c_out, row) if nhwc else (0, 0, 0), x.dtype)
+    cols = np.empty((1, *columns_shape(c_in // groups, kh, kw)), x.dtype)
     _shifted_block(
-        0, x, g, w_nchw, gi, pt, pl, dh, dw, groups, 1, images, gi_planes, grads, totals, bias,
-        nhwc,
+        0, x, g, np.ascontiguousarray(w_nchw), gi, pt, pl, dh, dw, groups, 1, images, gi_planes,
+        grads, totals, bias, cols, nhwc,
     )  # fmt: skip
     return _finish_serial(gi, gw, gb, totals, bias, nhwc)
 
@@ -1229,7 +1233,7 @@ def _shift_plane(image, c, top, move, target, nhwc):
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _backward_shifted(
-    x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, nhwc
+    x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, cols, nhwc
 ):
     """The fused backward for NCHW, stride 1, on shifted planes: grad_output is not copied.
 
@@ -1250,19 +1254,23 @@ def _backward_shifted(
     for block in prange(totals.shape[0]):
         _shifted_block(
             block, x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals,
-            bias, nhwc,
+            bias, cols, nhwc,
         )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _shifted_block(
     block, x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias,
-    nhwc,
+    cols, nhwc,
 ):  # fmt: skip
-    """One task of ``_backward_shifted``: its block of images, into its own workspaces."""
+    """One task of ``_backward_shifted``: its block of images, into its own workspaces.
+
+    grad_input by weighted columns (``_input_columns``) when the weight has few
+    columns per output channel, else by the 4 x 4 channel blocks' axpys.
+    """
     x, g, w, gi = _borrowed(x), _borrowed(g), _borrowed(w), _borrowed(gi)
     images, gi_planes, grads = _borrowed(images), _borrowed(gi_planes), _borrowed(grads)
-    totals, bias = _borrowed(totals), _borrowed(bias)
+    totals, bias, cols = _borrowed(totals), _borrowed(bias), _borrowed(cols[block])
     n_batch, c_in = x.shape[0], images.shape[1]
     c_out = bias.shape[1]
     out_h, out_w = (g.shape[1], g.shape[2]) if nhwc else (g.shape[2], g.shape[3])
@@ -1299,11 +1307,81 @@ def _shifted_block(
                             xf, gf, totals[block], group, co0, co1, ci_block * BLOCK,
                             1, 1, dh, dw, out_w, 0, length, True, gbase,
                         )  # fmt: skip
+                if cols.shape[0]:
+                    _input_columns(
+                        gf, w, gipf, gi, n, group, pt, pl, dh, dw, rows, out_w, length, nhwc,
+                        gbase, i0, cols,
+                    )  # fmt: skip
+                    continue
                 for ci_block in range(ci_blocks):
                     _input_block(
                         gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, 1, 1, pt, pl, dh, dw,
                         rows, out_w, 0, length, nhwc, True, gbase, i0,
                     )  # fmt: skip
+
+
+# grad_input by weighted columns (``_columns.py``) for weights with at most
+# COLUMNS_PASSES * COLUMNS_MAX columns per output channel, COLUMNS_PIECE
+# pixels of columns at a time (27 x 256 float32 columns: 27 KiB, in L1).
+COLUMNS_PASSES = 2
+COLUMNS_PIECE = 256
+
+
+@njit(cache=CACHE)
+def columns_shape(cin_g, kh, kw):
+    """The fused stride-1 backward's columns workspace per block: (0, 0) when it takes axpys."""
+    j = cin_g * kh * kw
+    return (j, COLUMNS_PIECE) if j <= COLUMNS_PASSES * COLUMNS_MAX else (0, 0)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _input_columns(
+    gf, w, gif, gi, n, group, pt, pl, dh, dw, rows, pitch, length, nhwc, gbase, top_row, cols
+):  # fmt: skip
+    """gi[n, the group's channels] += scatter-add of w * g, on shifted planes, by weighted columns.
+
+    cols[j, k] = sum over the group's co of w[co, j] * gf[co, gbase + k], j =
+    (ci2, p, q) (``weighted_columns``, a vector of pixels at a time, up to
+    COLUMNS_MAX columns per pass), then added into gi plane q of channel ci2
+    at row p*dh (``_tap``); pixels past the last whole vector are summed one
+    at a time. The planes are zeroed first and added into gi after
+    (``_add_shifted``), as in ``_input_block``.
+    """
+    c_out, cin_g, kh, kw = w.shape
+    taps, n_columns = kh * kw, cin_g * kh * kw
+    cout_g = c_out // (gif.shape[0] // cin_g)
+    ci0, co0 = group * cin_g, group * cout_g
+    wf = w.reshape(c_out, n_columns)
+    for ci2 in range(cin_g):
+        for q in range(kw):
+            gif[ci0 + ci2, q, : rows * pitch] = 0
+    lanes = VECTOR_BYTES // gif.itemsize
+    whole = length - length % lanes
+    piece, g_stride = cols.shape[1], gf.shape[1]
+    for c0 in range(0, whole, piece):
+        c1 = min(c0 + piece, whole)
+        for j0 in range(0, n_columns, COLUMNS_MAX):
+            count = min(COLUMNS_MAX, n_columns - j0)
+            for k0 in range(c0, c1, lanes):
+                weighted_columns(
+                    wf, co0 * n_columns + j0, n_columns, count, gf, co0 * g_stride + gbase + k0,
+                    g_stride, cout_g, cols, j0 * piece + k0 - c0, piece,
+                )  # fmt: skip
+        for j in range(n_columns):
+            ci2, tap = j // taps, j % taps
+            start = (tap // kw) * dh * pitch
+            target = gif[ci0 + ci2, tap % kw, start + c0 : start + c1]
+            source = cols[j]
+            for k in range(c1 - c0):
+                target[k] += source[k]
+    for k in range(whole, length):
+        for j in range(n_columns):
+            total = 0.0
+            for co in range(co0, co0 + cout_g):
+                total += wf[co, j] * gf[co, gbase + k]
+            ci2, tap = j // taps, j % taps
+            gif[ci0 + ci2, tap % kw, (tap // kw) * dh * pitch + k] += total
+    _add_shifted(gif, gi, n, ci0, cin_g, pt, pl, dw, pitch, rows, top_row, nhwc)
 
 
 def _backward_padded(
