@@ -249,14 +249,37 @@ def weight_slice_blocks(problem: Problem) -> int:
     return -(-blocks // -(-blocks // fitting))  # as many slices, evened out
 
 
+def columns_workspace_bytes(problem: Problem) -> int:
+    """The flat grad_input's per-task columns workspaces, one set per thread at most.
+
+    Each task (a block of up to four input channels) that goes by weighted
+    columns (``nchw_flat.takes_columns``) holds its weight columns and a
+    piece of its columns while it runs.
+    """
+    cin_g = problem.c_in // problem.geometry.groups
+    n_columns = min(nchw_flat.BLOCK, cin_g) * problem.kh * problem.kw
+    if not nchw_flat.takes_columns(n_columns):
+        return 0
+    cout_g = problem.c_out // problem.geometry.groups
+    piece = nchw_flat.columns_shape(n_columns, problem.dtype.itemsize)[1]
+    per_task = (cout_g + piece) * n_columns * problem.dtype.itemsize
+    return numba.config.NUMBA_NUM_THREADS * per_task
+
+
+def _grad_input_budget(problem: Problem) -> int:
+    """The budget for the flat grad_input's planes: the columns workspaces come first."""
+    return _workspace_budget(problem) - columns_workspace_bytes(problem)
+
+
 def image_chunk(problem: Problem, operation: str = "grad_input") -> int:
     """How many images the flat kernels pad (and split into phases) at a time.
 
     grad_weight's planes share the budget with its totals and hold only a
     slice of grad_output's channels (``weight_slice_blocks``).
     """
-    budget, grad_planes = _workspace_budget(problem), problem.c_out
+    budget, grad_planes = _grad_input_budget(problem), problem.c_out
     if operation == "grad_weight":
+        budget = _workspace_budget(problem)
         blocks = weight_slice_blocks(problem)
         budget -= blocks * _totals_per_block(problem)
         grad_planes = min(grad_planes, blocks * nchw_flat.BLOCK)
@@ -276,8 +299,9 @@ def image_bands(problem: Problem, operation: str = "grad_input") -> int:
     long enough for the flat kernels.
     """
     image_plane, grad_plane = _plane_bytes(problem)
-    budget = _workspace_budget(problem)
+    budget = _grad_input_budget(problem)
     if operation == "grad_weight":
+        budget = _workspace_budget(problem)
         blocks = weight_slice_blocks(problem)
         planes = problem.c_in * image_plane + blocks * nchw_flat.BLOCK * grad_plane
         if planes + blocks * _totals_per_block(problem) <= budget:
@@ -399,7 +423,8 @@ def fused_workspace_bytes(problem: Problem, bands: int = 1) -> int:
         planes = problem.kw * (band + reach) * problem.out_w
         row = nchw_flat.spread_row(band * problem.out_w, itemsize)
         grads = problem.c_out * row if problem.layout is NHWC else 0
-        grads += math.prod(nchw_flat.columns_shape(cin_g, problem.kh, problem.kw))
+        columns = nchw_flat.fused_columns_shape(cin_g, problem.kh, problem.kw, itemsize)
+        grads += math.prod(columns) + problem.c_out * columns[0]  # and the weight's columns
     else:
         pitch = _flat_pitch(problem)
         rows = ((band - 1) * stride_h + reach + stride_h) // stride_h + 1

@@ -56,7 +56,7 @@ def test_api_columns_over_pieces_and_tails(cin_g, k, dilation, groups, layout, d
     """Images whose planes are several COLUMNS_PIECE pixels long and no whole number of vectors
     (23 x 23 outputs: 529 pixels), in both layouts, through conv2d_backward."""
     columns = cin_g * k * k
-    takes_columns = nchw_flat.columns_shape(cin_g, k, k)[0] > 0
+    takes_columns = nchw_flat.fused_columns_shape(cin_g, k, k, np.dtype(dtype).itemsize)[0] > 0
     assert takes_columns == (columns <= nchw_flat.COLUMNS_PASSES * COLUMNS_MAX)
     rng = np.random.default_rng(columns)
     pad = dilation * (k - 1) // 2
@@ -79,3 +79,37 @@ def test_api_columns_over_pieces_and_tails(cin_g, k, dilation, groups, layout, d
     rtol = 1e-4 if dtype == np.float32 else 1e-10
     for got, want in zip((gi, gw, gb), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+# (C_in, kernel, stride, groups): blocks of four input channels (36 columns
+# for 3 x 3), a block of three left over, 5 x 5 on two channels per group (50)
+# and 7 x 7 (the axpys)
+SINGLE_CASES = [(8, 3, 1, 1), (7, 3, 2, 1), (4, 5, 1, 2), (4, 7, 2, 1)]
+
+
+@pytest.mark.parametrize("c_in, k, stride, groups", SINGLE_CASES)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_api_grad_input_by_columns(c_in, k, stride, groups, layout, dtype):
+    """The single-gradient flat grad_input, whose blocks of input channels take weighted
+    columns: planes several pieces long and no whole number of vectors, strides 1 and 2."""
+    rng = np.random.default_rng(c_in * k + stride)
+    pad = (k - 1) // 2
+    x_shape = (2, c_in, 41, 37)
+    w = rng.standard_normal((12, c_in // groups, k, k)).astype(dtype)
+    out = [(size + 2 * pad - k) // stride + 1 for size in x_shape[2:]]
+    g = rng.standard_normal((2, 12, *out)).astype(dtype)
+    options = {"stride": stride, "padding": pad, "groups": groups}
+    expected = conv2d_backward_reference(g, np.zeros(x_shape, dtype), w, **options)[0]
+    if layout == "NHWC":
+        got = convgrad.conv2d_grad_input(
+            g.transpose(0, 2, 3, 1).copy(),
+            w.transpose(2, 3, 1, 0).copy(),
+            (x_shape[0], *x_shape[2:], x_shape[1]),
+            layout="NHWC",
+            **options,
+        ).transpose(0, 3, 1, 2)
+    else:
+        got = convgrad.conv2d_grad_input(g, w, x_shape, **options)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * np.abs(expected).max())

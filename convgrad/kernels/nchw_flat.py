@@ -837,8 +837,9 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
     """
     w = w.transpose(3, 2, 0, 1) if nhwc else w.transpose(0, 1, 2, 3)  # one type either way
     n_batch, c_in = gi.shape[0], planes.shape[0]
+    kh, kw = w.shape[2], w.shape[3]
     c_out = grads.shape[0]
-    cin_g = c_in // groups
+    cin_g, cout_g = c_in // groups, w.shape[0] // groups
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK  # per group
     phases, slots, rows, pitch = planes.shape[1], planes.shape[2], planes.shape[3], planes.shape[4]
     plane = rows * pitch
@@ -857,10 +858,22 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
             first = stack * per_stack
             count = min(per_stack, n1 - n0 - first)
             ci2_0 = (block - group * ci_blocks) * BLOCK
-            _input_block(
-                g_flat, w, gi_flat, gi, n0 + first, count, group, ci2_0,
-                sh, sw, pt, pl, dh, dw, rows, pitch, first * plane, (count - 1) * plane + valid,
-                nhwc, False, first * plane, 0,
+            width_b = min(BLOCK, cin_g - ci2_0)
+            if not takes_columns(width_b * kh * kw):
+                _input_block(
+                    g_flat, w, gi_flat, gi, n0 + first, count, group, ci2_0,
+                    sh, sw, pt, pl, dh, dw, rows, pitch, first * plane,
+                    (count - 1) * plane + valid, nhwc, False, first * plane, 0,
+                )  # fmt: skip
+                continue
+            # per task: the block's weight columns and a piece of its columns
+            wcols = np.empty((cout_g, width_b * kh * kw), gi_flat.dtype)
+            _weight_columns(w, group, ci2_0, width_b, wcols)
+            cols = np.empty(columns_shape(width_b * kh * kw, gi_flat.itemsize), gi_flat.dtype)
+            _input_columns(
+                g_flat, wcols, gi_flat, gi, n0 + first, count, group * cin_g + ci2_0, width_b,
+                kh, kw, group * cout_g, sh, sw, pt, pl, dh, dw, rows, pitch, first * plane,
+                (count - 1) * plane + valid, nhwc, False, first * plane, 0, cols,
             )  # fmt: skip
         if nhwc:
             height = gi.shape[1]
@@ -958,7 +971,6 @@ def _input_block(
     but for the fused kernel's bands of rows).
     """
     c_in = gif.shape[0]
-    height, width = (gi.shape[1], gi.shape[2]) if nhwc else (gi.shape[2], gi.shape[3])
     cout_g, cin_g, kh, kw = w.shape[0] // (c_in // w.shape[1]), w.shape[1], w.shape[2], w.shape[3]
     phases = gif.shape[1]
     plane_size = rows * pitch
@@ -1026,11 +1038,27 @@ def _input_block(
                         else:
                             _axpy(target, w[co, ci2, p, q], s0)
             co += BLOCK if full else 1
+    _planes_into_gi(gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base,
+                    nhwc, shifted, top_row)  # fmt: skip
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _planes_into_gi(
+    gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base, nhwc, shifted,
+    top_row,
+):  # fmt: skip
+    """gi[first:first + count, ci0:ci0 + width_b] += the valid part of their gi planes.
+
+    Shifted planes: ``_add_shifted``. Phase planes: NCHW here; NHWC is left to
+    the caller (``_scatter_nhwc``), which writes each pixel's channels together.
+    """
     if shifted:
         _add_shifted(gif, gi, first, ci0, width_b, pt, pl, dw, pitch, rows, top_row, nhwc)
         return
     if nhwc:
         return  # the caller scatters all channels' planes at once (_scatter_nhwc)
+    height, width = gi.shape[2], gi.shape[3]
+    plane_size = rows * pitch
     for m in range(count):
         image = base + m * plane_size
         for b in range(width_b):
@@ -1083,8 +1111,8 @@ def backward_nchw_flat(
     grads = np.empty((n_blocks, c_out, row) if nhwc else (0, 0, 0), x.dtype)
     totals = np.zeros((n_blocks, *_weight_totals_shape(gw, nhwc)), dtype=np.float64)
     bias = np.zeros((n_blocks, c_out), dtype=np.float64)
-    w = np.ascontiguousarray(_as_nchw_weight(w, nhwc))
-    cols = np.empty((n_blocks, *columns_shape(c_in // groups, kh, kw)), x.dtype)
+    w = _as_nchw_weight(w, nhwc)
+    cols = np.empty((n_blocks, *fused_columns_shape(c_in // groups, kh, kw, x.itemsize)), x.dtype)
     _backward_shifted(
         x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, cols,
         nhwc,
@@ -1114,10 +1142,10 @@ def backward_shifted_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
     gi_planes = np.empty_like(images)
     row = spread_row(out_h * out_w, x.itemsize)
     grads = np.empty((1, c_out, row) if nhwc else (0, 0, 0), x.dtype)
-    cols = np.empty((1, *columns_shape(c_in // groups, kh, kw)), x.dtype)
+    cols = np.empty((1, *fused_columns_shape(c_in // groups, kh, kw, x.itemsize)), x.dtype)
     _shifted_block(
-        0, x, g, np.ascontiguousarray(w_nchw), gi, pt, pl, dh, dw, groups, 1, images, gi_planes,
-        grads, totals, bias, cols, nhwc,
+        0, x, g, w_nchw, gi, pt, pl, dh, dw, groups, 1, images, gi_planes, grads, totals, bias,
+        cols, nhwc,
     )  # fmt: skip
     return _finish_serial(gi, gw, gb, totals, bias, nhwc)
 
@@ -1282,6 +1310,11 @@ def _shifted_block(
     plane = images.shape[3] * out_w
     xf = images[block].reshape(c_in, kw, plane)
     gipf = gi_planes[block].reshape(c_in, kw, plane)
+    kh = w.shape[2]
+    wcols = np.empty((groups, cout_g, cols.shape[0]), x.dtype)  # each group's weight columns
+    if cols.shape[0]:
+        for group in range(groups):
+            _weight_columns(w, group, 0, cin_g, wcols[group])
     for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
         if not nhwc:
             gf = g[n].reshape(c_out, out_h * out_w)
@@ -1309,7 +1342,8 @@ def _shifted_block(
                         )  # fmt: skip
                 if cols.shape[0]:
                     _input_columns(
-                        gf, w, gipf, gi, n, group, pt, pl, dh, dw, rows, out_w, length, nhwc,
+                        gf, wcols[group], gipf, gi, n, 1, group * cin_g, cin_g, kh, kw,
+                        group * cout_g, 1, 1, pt, pl, dh, dw, rows, out_w, 0, length, nhwc, True,
                         gbase, i0, cols,
                     )  # fmt: skip
                     continue
@@ -1320,68 +1354,108 @@ def _shifted_block(
                     )  # fmt: skip
 
 
-# grad_input by weighted columns (``_columns.py``) for weights with at most
-# COLUMNS_PASSES * COLUMNS_MAX columns per output channel, COLUMNS_PIECE
-# pixels of columns at a time (27 x 256 float32 columns: 27 KiB, in L1).
+# grad_input by weighted columns (``_columns.py``) where a block of input
+# channels (the fused stride-1 backward: a group's; the single-gradient kernel:
+# four) has at most COLUMNS_PASSES * COLUMNS_MAX weight columns per output
+# channel, COLUMNS_BYTES of columns at a time. More columns (big kernels) take
+# the axpys: big_kernel's 7 x 7 (196 columns, 16 output channels) took 2.5x
+# the time by columns, the columns' own loads and stores weighing as much as
+# the axpys' with only 16 output channels to sum.
 COLUMNS_PASSES = 2
-COLUMNS_PIECE = 256
+COLUMNS_BYTES = 32 * 2**10
 
 
 @njit(cache=CACHE)
-def columns_shape(cin_g, kh, kw):
+def takes_columns(n_columns):
+    """Whether a block of input channels with ``n_columns`` weight columns goes by columns."""
+    return n_columns <= COLUMNS_PASSES * COLUMNS_MAX
+
+
+@njit(cache=CACHE)
+def columns_shape(n_columns, itemsize):
+    """The columns workspace for ``n_columns`` columns: a whole number of vectors of pixels."""
+    lanes = VECTOR_BYTES // itemsize
+    piece = max(lanes, COLUMNS_BYTES // (n_columns * itemsize) // lanes * lanes)
+    return n_columns, piece
+
+
+@njit(cache=CACHE)
+def fused_columns_shape(cin_g, kh, kw, itemsize):
     """The fused stride-1 backward's columns workspace per block: (0, 0) when it takes axpys."""
-    j = cin_g * kh * kw
-    return (j, COLUMNS_PIECE) if j <= COLUMNS_PASSES * COLUMNS_MAX else (0, 0)
+    n_columns = cin_g * kh * kw
+    return columns_shape(n_columns, itemsize) if takes_columns(n_columns) else (0, 0)
+
+
+@njit(cache=CACHE)
+def _weight_columns(w, group, ci2_0, width_b, wcols):
+    """wcols[co2, (b*KH + p)*KW + q] = w[group*C_out/g + co2, ci2_0 + b, p, q]: a block's columns.
+
+    ``w`` as (C_out, C_in/groups, KH, KW), in any memory order (an NHWC weight's
+    transposed view).
+    """
+    cout_g, kh, kw = wcols.shape[0], w.shape[2], w.shape[3]
+    for co2 in range(cout_g):
+        row = wcols[co2]
+        for b in range(width_b):
+            for p in range(kh):
+                for q in range(kw):
+                    row[(b * kh + p) * kw + q] = w[group * cout_g + co2, ci2_0 + b, p, q]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _input_columns(
-    gf, w, gif, gi, n, group, pt, pl, dh, dw, rows, pitch, length, nhwc, gbase, top_row, cols
+    gf, wcols, gif, gi, first, count, ci0, width_b, kh, kw, co0, sh, sw, pt, pl, dh, dw, rows,
+    pitch, base, length, nhwc, shifted, gbase, top_row, cols,
 ):  # fmt: skip
-    """gi[n, the group's channels] += scatter-add of w * g, on shifted planes, by weighted columns.
+    """``_input_block`` by weighted columns, for input channels ci0 .. ci0 + width_b.
 
-    cols[j, k] = sum over the group's co of w[co, j] * gf[co, gbase + k], j =
-    (ci2, p, q) (``weighted_columns``, a vector of pixels at a time, up to
-    COLUMNS_MAX columns per pass), then added into gi plane q of channel ci2
-    at row p*dh (``_tap``); pixels past the last whole vector are summed one
-    at a time. The planes are zeroed first and added into gi after
-    (``_add_shifted``), as in ``_input_block``.
+    ``wcols`` holds their weight columns (``_weight_columns``), one row per
+    output channel of the group, which starts at ``co0``.
+    cols[j, k] = sum over co2 of wcols[co2, j] * gf[co0 + co2, gbase + k], j =
+    (b, p, q) (``weighted_columns``: a vector of pixels at a time, up to
+    COLUMNS_MAX columns per pass, evenly split), a piece of ``cols.shape[1]``
+    pixels at a time, then added into gi plane (ci0 + b, tap (p, q)'s plane) at
+    the tap's offset (``_tap``); pixels past the last whole vector are summed
+    one at a time. The planes are zeroed first and added into gi after, as in
+    ``_input_block``.
     """
-    c_out, cin_g, kh, kw = w.shape
-    taps, n_columns = kh * kw, cin_g * kh * kw
-    cout_g = c_out // (gif.shape[0] // cin_g)
-    ci0, co0 = group * cin_g, group * cout_g
-    wf = w.reshape(c_out, n_columns)
-    for ci2 in range(cin_g):
-        for q in range(kw):
-            gif[ci0 + ci2, q, : rows * pitch] = 0
+    cout_g, n_columns = wcols.shape
+    taps, g_stride = kh * kw, gf.shape[1]
+    for b in range(width_b):
+        for phase in range(gif.shape[1]):
+            gif[ci0 + b, phase, base : base + count * rows * pitch] = 0
     lanes = VECTOR_BYTES // gif.itemsize
     whole = length - length % lanes
-    piece, g_stride = cols.shape[1], gf.shape[1]
+    piece = cols.shape[1]
+    passes = -(-n_columns // COLUMNS_MAX)
     for c0 in range(0, whole, piece):
         c1 = min(c0 + piece, whole)
-        for j0 in range(0, n_columns, COLUMNS_MAX):
-            count = min(COLUMNS_MAX, n_columns - j0)
+        for done in range(passes):
+            j = done * n_columns // passes
+            in_pass = (done + 1) * n_columns // passes - j
             for k0 in range(c0, c1, lanes):
                 weighted_columns(
-                    wf, co0 * n_columns + j0, n_columns, count, gf, co0 * g_stride + gbase + k0,
-                    g_stride, cout_g, cols, j0 * piece + k0 - c0, piece,
+                    wcols, j, n_columns, in_pass, gf, co0 * g_stride + gbase + k0, g_stride,
+                    cout_g, cols, j * piece + k0 - c0, piece,
                 )  # fmt: skip
         for j in range(n_columns):
-            ci2, tap = j // taps, j % taps
-            start = (tap // kw) * dh * pitch
-            target = gif[ci0 + ci2, tap % kw, start + c0 : start + c1]
+            tap = j % taps
+            phase, offset = _tap(tap // kw, tap % kw, sh, sw, dh, dw, pitch, shifted)
+            start = base + offset
+            target = gif[ci0 + j // taps, phase, start + c0 : start + c1]
             source = cols[j]
             for k in range(c1 - c0):
                 target[k] += source[k]
     for k in range(whole, length):
         for j in range(n_columns):
             total = 0.0
-            for co in range(co0, co0 + cout_g):
-                total += wf[co, j] * gf[co, gbase + k]
-            ci2, tap = j // taps, j % taps
-            gif[ci0 + ci2, tap % kw, (tap // kw) * dh * pitch + k] += total
-    _add_shifted(gif, gi, n, ci0, cin_g, pt, pl, dw, pitch, rows, top_row, nhwc)
+            for co2 in range(cout_g):
+                total += wcols[co2, j] * gf[co0 + co2, gbase + k]
+            tap = j % taps
+            phase, offset = _tap(tap // kw, tap % kw, sh, sw, dh, dw, pitch, shifted)
+            gif[ci0 + j // taps, phase, base + offset + k] += total
+    _planes_into_gi(gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base,
+                    nhwc, shifted, top_row)  # fmt: skip
 
 
 def _backward_padded(
