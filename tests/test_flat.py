@@ -366,3 +366,14 @@ def test_shifted_serial_kernel_refuses_other_strides():
     w, gi, gw, gb = np.zeros((2, 1, 2, 2)), np.zeros_like(x), np.zeros((2, 1, 2, 2)), np.zeros(2)
     with pytest.raises(ValueError, match="backward_shifted_serial is for stride 1"):
         nchw_flat.backward_shifted_serial(x, g, w, gi, gw, gb, 2, 2, 0, 0, 0, 0, 1, 1, 1, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(0, 0, 0), (1, 3, 7), (8, 64, 1040)])
+def test_line_aligned_workspaces(shape, dtype):
+    """The NHWC grad_output transposes' target starts on a cache line, whatever NumPy gives."""
+    for _ in range(4):
+        a = nchw_flat.line_aligned_empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert a.ctypes.data % nchw_flat.TILE_BYTES == 0 or a.size == 0
+        a[...] = 1  # all of it writable, within its buffer
