@@ -412,26 +412,27 @@ def fused_workspace_bytes(problem: Problem, bands: int = 1) -> int:
     For each block of images, for a band of output rows (``bands`` per image):
     the input's planes and grad_input's (shifted copies at stride 1, phase
     planes otherwise), grad_output's planes (strided) or NCHW copy (NHWC,
-    stride 1), grad_input's weighted columns (stride 1, few columns), and
+    stride 1), grad_input's weighted columns (few columns per output channel) and
     float64 partials of grad_weight and grad_bias.
     """
     (stride_h, stride_w), itemsize = problem.geometry.stride, problem.dtype.itemsize
     band = -(-problem.out_h // bands)
     reach = (problem.kh - 1) * problem.geometry.dilation[0]
     cin_g = problem.c_in // problem.geometry.groups
+    columns = nchw_flat.fused_columns_shape(cin_g, problem.kh, problem.kw, itemsize)
+    columns_values = math.prod(columns) + problem.c_out * columns[0]  # and the weight's
     if (stride_h, stride_w) == (1, 1):
         planes = problem.kw * (band + reach) * problem.out_w
         row = nchw_flat.spread_row(band * problem.out_w, itemsize)
         grads = problem.c_out * row if problem.layout is NHWC else 0
-        columns = nchw_flat.fused_columns_shape(cin_g, problem.kh, problem.kw, itemsize)
-        grads += math.prod(columns) + problem.c_out * columns[0]  # and the weight's columns
     else:
         pitch = _flat_pitch(problem)
         rows = ((band - 1) * stride_h + reach + stride_h) // stride_h + 1
         planes = stride_h * stride_w * rows * pitch
         grads = problem.c_out * band * pitch
     weight = problem.c_out * cin_g * problem.kh * problem.kw
-    return (2 * problem.c_in * planes + grads) * itemsize + 8 * (weight + problem.c_out)
+    values = 2 * problem.c_in * planes + grads + columns_values
+    return values * itemsize + 8 * (weight + problem.c_out)
 
 
 # The fused backward takes each image in bands of output rows when

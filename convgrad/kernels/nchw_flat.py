@@ -1179,9 +1179,11 @@ def backward_padded_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, 
     images = np.empty((1, c_in, sh * sw, rows, pitch), x.dtype)
     grads = np.empty((1, c_out, 1, out_h, pitch), x.dtype)
     gi_planes = np.empty_like(images)
+    kh, kw = w_nchw.shape[2], w_nchw.shape[3]
+    cols = np.empty((1, *fused_columns_shape(c_in // groups, kh, kw, x.itemsize)), x.dtype)
     _padded_block(
         0, x, g, w_nchw, gi, sh, sw, pt, pl, dh, dw, groups, 1, images, grads, gi_planes, totals,
-        bias, nhwc,
+        bias, cols, nhwc,
     )  # fmt: skip
     return _finish_serial(gi, gw, gb, totals, bias, nhwc)
 
@@ -1430,11 +1432,11 @@ def _input_columns(
     output channel of the group, which starts at ``co0``.
     cols[j, k] = sum over co2 of wcols[co2, j] * gf[co0 + co2, gbase + k], j =
     (b, p, q) (``weighted_columns``: a vector of pixels at a time, up to
-    COLUMNS_MAX columns per pass, evenly split), a piece of ``cols.shape[1]``
-    pixels at a time, then added into gi plane (ci0 + b, tap (p, q)'s plane) at
-    the tap's offset (``_tap``); pixels past the last whole vector are summed
-    one at a time. The planes are zeroed first and added into gi after, as in
-    ``_input_block``.
+    COLUMNS_MAX columns per pass, evenly split; the pixels past the last whole
+    vector from a zero-padded copy), a piece of ``cols.shape[1]`` pixels at a
+    time, then added into gi plane (ci0 + b, tap (p, q)'s plane) at the tap's
+    offset (``_tap``). The planes are zeroed first and added into gi after, as
+    in ``_input_block``.
     """
     cout_g, n_columns = wcols.shape
     taps, g_stride = kh * kw, gf.shape[1]
@@ -1443,17 +1445,24 @@ def _input_columns(
             gif[ci0 + b, phase, base : base + count * rows * pitch] = 0
     lanes = VECTOR_BYTES // gif.itemsize
     whole = length - length % lanes
+    # the pixels past the last whole vector, zero-padded to one
+    last = np.zeros((cout_g, lanes), gif.dtype)
+    for co2 in range(cout_g):
+        last[co2, : length - whole] = gf[co0 + co2, gbase + whole : gbase + length]
     piece = cols.shape[1]
     passes = -(-n_columns // COLUMNS_MAX)
-    for c0 in range(0, whole, piece):
-        c1 = min(c0 + piece, whole)
+    for c0 in range(0, length, piece):
+        c1 = min(c0 + piece, length)
         for done in range(passes):
             j = done * n_columns // passes
             in_pass = (done + 1) * n_columns // passes - j
             for k0 in range(c0, c1, lanes):
+                source, at, stride = gf, co0 * g_stride + gbase + k0, g_stride
+                if k0 == whole:
+                    source, at, stride = last, 0, lanes
                 weighted_columns(
-                    wcols, j, n_columns, in_pass, gf, co0 * g_stride + gbase + k0, g_stride,
-                    cout_g, cols, j * piece + k0 - c0, piece,
+                    wcols, j, n_columns, in_pass, source, at, stride, cout_g, cols,
+                    j * piece + k0 - c0, piece,
                 )  # fmt: skip
         for j in range(n_columns):
             tap = j % taps
@@ -1463,14 +1472,6 @@ def _input_columns(
             source = cols[j]
             for k in range(c1 - c0):
                 target[k] += source[k]
-    for k in range(whole, length):
-        for j in range(n_columns):
-            total = 0.0
-            for co2 in range(cout_g):
-                total += wcols[co2, j] * gf[co0 + co2, gbase + k]
-            tap = j % taps
-            phase, offset = _tap(tap // kw, tap % kw, sh, sw, dh, dw, pitch, shifted)
-            gif[ci0 + j // taps, phase, base + offset + k] += total
     _planes_into_gi(gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base,
                     nhwc, shifted, top_row)  # fmt: skip
 
@@ -1499,9 +1500,11 @@ def _backward_padded(
     totals = np.zeros((n_blocks, *_weight_totals_shape(gw, nhwc)), dtype=np.float64)
     bias = np.zeros((n_blocks, c_out), dtype=np.float64)
     w = _as_nchw_weight(w, nhwc)
+    kw = w.shape[3]
+    cols = np.empty((n_blocks, *fused_columns_shape(c_in // groups, kh, kw, x.itemsize)), x.dtype)
     _backward(
         x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_bands, images, grads, gi_planes, totals,
-        bias, nhwc,
+        bias, cols, nhwc,
     )  # fmt: skip
     _add_partials(gw, gb, totals, bias, nhwc)
 
@@ -1509,7 +1512,7 @@ def _backward_padded(
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _backward(
     x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_bands, images, grads, gi_planes, totals, bias,
-    nhwc,
+    cols, nhwc,
 ):  # fmt: skip
     """The fused backward's blocks of images, one task each (see ``backward_nchw_flat``).
 
@@ -1520,19 +1523,22 @@ def _backward(
     for block in prange(totals.shape[0]):
         _padded_block(
             block, x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_bands, images, grads, gi_planes,
-            totals, bias, nhwc,
+            totals, bias, cols, nhwc,
         )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _padded_block(
     block, x, g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_bands, images, grads, gi_planes, totals,
-    bias, nhwc,
+    bias, cols, nhwc,
 ):  # fmt: skip
-    """One task of ``_backward``: its block of images, into its own workspaces."""
+    """One task of ``_backward``: its block of images, into its own workspaces.
+
+    grad_input by weighted columns or axpys, as in ``_shifted_block``.
+    """
     x, g, w, gi = _borrowed(x), _borrowed(g), _borrowed(w), _borrowed(gi)
     images, gi_planes, grads = _borrowed(images), _borrowed(gi_planes), _borrowed(grads)
-    totals, bias = _borrowed(totals), _borrowed(bias)
+    totals, bias, cols = _borrowed(totals), _borrowed(bias), _borrowed(cols[block])
     n_batch, c_in = x.shape[0], images.shape[1]
     c_out = grads.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
@@ -1548,6 +1554,11 @@ def _padded_block(
     xf = xp.reshape(c_in, phases, rows * pitch)
     gf = gp.reshape(c_out, gp.shape[2] * pitch)
     gipf = gip.reshape(c_in, phases, rows * pitch)
+    kh, kw = w.shape[2], w.shape[3]
+    wcols = np.empty((groups, cout_g, cols.shape[0]), x.dtype)  # each group's weight columns
+    if cols.shape[0]:
+        for group in range(groups):
+            _weight_columns(w, group, 0, cin_g, wcols[group])
     for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
         for band in range(n_bands):
             i0, i1, lo, hi, top, _ = band_rows(band, n_bands, out_h, sh, pt, reach, height)
@@ -1581,6 +1592,13 @@ def _padded_block(
                             xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
                             pitch, 0, length, False, 0,
                         )  # fmt: skip
+                if cols.shape[0]:
+                    _input_columns(
+                        gf, wcols[group], gipf, gi_band, 0, 1, group * cin_g, cin_g, kh, kw,
+                        group * cout_g, sh, sw, top, pl, dh, dw, rows, pitch, 0, length, nhwc,
+                        False, 0, 0, cols,
+                    )  # fmt: skip
+                    continue
                 for ci_block in range(ci_blocks):
                     _input_block(
                         gf, w, gipf, gi_band, 0, 1, group, ci_block * BLOCK, sh, sw, top, pl,
