@@ -847,10 +847,12 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
 
     Parallel over (stack of images, block of up to four input channels of one
     group); each task builds its channels' padded gi planes for its stack in
-    ``planes`` and adds their valid part to gi (NHWC: afterwards, a row of
-    pixels per task, all channels together). An NHWC weight is read through a
-    transposed view, not a copy: on many channels a copy of the weight alone
-    can pass the working-memory budget.
+    ``planes`` (by weighted columns, ``_input_columns``, or by axpys for big
+    kernels, ``_input_block``) and adds their valid part to gi (NHWC:
+    afterwards, a row of pixels per task, all channels together). An NHWC
+    weight is read through a transposed view, not a copy: on many channels a
+    copy of the weight alone can pass the working-memory budget (a task copies
+    only its block's weight columns).
     """
     w = w.transpose(3, 2, 0, 1) if nhwc else w.transpose(0, 1, 2, 3)  # one type either way
     n_batch, c_in = gi.shape[0], planes.shape[0]
@@ -1055,8 +1057,10 @@ def _input_block(
                         else:
                             _axpy(target, w[co, ci2, p, q], s0)
             co += BLOCK if full else 1
-    _planes_into_gi(gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base,
-                    nhwc, shifted, top_row)  # fmt: skip
+    _planes_into_gi(
+        gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base, nhwc,
+        shifted, top_row,
+    )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -1400,7 +1404,7 @@ def columns_shape(n_columns, itemsize):
 
 @njit(cache=CACHE)
 def fused_columns_shape(cin_g, kh, kw, itemsize):
-    """The fused stride-1 backward's columns workspace per block: (0, 0) when it takes axpys."""
+    """The fused backward's columns workspace per block: (0, 0) when it takes axpys."""
     n_columns = cin_g * kh * kw
     return columns_shape(n_columns, itemsize) if takes_columns(n_columns) else (0, 0)
 
@@ -1472,8 +1476,10 @@ def _input_columns(
             source = cols[j]
             for k in range(c1 - c0):
                 target[k] += source[k]
-    _planes_into_gi(gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base,
-                    nhwc, shifted, top_row)  # fmt: skip
+    _planes_into_gi(
+        gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base, nhwc,
+        shifted, top_row,
+    )  # fmt: skip
 
 
 def _backward_padded(
