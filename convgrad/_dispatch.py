@@ -277,12 +277,14 @@ def image_chunk(problem: Problem, operation: str = "grad_input") -> int:
     grad_weight's planes share the budget with its totals and hold only a
     slice of grad_output's channels (``weight_slice_blocks``).
     """
-    budget, grad_planes = _grad_input_budget(problem), problem.c_out
+    grad_planes = problem.c_out
     if operation == "grad_weight":
         budget = _workspace_budget(problem)
         blocks = weight_slice_blocks(problem)
         budget -= blocks * _totals_per_block(problem)
         grad_planes = min(grad_planes, blocks * nchw_flat.BLOCK)
+    else:
+        budget = _grad_input_budget(problem)
     image_plane, grad_plane = _plane_bytes(problem)
     per_image = problem.c_in * image_plane + grad_planes * grad_plane
     return int(max(1, min(problem.n, budget // max(1, per_image))))
@@ -299,15 +301,16 @@ def image_bands(problem: Problem, operation: str = "grad_input") -> int:
     long enough for the flat kernels.
     """
     image_plane, grad_plane = _plane_bytes(problem)
-    budget = _grad_input_budget(problem)
     if operation == "grad_weight":
         budget = _workspace_budget(problem)
         blocks = weight_slice_blocks(problem)
         planes = problem.c_in * image_plane + blocks * nchw_flat.BLOCK * grad_plane
         if planes + blocks * _totals_per_block(problem) <= budget:
             return 1
-    elif problem.c_in * image_plane + problem.c_out * grad_plane <= budget:
-        return 1
+    else:
+        budget = _grad_input_budget(problem)
+        if problem.c_in * image_plane + problem.c_out * grad_plane <= budget:
+            return 1
     (stride_h, stride_w), (dilation_h, _) = problem.geometry.stride, problem.geometry.dilation
     pitch = _flat_pitch(problem)
     # phase rows of a band of R output rows: at most R + halo

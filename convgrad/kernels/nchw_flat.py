@@ -1334,10 +1334,7 @@ def _shifted_block(
     xf = images[block].reshape(c_in, kw, plane)
     gipf = gi_planes[block].reshape(c_in, kw, plane)
     kh = w.shape[2]
-    wcols = np.empty((groups, cout_g, cols.shape[0]), x.dtype)  # each group's weight columns
-    if cols.shape[0]:
-        for group in range(groups):
-            _weight_columns(w, group, 0, cin_g, wcols[group])
+    wcols = _groups_weight_columns(w, groups, cols.shape[0])
     for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
         if not nhwc:
             gf = g[n].reshape(c_out, out_h * out_w)
@@ -1425,6 +1422,20 @@ def _weight_columns(w, group, ci2_0, width_b, wcols):
                     row[(b * kh + p) * kw + q] = w[group * cout_g + co2, ci2_0 + b, p, q]
 
 
+@njit(cache=CACHE)
+def _groups_weight_columns(w, groups, n_columns):
+    """Each group's weight columns (``_weight_columns``), (groups, C_out/g, n_columns).
+
+    None to fill when ``n_columns`` is 0 (the fused kernel takes the axpys).
+    """
+    cout_g, cin_g = w.shape[0] // groups, w.shape[1]
+    wcols = np.empty((groups, cout_g, n_columns), w.dtype)
+    if n_columns:
+        for group in range(groups):
+            _weight_columns(w, group, 0, cin_g, wcols[group])
+    return wcols
+
+
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _input_columns(
     gf, wcols, gif, gi, first, count, ci0, width_b, kh, kw, co0, sh, sw, pt, pl, dh, dw, rows,
@@ -1473,9 +1484,9 @@ def _input_columns(
             phase, offset = _tap(tap // kw, tap % kw, sh, sw, dh, dw, pitch, shifted)
             start = base + offset
             target = gif[ci0 + j // taps, phase, start + c0 : start + c1]
-            source = cols[j]
+            column = cols[j]
             for k in range(c1 - c0):
-                target[k] += source[k]
+                target[k] += column[k]
     _planes_into_gi(
         gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base, nhwc,
         shifted, top_row,
@@ -1561,10 +1572,7 @@ def _padded_block(
     gf = gp.reshape(c_out, gp.shape[2] * pitch)
     gipf = gip.reshape(c_in, phases, rows * pitch)
     kh, kw = w.shape[2], w.shape[3]
-    wcols = np.empty((groups, cout_g, cols.shape[0]), x.dtype)  # each group's weight columns
-    if cols.shape[0]:
-        for group in range(groups):
-            _weight_columns(w, group, 0, cin_g, wcols[group])
+    wcols = _groups_weight_columns(w, groups, cols.shape[0])
     for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
         for band in range(n_bands):
             i0, i1, lo, hi, top, _ = band_rows(band, n_bands, out_h, sh, pt, reach, height)
