@@ -452,9 +452,10 @@ def _fused_applies(choice: KernelChoice, accumulate: bool, *inputs: np.ndarray) 
     """Whether to run the fused kernel ``choice`` on ``inputs``.
 
     A fused kernel that is exact for finite inputs only runs when they are
-    finite; without ``accumulate`` that is settled afterwards instead, on its
-    results (much smaller than grad_output): any NaN or Inf in an input that
-    the kernel reads, even against zero padding, leaves a NaN or Inf in them.
+    finite; without ``accumulate`` that is settled afterwards instead, on the
+    weight and the small results (see ``_backward_fused``): any NaN or Inf in
+    grad_output or an input value the kernel reads, even against zero padding,
+    leaves a NaN or Inf in grad_bias or grad_weight.
     """
     return not choice.finite_only or not accumulate or _finite(*inputs)
 
@@ -476,9 +477,14 @@ def _backward_fused(
     """All three gradients by the fused kernel ``choice``, or three Nones.
 
     ``originals`` are the user's (grad_output, input, weight). A kernel exact
-    for finite inputs only gives Nones where they (or, without ``accumulate``,
-    its results: see ``_fused_applies``) hold a NaN or Inf: the caller then
-    takes the exact kernels.
+    for finite inputs only gives Nones where they hold a NaN or Inf: the caller
+    then takes the exact kernels. Without ``accumulate`` that is settled after
+    the kernel, on the weight, grad_weight and grad_bias (see
+    ``_fused_applies``), which are small: a NaN or Inf in grad_output reaches
+    grad_bias (its sum), one in the input reaches grad_weight (every input
+    value the kernel reads is multiplied into a sum of it), and one in the
+    weight is checked directly. grad_input, as large as the input, is not read
+    back.
     """
     family = choice.layout
     g = _image_for(originals[0], problem, family)
@@ -487,13 +493,16 @@ def _backward_fused(
     if not _fused_applies(choice, accumulate, g, x, w):
         return [None, None, None]
     cin_g = problem.c_in // problem.geometry.groups
+    overwritten = choice.writes_input
     if family is problem.layout:
-        gi = destination(outs[0], problem.input_shape, problem.dtype, accumulate, originals)
+        gi = destination(
+            outs[0], problem.input_shape, problem.dtype, accumulate, originals, overwritten
+        )
         gw = destination(outs[1], problem.weight_shape, problem.dtype, accumulate, originals)
         gi_kernel = as_batched(gi, problem.batched)
     else:
         shape = family.image_shape(problem.n, problem.c_in, problem.height, problem.width)
-        gi_kernel = allocate(shape, problem.dtype)
+        gi_kernel = allocate(shape, problem.dtype, zero=not overwritten)
         weight_shape = family.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw)
         gw = allocate(weight_shape, problem.dtype)
     gb = destination(outs[2], (problem.c_out,), problem.dtype, accumulate, originals)
@@ -501,7 +510,7 @@ def _backward_fused(
     finite = run_kernel(choice.kernel, x, g, w, gi_kernel, gw, gb, *choice.args)
     if choice.finite_only and not accumulate:
         if finite is None:
-            finite = _finite(gi_kernel, gw, gb)
+            finite = _finite(w, gw, gb)
         if not finite:  # a NaN or Inf met the zero padding (or a sum overflowed)
             return [None, None, None]
     if family is not problem.layout:
@@ -520,8 +529,11 @@ def _grad_input(
 ) -> np.ndarray:
     choice = _exact_if_needed(select_kernel("grad_input", problem), g, w)
     family = choice.layout
+    overwritten = choice.writes_input and problem.terms > 0  # no terms: no kernel call
     if family is problem.layout:
-        result = destination(out, problem.input_shape, problem.dtype, accumulate, originals)
+        result = destination(
+            out, problem.input_shape, problem.dtype, accumulate, originals, overwritten=overwritten
+        )
         target = as_batched(result, problem.batched)
         bands = image_bands(problem) if choice.exact is not None else 1  # flat kernels only
         if bands > 1:
@@ -530,7 +542,7 @@ def _grad_input(
             run_kernel(choice.kernel, g, w, target, *choice.args)
         return result
     shape = family.image_shape(problem.n, problem.c_in, problem.height, problem.width)
-    buffer = allocate(shape, problem.dtype)
+    buffer = allocate(shape, problem.dtype, zero=not overwritten)
     if problem.terms:
         run_kernel(choice.kernel, g, w, buffer, *choice.args)
     return _to_user_image(buffer, family, problem)

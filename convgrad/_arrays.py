@@ -110,15 +110,18 @@ def destination(
     dtype: np.dtype,
     accumulate: bool,
     inputs: tuple[np.ndarray, ...],
+    overwritten: bool = False,
 ) -> np.ndarray:
-    """The array a kernel adds its result into.
+    """The array a kernel adds its result into (or, ``overwritten``, writes it to).
 
     That is ``out`` itself when the kernel can write to it directly (zeroed
-    first unless accumulating); otherwise a fresh zeroed buffer, which
-    ``deliver`` later adds or copies into ``out``. A fresh buffer also protects
-    against ``out`` aliasing an input.
+    first unless accumulating or ``overwritten``); otherwise a fresh buffer,
+    zeroed unless ``overwritten``, which ``deliver`` later adds or copies into
+    ``out``. A fresh buffer also protects against ``out`` aliasing an input. A
+    kernel that overwrites never gets ``out`` when accumulating: it would lose
+    out's values.
     """
-    if out is not None:
+    if out is not None and not (overwritten and accumulate):
         flags = out.flags
         if (
             flags.c_contiguous
@@ -126,10 +129,10 @@ def destination(
             and out.dtype == dtype
             and not any(np.may_share_memory(out, a) for a in inputs)
         ):
-            if not accumulate:
+            if not (accumulate or overwritten):
                 out.fill(0)
             return out
-    return allocate(shape, dtype)
+    return allocate(shape, dtype, zero=not overwritten)
 
 
 def deliver(result: np.ndarray, out: np.ndarray | None, accumulate: bool) -> np.ndarray:

@@ -113,7 +113,9 @@ class KernelChoice(NamedTuple):
     ``exact`` is the choice to run instead when an input is not finite (None:
     this kernel is exact for any input). A fused backward kernel has no single
     alternative: ``finite_only`` says the caller must check the inputs and run
-    the gradients one by one when one is not finite.
+    the gradients one by one when one is not finite. ``writes_input``: the
+    kernel sets every grad_input value instead of adding into it, so it takes
+    an unzeroed buffer.
     """
 
     kernel: Callable[..., None]
@@ -121,6 +123,7 @@ class KernelChoice(NamedTuple):
     args: tuple[int, ...]
     exact: KernelChoice | None = None
     finite_only: bool = False  # a fused kernel exact for finite inputs only (no ``exact``)
+    writes_input: bool = False
 
 
 def is_depthwise(problem: Problem) -> bool:
@@ -368,7 +371,8 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     if is_depthwise(problem) and layout is NHWC:
         kernel = _DEPTHWISE_NHWC_KERNELS[operation]
         chunks = (weight_chunks(problem),) if operation == "grad_weight" else ()
-        return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks))
+        writes = operation == "grad_input"
+        return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks), writes_input=writes)
     exact = _loop_kernel(operation, problem, layout)
     if operation == "forward" or not flat_suits(problem):
         return exact
@@ -528,7 +532,12 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
                 kernel = nchw_depthwise.backward_nchw_depthwise
             else:
                 kernel = nchw_depthwise.backward_nchw_depthwise_strided
-            return KernelChoice(kernel, NCHW, _flat_args(problem), finite_only=True)
+            args = _flat_args(problem)
+            return KernelChoice(kernel, NCHW, args, finite_only=True, writes_input=True)
+        if problem.layout is NHWC:
+            args = (*problem.kernel_args, weight_chunks(problem))
+            kernel = nhwc_depthwise.backward_nhwc_depthwise
+            return KernelChoice(kernel, NHWC, args, writes_input=True)
         return None  # the depthwise kernels, one gradient at a time
     if gemm_suits(problem):
         return None  # BLAS

@@ -16,7 +16,7 @@ import convgrad
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import nchw_depthwise
+from convgrad.kernels import nchw_depthwise, nhwc_depthwise
 
 
 @st.composite
@@ -43,7 +43,8 @@ def expected_gradients(g, x, w, pads, dilation, stride=(1, 1)):
 def run_kernel(
     g, x, w, pads, dilation, stride=(1, 1), kernel=nchw_depthwise.backward_nchw_depthwise
 ):
-    gi, gw, gb = np.zeros_like(x), np.zeros_like(w), np.zeros(x.shape[1], x.dtype)
+    """The kernel's (gi, gw, gb). gi starts as NaN: the kernel must set every value of it."""
+    gi, gw, gb = np.full_like(x, np.nan), np.zeros_like(w), np.zeros(x.shape[1], x.dtype)
     kernel(x, g, w, gi, gw, gb, *stride, *pads, *dilation, x.shape[1])
     return gi, gw, gb
 
@@ -117,7 +118,7 @@ def test_dispatch_sends_nchw_depthwise_at_stride_1_here():
     assert picked() is kernel
     assert picked(stride=2) is nchw_depthwise.backward_nchw_depthwise_strided
     assert picked(multiplier=2) is None  # two output channels per group: not depthwise
-    assert picked(layout=NHWC) is None  # the NHWC depthwise kernels
+    assert picked(layout=NHWC) is nhwc_depthwise.backward_nhwc_depthwise  # NHWC's own
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -138,6 +139,56 @@ def test_api_result_matches_the_naive_loops_and_keeps_nan_exact(stride):
         exact = convgrad.conv2d_backward(g, x, w, **options, output_mask=mask)[k]
         np.testing.assert_array_equal(got[k], exact)
     assert np.isinf(got[1][2]).any() and not np.isnan(got[1]).any()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    problem=depthwise_problems(strides=(1, 3)),
+    n_chunks=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_nhwc_backward_matches_the_naive_loops(problem, n_chunks, seed):
+    """NHWC's depthwise backward: grad_input set everywhere (it starts as NaN), grad_weight
+    and grad_bias added into what they held, for any number of weight chunks."""
+    *_, pads, dilation, stride = problem
+    g, x, w = random_problem(np.random.default_rng(seed), *problem)
+    to_nhwc = (0, 2, 3, 1)
+    x_, g_ = (np.ascontiguousarray(a.transpose(to_nhwc)) for a in (x, g))
+    w_ = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    gi, gw, gb = np.full_like(x_, np.nan), np.ones_like(w_), np.ones(x.shape[1])
+    geometry = (*stride, pads[0], pads[2], *dilation, x.shape[1])
+    nhwc_depthwise.backward_nhwc_depthwise(x_, g_, w_, gi, gw, gb, *geometry, n_chunks)
+    want_gi, want_gw, want_gb = expected_gradients(g, x, w, pads, dilation, stride)
+    np.testing.assert_allclose(gi, want_gi.transpose(to_nhwc), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, 1 + want_gw.transpose(2, 3, 1, 0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gb, 1 + want_gb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_api_keeps_nan_exact_for_a_non_finite_input_or_weight(where, layout):
+    """The fused NCHW kernel's finiteness check reads the weight, grad_weight and grad_bias,
+    not grad_input: an Inf in the input or the weight must still send the call to the exact
+    kernels (the padded planes would turn it into NaNs the exact answer does not have)."""
+    rng = np.random.default_rng(5)
+    pads, dilation = (1, 1, 1, 1), (1, 1)
+    g, x, w = random_problem(rng, 2, 6, 9, 10, (3, 3), pads, dilation)
+    if where == "input":
+        x[1, 2, 0, 0] = np.inf
+    else:
+        w[2, 0, 0, 0] = np.inf
+    if layout == "NHWC":
+        g, x = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (g, x))
+        w = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    options = {"padding": 1, "groups": 6, "layout": layout}
+    got = convgrad.conv2d_backward(g, x, w, **options)
+    masks = [(True, False, False), (False, True, False), (False, False, True)]
+    for k, mask in enumerate(masks):
+        exact = convgrad.conv2d_backward(g, x, w, **options, output_mask=mask)[k]
+        np.testing.assert_array_equal(got[k], exact)
+    # only the taps that meet the Inf go non-finite; the padding adds no NaN
+    assert not np.isfinite(got[0 if where == "weight" else 1]).all()
+    assert np.isfinite(got[2]).all()
 
 
 def test_stride_1_kernel_refuses_other_strides():

@@ -257,7 +257,9 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     assert choice(1, 1, 1, 60) is serial  # one channel alone is not depthwise
     depthwise = nchw_depthwise.backward_nchw_depthwise
     assert choice(2, 32, 32, 8, groups=32) is depthwise  # NCHW depthwise: its own fused kernel
-    assert choice(2, 32, 32, 8, groups=32, layout=NHWC) is None  # its own kernels, one by one
+    # NHWC depthwise: grad_input, then grad_weight and grad_bias in one pass over grad_output
+    nhwc_depthwise_backward = nhwc_depthwise.backward_nhwc_depthwise
+    assert choice(2, 32, 32, 8, groups=32, layout=NHWC) is nhwc_depthwise_backward
     strided = nchw_depthwise.backward_nchw_depthwise_strided
     assert choice(2, 32, 32, 8, groups=32, stride=2) is strided  # on phase planes
     assert choice(64, 2, 8, 4) is None  # not flat, not tiny

@@ -72,8 +72,8 @@ def test_cases_cover_every_kernel_family(name, layout):
     assert family == FAMILIES[name][layout == "NHWC"]
     assert problem.n * problem.out_h >= 16  # enough tasks and weight chunks to split
     fused = _dispatch.select_backward_kernel(problem)
-    # the NCHW depthwise backward (stride 1) is fused too
-    fuses = name.startswith("fused") or (name == "depthwise-pure" and layout == "NCHW")
+    # the depthwise backward is fused too (NHWC: grad_weight with grad_bias)
+    fuses = name.startswith("fused") or name == "depthwise-pure"
     assert (fused is not None) == fuses
 
 

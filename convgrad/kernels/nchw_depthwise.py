@@ -210,23 +210,25 @@ def _input_taps(g_pad, taps, gi_pad, start, pitch, dh, dw):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _add_valid(gi_plane, gi_pad, left, pitch):
-    """gi_plane[r, k] += gi_pad[r * pitch + left + k]: the image's part of the padded rows."""
+def _copy_valid(gi_plane, gi_pad, left, pitch):
+    """gi_plane[r, k] = gi_pad[r * pitch + left + k]: the image's part of the padded rows."""
     height, width = gi_plane.shape
     for r in range(height):
         row = gi_plane[r]
         source = gi_pad[r * pitch + left : r * pitch + left + width]
         for k in range(width):
-            row[k] += source[k]
+            row[k] = source[k]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def backward_nchw_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups):
-    """gi, gw, gb += the depthwise backward (stride 1); parallel over channels.
+    """gi = and gw, gb += the depthwise backward (stride 1); parallel over channels.
 
-    Each task owns channel c of gi, gw and gb and goes through the images in
-    order: the same bits whatever the thread count. Arguments as the flat
-    kernels take them; ``groups`` is C.
+    grad_input is written, not added into: every value of gi is set, so the
+    caller needs no zeroed buffer (a memset as long as the input) and the
+    kernel does not read gi back. Each task owns channel c of gi, gw and gb
+    and goes through the images in order: the same bits whatever the thread
+    count. Arguments as the flat kernels take them; ``groups`` is C.
     """
     if sh != 1 or sw != 1:
         raise ValueError("backward_nchw_depthwise is for stride 1")
@@ -249,7 +251,7 @@ def backward_nchw_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
             _weight_taps(x_pad, g_pad[margin : margin + out_h * pitch], totals, pitch, dh, dw)
             # gi's rows pt .. pt + H of the padded plane
             _input_taps(g_pad, w[c, 0], gi_pad, margin + pt * pitch, pitch, dh, dw)
-            _add_valid(gi[n, c], gi_pad, pl, pitch)
+            _copy_valid(gi[n, c], gi_pad, pl, pitch)
         for p in range(kh):
             for q in range(kw):
                 gw[c, 0, p, q] += totals[p, q]
@@ -301,8 +303,8 @@ def _place_phases(plane, phases, top, left, sh, sw, pitch):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _add_valid_phases(gi_plane, phases, top, left, sh, sw, pitch):
-    """gi_plane[r, k] += its value in ``phases``: ``_place_phases`` undone, adding."""
+def _copy_valid_phases(gi_plane, phases, top, left, sh, sw, pitch):
+    """gi_plane[r, k] = its value in ``phases``: ``_place_phases`` undone (every r, k)."""
     height, width = gi_plane.shape
     for r in range(height):
         row = gi_plane[r]
@@ -310,12 +312,15 @@ def _add_valid_phases(gi_plane, phases, top, left, sh, sw, pitch):
             phase, at, first, count = _phase_run(top + r, b, left, width, sh, sw, pitch)
             source = phases[phase, at : at + count]
             for t in range(count):
-                row[first + t * sw] += source[t]
+                row[first + t * sw] = source[t]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups):
-    """``backward_nchw_depthwise`` for any stride, on phase planes; parallel over channels."""
+    """``backward_nchw_depthwise`` for any stride, on phase planes; parallel over channels.
+
+    Writes gi too (pixels no tap reaches get 0) and adds into gw and gb.
+    """
     n_batch, channels, height, width = x.shape
     out_h = g.shape[2]
     kh, kw = w.shape[2], w.shape[3]
@@ -345,7 +350,7 @@ def backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr,
                         totals[p, q] += _dot(window, g_rows[m0 : m0 + length])
                     source = g_pad[margin - offset : margin - offset + rows * pitch]
                     _add1(gi_ph[phase], w[c, 0, p, q], source)
-            _add_valid_phases(gi[n, c], gi_ph, pt, pl, sh, sw, pitch)
+            _copy_valid_phases(gi[n, c], gi_ph, pt, pl, sh, sw, pitch)
         for p in range(kh):
             for q in range(kw):
                 gw[c, 0, p, q] += totals[p, q]

@@ -78,6 +78,14 @@ def forward_nhwc_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, groups):
                     _multiply_add(y[n, i, j], w[p, q, 0], x[n, r, j * sw + q * dw - pl])
 
 
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _zero(row):
+    """row[:] = 0 for a (W, C) image row."""
+    for col in range(row.shape[0]):
+        for c in range(row.shape[1]):
+            row[col, c] = 0
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _gather_3x3(dest, w, g0, g1, g2, j0, j1, j2):
     """dest[c] += sum over p, q < 3 of w[p, q, 0, c] * g_p[j_q, c]: one pixel, all nine taps.
@@ -133,11 +141,13 @@ def _gather_3x3_run(row, w, g0, g1, g2, lo, hi, pl, dw):
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
-    """gi += scatter-add of w * g; parallel over (n, r) input rows, each gathering its sources.
+    """gi = scatter-add of w * g; parallel over (n, r) input rows, each gathering its sources.
 
-    3x3 kernels with stride 1 (the common depthwise layer) take all nine taps of a
-    pixel in one pass where they all fall inside grad_output; other pixels and
-    shapes go tap by tap.
+    gi is written, not added into: each task zeroes its row (then in cache)
+    before adding the taps, so the caller needs no zeroed buffer, a memset as
+    long as the input followed by reading it back. 3x3 kernels with stride 1
+    (the common depthwise layer) take all nine taps of a pixel in one pass
+    where they all fall inside grad_output; other pixels and shapes go tap by tap.
     """
     height, width = gi.shape[1], gi.shape[2]
     out_h, out_w = g.shape[1], g.shape[2]
@@ -146,6 +156,7 @@ def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     for task in prange(gi.shape[0] * height):
         n = task // height
         r = task - n * height
+        _zero(gi[n, r])
         i0, i1, i2 = r + pt, r + pt - dh, r + pt - 2 * dh  # output rows of taps p = 0, 1, 2
         if nine and i2 >= 0 and i0 < out_h:
             inner_lo, inner_hi = max(0, 2 * dw - pl), max(0, min(width, out_w - pl))
@@ -242,23 +253,55 @@ def _fold(total, block):
 
 
 def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
-    """gw += the weight gradient, summed in ``n_chunks`` blocked partials.
+    """gw += the weight gradient, summed in ``n_chunks`` blocked partials."""
+    no_bias = np.zeros(0, gw.dtype)
+    _weight_and_bias(x, g, gw, no_bias, sh, sw, pt, pl, dh, dw, n_chunks)
+
+
+def backward_nhwc_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pl, dh, dw, groups, n_chunks):
+    """gi = and gw, gb += the depthwise backward: grad_input, then the other two in one pass.
+
+    grad_bias is summed from grad_output's rows while grad_weight's taps have
+    them in cache, which spares a pass over grad_output (as long as the input:
+    it is memory-bound).
+    """
+    grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups)
+    _weight_and_bias(x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks)
+
+
+def _weight_and_bias(x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks):
+    """gw (and gb, unless it is empty) += the gradients, summed in ``n_chunks`` blocked partials.
 
     The partials are allocated here, by NumPy, so the asv memory tracks see them.
     """
     totals = np.zeros((n_chunks, *gw.shape), dtype=np.float64)
     blocks = np.zeros((n_chunks, *gw.shape), dtype=gw.dtype)
-    _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, totals, blocks)
+    bias_totals = np.zeros((n_chunks, gb.shape[0]), dtype=np.float64)
+    bias_blocks = np.zeros((n_chunks, gb.shape[0]), dtype=gw.dtype)
+    _grad_weight_nhwc_depthwise(
+        x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks, totals, blocks, bias_totals, bias_blocks
+    )
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add_row(acc, g_row):
+    """acc[c] += sum over pixels j of g_row[j, c]."""
+    for j in range(g_row.shape[0]):
+        for c in range(g_row.shape[1]):
+            acc[c] += g_row[j, c]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks, totals, blocks):
-    """gw += per-channel valid correlation of x with g.
+def _grad_weight_nhwc_depthwise(
+    x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks, totals, blocks, bias_totals, bias_blocks
+):
+    """gw += per-channel valid correlation of x with g; gb += g's sum unless gb is empty.
 
     Output rows are split into ``n_chunks`` fixed chunks summed in parallel into
     their own partial gradients (blocked, see BLOCK_TERMS), then added in chunk
     order: deterministic for any thread count.
     """
+    with_bias = gb.shape[0] > 0
     height, width = x.shape[1], x.shape[2]
     out_h, out_w = g.shape[1], g.shape[2]
     kh, kw = gw.shape[0], gw.shape[1]
@@ -270,6 +313,8 @@ def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chun
         for row in range(row_lo, row_hi):
             n = row // out_h
             i = row - n * out_h
+            if with_bias:
+                _add_row(bias_blocks[chunk], g[n, i])
             for p in range(kh):
                 r = i * sh + p * dh - pt
                 if r < 0 or r >= height:
@@ -284,6 +329,9 @@ def _grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chun
                         _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
             if (row - row_lo + 1) % block_rows == 0 or row == row_hi - 1:
                 _fold(totals[chunk], blocks[chunk])
+                _fold(bias_totals[chunk], bias_blocks[chunk])
     for chunk in range(1, n_chunks):
         _fold(totals[0], totals[chunk])
+        _fold(bias_totals[0], bias_totals[chunk])
     _fold(gw, totals[0])  # gw += total, rounded once
+    _fold(gb, bias_totals[0])
