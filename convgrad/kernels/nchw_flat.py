@@ -714,16 +714,25 @@ def _block_channels(block, co_blocks, cout_g):
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _add_slice(gw, totals, co_lo, co_hi, nhwc):
-    """gw[co_lo:co_hi] += totals[:co_hi - co_lo] (rounded once), then those totals = 0."""
+    """gw[co_lo:co_hi] += totals[:co_hi - co_lo] (rounded once), then those totals = 0.
+
+    NCHW's entries are in the totals' order: one flat loop (vectorised; the
+    nested one took 1.7 us of lenet2's 20 us kernel).
+    """
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
+    if not nhwc:
+        per_channel = cin_g * kh * kw
+        flat = totals.reshape(totals.size)
+        target = gw.reshape(gw.size)[co_lo * per_channel : co_hi * per_channel]
+        for k in range(target.shape[0]):
+            target[k] += flat[k]
+            flat[k] = 0
+        return
     for co in range(co_lo, co_hi):
         for ci2 in range(cin_g):
             for p in range(kh):
                 for q in range(kw):
-                    if nhwc:
-                        gw[p, q, ci2, co] += totals[co - co_lo, ci2, p, q]
-                    else:
-                        gw[co, ci2, p, q] += totals[co - co_lo, ci2, p, q]
+                    gw[p, q, ci2, co] += totals[co - co_lo, ci2, p, q]
                     totals[co - co_lo, ci2, p, q] = 0
 
 
