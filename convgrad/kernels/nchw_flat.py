@@ -206,7 +206,10 @@ def line_aligned_empty(shape, dtype):
     NumPy aligns big arrays to 16 bytes; ``_transpose_tile``'s row stores into a
     target whose rows start off a line each touch two lines: the transposes of
     one cifar_b32 image's grad_output took 18-21 us so, 5.7 us aligned (one
-    thread, 2-core Intel Xeon).
+    thread, 2-core Intel Xeon). The plane workspaces too: each 512-bit load of a
+    window that starts off a line reads two; cifar_b32's fused kernel took
+    1.30-1.44 ms with its shifted planes 16, 32 or 48 bytes off a line and
+    1.21-1.24 ms on one (2 threads), and which one a process got was up to malloc.
     """
     itemsize = np.dtype(dtype).itemsize
     count = math.prod(shape)
@@ -415,8 +418,8 @@ def _workspaces(n_chunk, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, 
     """
     pitch = (width + pl + pr + sw - 1) // sw
     rows = (height + pt + pb + sh - 1) // sh + 1
-    images = np.empty((n_chunk, c_in, sh * sw, rows, pitch), dtype)
-    grads = np.empty((n_chunk, c_out, 1, out_h, pitch), dtype)
+    images = line_aligned_empty((n_chunk, c_in, sh * sw, rows, pitch), dtype)
+    grads = line_aligned_empty((n_chunk, c_out, 1, out_h, pitch), dtype)
     return images, grads
 
 
@@ -1134,8 +1137,8 @@ def backward_nchw_flat(
     _, c_out, out_h, out_w = _image_dims(g, nhwc)
     kh, kw = (w.shape[0], w.shape[1]) if nhwc else (w.shape[2], w.shape[3])
     band = -(-out_h // n_bands)  # the longest band's output rows
-    images = np.empty((n_blocks, c_in, kw, band + (kh - 1) * dh, out_w), x.dtype)
-    gi_planes = np.empty_like(images)
+    images = line_aligned_empty((n_blocks, c_in, kw, band + (kh - 1) * dh, out_w), x.dtype)
+    gi_planes = line_aligned_empty(images.shape, x.dtype)
     # NHWC grad_output is gathered into NCHW order, a band at a time
     row = spread_row(band * out_w, x.dtype.itemsize)
     grads = line_aligned_empty((n_blocks, c_out, row) if nhwc else (0, 0, 0), x.dtype)
@@ -1522,7 +1525,7 @@ def _backward_padded(
     images, grads = _workspaces(
         n_blocks, c_in, c_out, reach, width, band, sh, sw, 0, 0, pl, pr, x.dtype
     )
-    gi_planes = np.empty_like(images)
+    gi_planes = line_aligned_empty(images.shape, x.dtype)
     totals = np.zeros((n_blocks, *_weight_totals_shape(gw, nhwc)), dtype=np.float64)
     bias = np.zeros((n_blocks, c_out), dtype=np.float64)
     w = _as_nchw_weight(w, nhwc)
