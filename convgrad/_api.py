@@ -496,7 +496,12 @@ def _backward_fused(
     overwritten = choice.writes_input
     if family is problem.layout:
         gi = destination(
-            outs[0], problem.input_shape, problem.dtype, accumulate, originals, overwritten
+            outs[0],
+            problem.input_shape,
+            problem.dtype,
+            accumulate,
+            originals,
+            overwritten=overwritten,
         )
         gw = destination(outs[1], problem.weight_shape, problem.dtype, accumulate, originals)
         gi_kernel = as_batched(gi, problem.batched)
