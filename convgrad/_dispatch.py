@@ -10,7 +10,8 @@ Six kernel families, by what their innermost loop runs along:
 - "rows" (``kernels/nchw.py``, NCHW): one output row, OW long;
 - "channels" (``kernels/nhwc.py``, NHWC): a group's output channels;
 - "depthwise channels" (``kernels/nhwc_depthwise.py``, NHWC, groups == C_in
-  == C_out): all channels, elementwise;
+  == C_out): all channels, elementwise (conv2d_backward: grad_input, then
+  grad_weight with grad_bias in one pass over grad_output);
 - "depthwise planes" (``kernels/nchw_depthwise.py``, NCHW, conv2d_backward
   only): a channel's whole padded plane, all three gradients in one pass.
   Depthwise problems stay in the user's layout (rows for NCHW's single
@@ -523,8 +524,9 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     (``finite_only``: the caller checks and falls back to ``select_kernel``'s
     kernels). NCHW depthwise problems take the depthwise planes kernel (phase
     planes at other strides), finite-only too, when one set of planes per
-    thread fits the budget. Other problems get None (BLAS and NHWC depthwise
-    ones always).
+    thread fits the budget; NHWC depthwise problems ``backward_nhwc_depthwise``
+    (exact for any input). Both write grad_input (``writes_input``). Other
+    problems get None (BLAS ones always).
     """
     if is_depthwise(problem) and problem.geometry.groups > 1:  # one channel alone is no group
         if problem.layout is NCHW and depthwise_fits(problem):
@@ -538,7 +540,7 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
             args = (*problem.kernel_args, weight_chunks(problem))
             kernel = nhwc_depthwise.backward_nhwc_depthwise
             return KernelChoice(kernel, NHWC, args, writes_input=True)
-        return None  # the depthwise kernels, one gradient at a time
+        return None  # NCHW planes over the budget: the row kernels, one gradient at a time
     if gemm_suits(problem):
         return None  # BLAS
     nhwc = int(problem.layout is NHWC)

@@ -169,7 +169,8 @@ def test_nhwc_backward_matches_the_naive_loops(problem, n_chunks, seed):
 def test_api_keeps_nan_exact_for_a_non_finite_input_or_weight(where, layout):
     """The fused NCHW kernel's finiteness check reads the weight, grad_weight and grad_bias,
     not grad_input: an Inf in the input or the weight must still send the call to the exact
-    kernels (the padded planes would turn it into NaNs the exact answer does not have)."""
+    kernels (the padded planes would turn it into NaNs the exact answer does not have). The
+    NHWC backward, exact for any input, must give the same answer as its own gradients."""
     rng = np.random.default_rng(5)
     pads, dilation = (1, 1, 1, 1), (1, 1)
     g, x, w = random_problem(rng, 2, 6, 9, 10, (3, 3), pads, dilation)
