@@ -1259,13 +1259,12 @@ def _finish_serial(gi, gw, gb, totals, bias, nhwc):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _gather_grad(image, target, sums):
-    """target[c] = channel c of the NHWC ``image`` (OH, OW, C), flattened; sums[c] += its sum.
+def _gather_grad(image, target):
+    """target[c] = channel c of the NHWC ``image`` (OH, OW, C), flattened.
 
     A transpose of the (pixels, C) matrix: square tiles of one register's
     width go through ``_transpose_tile``; fewer channels than a tile (no
     whole tiles) are copied a channel at a time, and the rest value by value.
-    The sums run along the contiguous rows of ``target`` (``_add_row_sums``, as NCHW's).
     """
     pixels, channels = image.shape[0] * image.shape[1], image.shape[2]
     flat = image.reshape(pixels * channels)
@@ -1288,7 +1287,6 @@ def _gather_grad(image, target, sums):
         for p in range(tiled_pixels, pixels):
             for c in range(channels):
                 target[c, p] = flat[p * channels + c]
-    _add_row_sums(target, pixels, sums)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
@@ -1396,16 +1394,15 @@ def _shifted_block(
             gbase = i0 * out_w
             if nhwc:
                 gf = grads[block]
-                _gather_grad(g[n, i0:i1], gf, bias[block])
+                _gather_grad(g[n, i0:i1], gf)
                 gbase = 0
             for group in range(groups):
                 for co_block in range(co_blocks):
                     co0 = group * cout_g + co_block * BLOCK
                     co1 = min(co0 + BLOCK, (group + 1) * cout_g)
                     for ci_block in range(ci_blocks):
-                        # NCHW grad_output's rows are summed for grad_bias here, once
-                        # (NHWC's as they are gathered)
-                        bias_sums = bias[block, : 0 if nhwc or ci_block else c_out]
+                        # grad_output's rows are summed for grad_bias here, once
+                        bias_sums = bias[block, : 0 if ci_block else c_out]
                         _weight_block(
                             xf, gf, totals[block], group, co0, co1, ci_block * BLOCK,
                             1, 1, dh, dw, out_w, 0, length, True, gbase, bias_sums,
