@@ -1497,8 +1497,9 @@ def _input_columns(
     COLUMNS_MAX columns per pass, evenly split; the pixels past the last whole
     vector from a zero-padded copy), a piece of ``cols.shape[1]`` pixels at a
     time, then added into gi plane (ci0 + b, tap (p, q)'s plane) at the tap's
-    offset (``_tap``). The planes are zeroed first and added into gi after, as
-    in ``_input_block``.
+    offset (``_tap``), a tap at a time for all b (each plane entry still gets
+    its terms in tap order). The planes are zeroed first and added into gi
+    after, as in ``_input_block``.
     """
     cout_g, n_columns = wcols.shape
     taps, g_stride = kh * kw, gf.shape[1]
@@ -1526,14 +1527,19 @@ def _input_columns(
                     wcols, j, n_columns, in_pass, source, at, stride, cout_g, cols,
                     j * piece + k0 - c0, piece,
                 )  # fmt: skip
-        for j in range(n_columns):
-            tap = j % taps
+        # a tap at a time across the channels: taken a channel at a time, each
+        # tap's window (in the plane the channel's taps share at stride 1) starts
+        # one value past the last one's, and its loads, half-overlapping that
+        # loop's recent stores, wait for them (no store forwarding): the dense
+        # grad_input took 0.90-0.94x the time so, resnet_s2's the same
+        for tap in range(taps):
             phase, offset = _tap(tap // kw, tap % kw, sh, sw, dh, dw, pitch, shifted)
             start = base + offset
-            target = gif[ci0 + j // taps, phase, start + c0 : start + c1]
-            column = cols[j]
-            for k in range(c1 - c0):
-                target[k] += column[k]
+            for b in range(width_b):
+                target = gif[ci0 + b, phase, start + c0 : start + c1]
+                column = cols[b * taps + tap]
+                for k in range(c1 - c0):
+                    target[k] += column[k]
     _planes_into_gi(
         gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base, nhwc,
         shifted, top_row,
