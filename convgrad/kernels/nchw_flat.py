@@ -793,7 +793,7 @@ def _weight_block(
     dtype's vectors (as the dot products), unless ``bias_sums`` is empty. Three
     taps at a time sum them from their own loads (``_dot3x4_sums``): for the
     fused kernel's few input channels that replaces a pass over grad_output
-    (cifar_b32 and mnist_b64 took 0.90-0.95x the time); other blocks read
+    (cifar_b32 and mnist_b64 took 0.87-0.95x the time); other blocks read
     the rows again.
     """
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
@@ -1655,6 +1655,7 @@ def _padded_block(
                     co1 = min(co0 + BLOCK, (group + 1) * cout_g)
                     for ci_block in range(ci_blocks):
                         ci2_0 = ci_block * BLOCK
+                        # grad_bias was summed as grad_output was padded
                         _weight_block(
                             xf, gf, totals[block], group, co0, co1, ci2_0, sh, sw, dh, dw,
                             pitch, 0, length, False, 0, bias[block, :0],
