@@ -527,6 +527,7 @@ def _dot3x4(x0, x1, x2, b0, b1, b2, b3):
     The windows of three kernel taps share each load of b_j: for planes with
     fewer than four input channels this is what ``_dot4x4`` is for the others.
     """
+    # TAPS * BLOCK sums: numba slices a tuple only by a literal
     return _dot3x4_sums(x0, x1, x2, b0, b1, b2, b3)[:12]
 
 
@@ -789,12 +790,12 @@ def _weight_block(
     L1_BYTES of each vector at a time for all taps; fewer input channels take
     three kernel taps at a time or four output channels.
 
-    ``bias_sums[co0:co1]`` += the sums of those grad_output positions, in the
-    dtype's vectors (as the dot products), unless ``bias_sums`` is empty. Three
-    taps at a time sum them from their own loads (``_dot3x4_sums``): for the
+    ``bias_sums[co0:co1]`` += the sums of those grad_output positions, unless
+    ``bias_sums`` is empty. Three taps at a time sum them from their own loads
+    (``_dot3x4_sums``, in the dtype's vectors as the dot products): for the
     fused kernel's few input channels that replaces a pass over grad_output
-    (cifar_b32 and mnist_b64 took 0.87-0.95x the time); other blocks read
-    the rows again.
+    (cifar_b32 took 0.78-0.97x the time, mnist_b64 0.74-0.91x); other blocks
+    read the rows again (``_add_row_sums``, in float64).
     """
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
     ci2_1 = min(ci2_0 + BLOCK, cin_g)
