@@ -489,9 +489,12 @@ def depthwise_workspace_bytes(problem: Problem) -> int:
     (sh, sw), (dh, dw) = problem.geometry.stride, problem.geometry.dilation
     if (sh, sw) == (1, 1):
         pitch = problem.width + left + right
+        lanes = nchw_depthwise.LINE_BYTES // problem.dtype.itemsize
         margin = (problem.kh - 1) * dh * pitch + (problem.kw - 1) * dw
+        margin += -margin % lanes
         rows = problem.height + top + bottom
-        values = 2 * (rows * pitch + margin) + problem.height * pitch
+        # three planes, each allocated a line longer to start on one
+        values = 2 * (rows * pitch + margin) + problem.height * pitch + 3 * lanes
     else:
         pitch = _flat_pitch(problem)
         reach_h = (problem.kh - 1) * dh // sh

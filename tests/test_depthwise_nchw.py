@@ -199,3 +199,14 @@ def test_stride_1_kernel_refuses_other_strides():
     w, gi, gw, gb = np.zeros((2, 1, 2, 2)), np.zeros_like(x), np.zeros((2, 1, 2, 2)), np.zeros(2)
     with pytest.raises(ValueError, match=r"^backward_nchw_depthwise is for stride 1$"):
         nchw_depthwise.backward_nchw_depthwise(x, g, w, gi, gw, gb, 2, 2, 0, 0, 0, 0, 1, 1, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [1, 15, 3364])
+def test_planes_start_on_a_line_and_are_zero(count, dtype):
+    like = np.empty(1, dtype)
+    for _ in range(8):  # numba aligns to 32 bytes: half its allocations start off a line
+        plane = nchw_depthwise._line_aligned_zeros(count, like)
+        assert plane.shape == (count,) and plane.dtype == dtype
+        assert plane.ctypes.data % nchw_depthwise.LINE_BYTES == 0
+        assert not plane.any()
