@@ -34,14 +34,18 @@ from ._wide import WideCompiler, WideNoAliasCompiler
 DOT_TERMS = 4096
 
 # Bytes of a cache line. The planes start on one: numba aligns its arrays to
-# 32 bytes, and a 512-bit load of a window off a line reads two. The helpers
-# below compile 512 bits wide (``_wide``); the two together, with grad_bias
-# summed in the 3 x 3 dots, took the suite's depthwise shape from 1.79-1.89 to
-# 1.68 ms (2 threads, 2-core Intel Xeon; 4.0-4.5 to 3.5-3.6 ms on one thread).
+# 32 bytes, and a 512-bit load of a window off a line reads two. The stride-1
+# kernel's taps, dots and copy-back compile 512 bits wide (``_wide``); the two
+# together, with grad_bias summed in the 3 x 3 dots, took the suite's depthwise
+# shape from 1.79-1.89 to 1.68 ms (2 threads, 2-core Intel Xeon; 4.0-4.5 to
+# 3.5-3.6 ms on one thread). The helpers the strided kernel uses keep LLVM's
+# width: with ``_sum``, ``_plane_sum`` and ``_tap`` wide (which of the three
+# was not pinned down) a stride-2 layer of the suite's size took 1.05-1.1x the
+# time; ``_place``, ``_dot`` and ``_add1`` were not measured wide on their own.
 LINE_BYTES = 64
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _place(plane, target, top, left, pitch):
     """target[(top + r) * pitch + left + k] = plane[r, k]: a plane into a wider, zeroed one."""
     height, width = plane.shape
@@ -60,7 +64,7 @@ def _line_aligned_zeros(count, like):
     return flat[skip : skip + count]
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _sum(values):
     """sum of ``values`` in their dtype (vectorised)."""
     acc = values.dtype.type(0)
@@ -69,7 +73,7 @@ def _sum(values):
     return acc
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _plane_sum(values):
     """The sum of ``values`` (a plane laid out flat, zero columns and all), in float64.
 
@@ -81,7 +85,7 @@ def _plane_sum(values):
     return total
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _dot(a, b):
     """sum of a * b over two equally long contiguous vectors."""
     acc = a.dtype.type(0)
@@ -168,7 +172,7 @@ def _add3(dest, w0, s0, w1, s1, w2, s2):
         dest[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m]
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _add1(dest, w0, s0):
     """dest += w0 * s0."""
     for m in range(dest.shape[0]):
@@ -298,7 +302,7 @@ def backward_nchw_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
 # A tap at a time (a phase's windows are few and short).
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _tap(p, q, sh, sw, dh, dw, pitch):
     """(phase, offset) of kernel tap (p, q) in the phase planes."""
     phase = ((p * dh) % sh) * sw + (q * dw) % sw
@@ -325,7 +329,7 @@ def _phase_columns(b, left, width, sw):
 # stride 2: 0.8 ms of 2 ms on one thread, as much again for the way back).
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _place_phases(plane, phases, top, left, sh, sw, pitch):
     """phases[(y % sh)*sw + z % sw, (y // sh)*pitch + z // sw] = plane[y - top, z - left]."""
     height, width = plane.shape
@@ -341,7 +345,7 @@ def _place_phases(plane, phases, top, left, sh, sw, pitch):
                 a, at = 0, at + pitch
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _copy_valid_phases(gi_plane, phases, top, left, sh, sw, pitch):
     """gi_plane[r, k] = its value in ``phases``: ``_place_phases`` undone (every r, k)."""
     height, width = gi_plane.shape
