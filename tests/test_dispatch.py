@@ -170,8 +170,9 @@ def test_bias_kernel_per_layout():
 
 
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
-def test_bias_beside_blas_is_a_numpy_sum_over_the_other_axes(layout):
+def test_bias_beside_blas_runs_on_the_calling_thread(layout):
     kernel = _dispatch.select_bias_kernel(layout, beside_blas=True)
+    assert not kernel.targetoptions.get("parallel")  # numba's thread pool stays idle
     g = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(layout.image_shape(2, 3, 4, 5))
     gb = np.ones(3, np.float32)
     kernel(g, gb)

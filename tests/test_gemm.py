@@ -63,14 +63,15 @@ def test_gemm_path_matches_reference(case):
     for got, want in zip(convgrad.conv2d_backward(g, x, w, **opts), expected, strict=True):
         assert got.dtype == dtype
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
-    # the kernels themselves, with an arbitrary tile size, add into what is there
+    # the kernels themselves, with an arbitrary tile size: grad_input writes
+    # every value (``writes_input``), grad_weight adds into what is there
     grad_input, grad_weight = (
         getattr(gemm, f"grad_{what}_gemm_{layout.name.lower()}") for what in ("input", "weight")
     )
     xb, gb = (a if batched else a[np.newaxis] for a in (x, g))
-    gi = np.ones_like(xb)
+    gi = np.full_like(xb, np.nan)
     grad_input(gb, w, gi, opts["groups"], rows_per_tile)
-    np.testing.assert_allclose(gi - 1, expected[0].reshape(gi.shape), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(gi, expected[0].reshape(gi.shape), rtol=rtol, atol=atol)
     gw = np.ones_like(w)
     grad_weight(xb, gb, gw, opts["groups"], rows_per_tile)
     np.testing.assert_allclose(gw - 1, expected[1], rtol=rtol, atol=atol)
@@ -104,3 +105,4 @@ def test_gemm_only_for_plain_products(k, stride, padding, c, suits):
         if suits:
             assert choice.layout is layout  # no relayout
             assert choice.args == (1, _dispatch.gemm_rows_per_tile(problem))
+            assert _dispatch.select_kernel("grad_input", problem).writes_input

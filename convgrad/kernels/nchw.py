@@ -176,14 +176,27 @@ def grad_weight_nchw(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
         _grad_weight_plane(x, g, gw, task, sh, sw, pt, pl, dh, dw, groups)
 
 
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _channel_sum(g, co):
+    """sum of g[:, co] over (n, i, j), accumulated in float64."""
+    n_batch, _, out_h, out_w = g.shape
+    acc = 0.0
+    for n in range(n_batch):
+        for i in range(out_h):
+            for j in range(out_w):
+                acc += g[n, co, i, j]
+    return acc
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_bias_nchw(g, gb):
     """gb += sum of g over (n, i, j), accumulated in float64; parallel over co."""
-    n_batch, c_out, out_h, out_w = g.shape
-    for co in prange(c_out):
-        acc = 0.0
-        for n in range(n_batch):
-            for i in range(out_h):
-                for j in range(out_w):
-                    acc += g[n, co, i, j]
-        gb[co] += acc
+    for co in prange(g.shape[1]):
+        gb[co] += _channel_sum(g, co)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def grad_bias_nchw_serial(g, gb):
+    """``grad_bias_nchw`` on the calling thread, leaving numba's thread pool idle."""
+    for co in range(g.shape[1]):
+        gb[co] += _channel_sum(g, co)
