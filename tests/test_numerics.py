@@ -23,9 +23,10 @@ LONG = {
     "channels": (29_200, 1, 8, 8, 3, 1, 1, "NHWC"),
     "depthwise": (16, 4, 4, 258, 3, 1, 4, "NHWC"),
     "gemm": (16, 4, 4, 256, 1, 1, 1, "NHWC"),
+    "gemm_nchw": (16, 4, 4, 256, 1, 1, 1, "NCHW"),
 }
 MODULES = {"rows": "nchw", "flat": "nchw_flat", "channels": "nhwc"}
-MODULES |= {"depthwise": "nhwc_depthwise", "gemm": "gemm"}
+MODULES |= {"depthwise": "nhwc_depthwise", "gemm": "gemm", "gemm_nchw": "gemm"}
 
 
 def arrays(case, draw):
