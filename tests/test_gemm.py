@@ -106,3 +106,19 @@ def test_gemm_only_for_plain_products(k, stride, padding, c, suits):
             assert choice.layout is layout  # no relayout
             assert choice.args == (1, _dispatch.gemm_rows_per_tile(problem))
             assert _dispatch.select_kernel("grad_input", problem).writes_input
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_gemm_path_adds_into_out_and_keeps_nan_where_the_reference_has_it(layout):
+    """grad_input is written by the GEMM kernels (``writes_input``): with ``accumulate`` the
+    API must still add into ``out``; a NaN in grad_output reaches exactly the entries it should."""
+    x, w, g, opts = make(layout, np.float32, (2, 8, 8, 3, 4, 1), True, 5)
+    g[(1, 2, 0, 3) if layout is NCHW else (1, 0, 3, 2)] = np.nan
+    expected = conv2d_backward_reference(*(a.astype(np.float64) for a in (g, x, w)), **opts)
+    out = tuple(np.full(a.shape, 2.0, np.float32) for a in (x, w, np.zeros(8)))
+    got = convgrad.conv2d_backward(g, x, w, **opts, out=out, accumulate=True)
+    for result, target, want in zip(got, out, expected, strict=True):
+        assert result is target
+        np.testing.assert_array_equal(np.isnan(result), np.isnan(want))
+        assert np.isnan(want).any() and not np.isnan(want).all()
+        np.testing.assert_allclose(result - 2, want, rtol=1e-5, atol=1e-5)
