@@ -2,7 +2,8 @@
 
 ``Backward`` times convgrad on every suite shape in both layouts; ``Dtypes``
 runs a few shapes in float32 and float64; ``Threads`` and ``ThreadSpeedup``
-show the scaling from 1 to 2 threads; ``Torch`` and ``Reference`` time the
+show the scaling from 1 to 2 threads; ``AfterPointwise`` a 1x1 layer's backward
+followed by another layer's; ``Torch`` and ``Reference`` time the
 same shapes through torch's conv backward and through convgrad's plain NumPy
 reference; ``SpeedupOverTorch`` is the ratio the performance targets are set in.
 """
@@ -107,6 +108,32 @@ class ThreadSpeedup:
         return times["1"] / times["2"]
 
     track_speedup_1_to_2_threads.unit = "x"
+
+
+class AfterPointwise:
+    """pointwise's backward (NHWC) and straight after it another layer's (NCHW), timed together.
+
+    What a network's backward does (a MobileNet block: 1x1 then depthwise). Whatever the
+    1x1 products leave running (OpenBLAS's workers spin for ~0.1 s after a product they ran)
+    slows the next layer's kernels; the pair's time shows it, a layer timed alone does not.
+    """
+
+    version = "1"
+    params = [["depthwise", "resnet_3x3"]]
+    param_names = ["next_layer"]
+    timeout = 300
+
+    def setup(self, next_layer):
+        skip_if_slow(next_layer)
+        set_threads()
+        self.pointwise = backward_call(SHAPES["pointwise"], "NHWC")
+        self.next = backward_call(SHAPES[next_layer], "NCHW")
+        self.pointwise()
+        self.next()
+
+    def time_pair(self, next_layer):
+        self.pointwise()
+        self.next()
 
 
 class Torch:

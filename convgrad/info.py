@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from . import __version__
+from ._blas import blas_info
 
 # SIMD features worth naming, in the order printed (those the CPU has).
 SIMD_FEATURES = (
@@ -225,6 +226,7 @@ def collect() -> dict[str, Any]:
         "cpu": cpu_info(),
         "threading": threading_info(),
         "cache": cache_info(),
+        "blas": blas_info(),
     }
 
 
@@ -250,6 +252,12 @@ def format_report(info: dict[str, Any]) -> str:
     lines.append(f"threads       {th['threads']} (numba pool size {th['max_threads']})")
     for name, value in th["environment"].items():
         lines.append(f"              {name}={value}")
+    blas = info["blas"]
+    lines.append(
+        f"1x1 products  gemm at one BLAS thread each, on numba's threads ({blas['library']})"
+        if blas["numba_threads"]
+        else f"1x1 products  np.matmul, threaded by the BLAS library ({blas['why']})"
+    )
     source = cache["numba_cache_dir"]
     lines.append(
         "kernel cache  " + (f"NUMBA_CACHE_DIR={source}" if source else "NUMBA_CACHE_DIR not set")

@@ -96,4 +96,4 @@ def test_text_and_json_reports():
     assert "kernel cache" in text and "kernels compiled and cached" in text
     out = io.StringIO()
     assert info.run(as_json=True, stdout=out) == 0
-    assert set(json.loads(out.getvalue())) == {"versions", "cpu", "threading", "cache"}
+    assert set(json.loads(out.getvalue())) == {"versions", "cpu", "threading", "cache", "blas"}

@@ -7,16 +7,99 @@ With a 1x1 kernel each output pixel reads only the same input pixel, so per grou
 
 There is no padding and no term that the exact math leaves out, so NaN and Inf
 behave exactly as in the loop kernels. grad_input is written straight into
-its array (one group) or a tile of rows at a time (``rows_per_tile``, which
-bounds the temporary memory); grad_weight's tiles are added in a fixed order.
-BLAS runs on its own thread pool (OpenBLAS's thread count); grad_bias beside
-it runs on the calling thread (``_dispatch.select_bias_kernel``).
+its array; grad_weight sums tiles of ``rows_per_tile`` pixels in the dtype and
+the tiles in float64, rounded once.
+
+Where NumPy's OpenBLAS exports cblas gemm and its thread controls
+(``convgrad._blas``), the products run as single-threaded gemm calls from
+numba's threads (``gemm_blas.py``): on numba's thread count, with no
+OpenBLAS worker left spinning after them. Otherwise they go
+through ``np.matmul`` (the ``_matmul`` functions below), threaded by the BLAS
+library. grad_bias beside them runs on the calling thread
+(``_dispatch.select_bias_kernel``).
 """
 
+import numba
 import numpy as np
+
+from .._blas import gemm_for, one_blas_thread
+from . import gemm_blas
+
+# Multiply-adds a task keeps at least (a product is cut into at most one task
+# per thread): smaller gemm calls run below BLAS's efficient sizes.
+TASK_MULTIPLY_ADDS = 2**22
+
+
+def _parts(multiply_adds, groups):
+    """Tasks per group: numba's threads shared by the groups, each with enough work."""
+    parts = min(numba.get_num_threads(), multiply_adds // TASK_MULTIPLY_ADDS)
+    return max(1, parts // groups)
+
+
+def _blas_gemm(*arrays):
+    """The cblas gemm the numba kernels may call on ``arrays``, or None (use np.matmul).
+
+    Empty arrays go to np.matmul too: gemm refuses a leading dimension of 0.
+    """
+    if not all(a.flags.c_contiguous and a.dtype == arrays[0].dtype and a.size for a in arrays):
+        return None
+    return gemm_for(arrays[0].dtype)
 
 
 def grad_input_gemm_nhwc(g, w, gi, groups, rows_per_tile):
+    """gi = g @ w.T per group; g (N, H, W, C_out), w (1, 1, C_in/g, C_out), gi (N, H, W, C_in).
+
+    Written, not added (``writes_input``); a span of pixels per task.
+    """
+    gemm = _blas_gemm(g, w, gi)
+    if gemm is None:
+        return _grad_input_nhwc_matmul(g, w, gi, groups, rows_per_tile)
+    parts = _parts(g.size * (gi.shape[-1] // groups), groups)
+    with one_blas_thread():
+        gemm_blas.grad_input_nhwc(g, w, gi, groups, parts, *gemm)
+
+
+def grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile):
+    """gw[0, 0] += x.T @ g per group; x (N, H, W, C_in), g (N, H, W, C_out).
+
+    A span of output channels per task.
+    """
+    gemm = _blas_gemm(x, g, gw)
+    if gemm is None:
+        return _grad_weight_nhwc_matmul(x, g, gw, groups, rows_per_tile)
+    parts = _parts(x.size * (g.shape[-1] // groups), groups)
+    with one_blas_thread():
+        gemm_blas.grad_weight_nhwc(x, g, gw, groups, rows_per_tile, parts, *gemm)
+
+
+def grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile):
+    """gi[n] = w.T @ g[n] per group; g (N, C_out, H, W), w (C_out, C_in/g, 1, 1).
+
+    Written, not added, as ``grad_input_gemm_nhwc``; an image (or a span of
+    its pixels) per task.
+    """
+    gemm = _blas_gemm(g, w, gi)
+    if gemm is None:
+        return _grad_input_nchw_matmul(g, w, gi, groups, rows_per_tile)
+    parts = _parts(g.size * (gi.shape[1] // groups), groups)
+    with one_blas_thread():
+        gemm_blas.grad_input_nchw(g, w, gi, groups, parts, *gemm)
+
+
+def grad_weight_gemm_nchw(x, g, gw, groups, rows_per_tile):
+    """gw[:, :, 0, 0] += sum over n of g[n] @ x[n].T per group.
+
+    A span of output channels per task.
+    """
+    gemm = _blas_gemm(x, g, gw)
+    if gemm is None:
+        return _grad_weight_nchw_matmul(x, g, gw, groups, rows_per_tile)
+    parts = _parts(x.size * (g.shape[1] // groups), groups)
+    with one_blas_thread():
+        gemm_blas.grad_weight_nchw(x, g, gw, groups, rows_per_tile, parts, *gemm)
+
+
+def _grad_input_nhwc_matmul(g, w, gi, groups, rows_per_tile):
     """gi = g @ w.T per group; g (N, H, W, C_out), w (1, 1, C_in/g, C_out), gi (N, H, W, C_in).
 
     Written, not added (``writes_input``): one group's product goes straight
@@ -39,7 +122,7 @@ def grad_input_gemm_nhwc(g, w, gi, groups, rows_per_tile):
             gi2[rows, ins] = g2[rows, outs] @ w_t
 
 
-def grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile):
+def _grad_weight_nhwc_matmul(x, g, gw, groups, rows_per_tile):
     """gw[0, 0] += x.T @ g per group; x (N, H, W, C_in), g (N, H, W, C_out).
 
     Tiles' products are summed in float64 and rounded once (blocked sums). A
@@ -63,7 +146,7 @@ def grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile):
         gw[0, 0] += total.astype(gw.dtype)
 
 
-def grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile):
+def _grad_input_nchw_matmul(g, w, gi, groups, rows_per_tile):
     """gi[n] = w.T @ g[n] per group; g (N, C_out, H, W), w (C_out, C_in/g, 1, 1).
 
     Written, not added, as ``grad_input_gemm_nhwc``.
@@ -87,7 +170,7 @@ def grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile):
             gi3[images, ins] = w_t @ g3[images, outs]
 
 
-def grad_weight_gemm_nchw(x, g, gw, groups, rows_per_tile):
+def _grad_weight_nchw_matmul(x, g, gw, groups, rows_per_tile):
     """gw[:, :, 0, 0] += sum over n of g[n] @ x[n].T per group.
 
     The images' products are summed in the dtype a tile of ``rows_per_tile``
