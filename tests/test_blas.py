@@ -33,7 +33,9 @@ def blas_products(layout, x, w, g, groups, rows_per_tile, parts):
     name = layout.name.lower()
     gi, gw = np.full_like(x, np.nan), np.ones_like(w)
     with _blas.one_blas_thread():
-        getattr(gemm_blas, f"grad_input_{name}")(g, w, gi, groups, parts, *_blas.gemm_for(x.dtype))
+        getattr(gemm_blas, f"grad_input_{name}")(
+            g, w, gi, groups, rows_per_tile, parts, *_blas.gemm_for(x.dtype)
+        )
         getattr(gemm_blas, f"grad_weight_{name}")(
             x, g, gw, groups, rows_per_tile, parts, *_blas.gemm_for(x.dtype)
         )
@@ -154,9 +156,9 @@ def test_backward_runs_the_products_at_one_blas_thread_on_numbas_threads(layout,
     assert [(what, blas) for what, blas, _, _ in seen] == [("input", 1), ("weight", 1)] * len(
         {1, threads}
     )
-    # parts (grad_input's 5th argument, grad_weight's 6th) is numba's thread count here
-    for what, _, count, args in seen:
-        assert args[4 if what == "input" else 5] == count
+    # parts (the kernels' 6th argument) is numba's thread count here
+    for _, _, count, args in seen:
+        assert args[5] == count
 
 
 def test_library_threading_when_asked():

@@ -46,17 +46,29 @@ def _blas_gemm(*arrays):
     return gemm_for(arrays[0].dtype)
 
 
+def _product(numba_kernel, matmul_kernel, arrays, groups, rows_per_tile, multiply_adds):
+    """One gradient's products, by ``numba_kernel`` or else ``matmul_kernel``.
+
+    ``numba_kernel`` runs them on numba's threads, BLAS held at one thread;
+    ``matmul_kernel`` where the numba kernels cannot call BLAS on these arrays.
+    """
+    gemm = _blas_gemm(*arrays)
+    if gemm is None:
+        return matmul_kernel(*arrays, groups, rows_per_tile)
+    with one_blas_thread():
+        numba_kernel(*arrays, groups, rows_per_tile, _parts(multiply_adds, groups), *gemm)
+
+
 def grad_input_gemm_nhwc(g, w, gi, groups, rows_per_tile):
     """gi = g @ w.T per group; g (N, H, W, C_out), w (1, 1, C_in/g, C_out), gi (N, H, W, C_in).
 
     Written, not added (``writes_input``); a span of pixels per task.
     """
-    gemm = _blas_gemm(g, w, gi)
-    if gemm is None:
-        return _grad_input_nhwc_matmul(g, w, gi, groups, rows_per_tile)
-    parts = _parts(g.size * (gi.shape[-1] // groups), groups)
-    with one_blas_thread():
-        gemm_blas.grad_input_nhwc(g, w, gi, groups, parts, *gemm)
+    multiply_adds = g.size * (gi.shape[-1] // groups)
+    _product(
+        gemm_blas.grad_input_nhwc, _grad_input_nhwc_matmul, (g, w, gi), groups, rows_per_tile,
+        multiply_adds,
+    )  # fmt: skip
 
 
 def grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile):
@@ -64,12 +76,11 @@ def grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile):
 
     A span of output channels per task.
     """
-    gemm = _blas_gemm(x, g, gw)
-    if gemm is None:
-        return _grad_weight_nhwc_matmul(x, g, gw, groups, rows_per_tile)
-    parts = _parts(x.size * (g.shape[-1] // groups), groups)
-    with one_blas_thread():
-        gemm_blas.grad_weight_nhwc(x, g, gw, groups, rows_per_tile, parts, *gemm)
+    multiply_adds = x.size * (g.shape[-1] // groups)
+    _product(
+        gemm_blas.grad_weight_nhwc, _grad_weight_nhwc_matmul, (x, g, gw), groups, rows_per_tile,
+        multiply_adds,
+    )  # fmt: skip
 
 
 def grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile):
@@ -78,12 +89,11 @@ def grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile):
     Written, not added, as ``grad_input_gemm_nhwc``; an image (or a span of
     its pixels) per task.
     """
-    gemm = _blas_gemm(g, w, gi)
-    if gemm is None:
-        return _grad_input_nchw_matmul(g, w, gi, groups, rows_per_tile)
-    parts = _parts(g.size * (gi.shape[1] // groups), groups)
-    with one_blas_thread():
-        gemm_blas.grad_input_nchw(g, w, gi, groups, parts, *gemm)
+    multiply_adds = g.size * (gi.shape[1] // groups)
+    _product(
+        gemm_blas.grad_input_nchw, _grad_input_nchw_matmul, (g, w, gi), groups, rows_per_tile,
+        multiply_adds,
+    )  # fmt: skip
 
 
 def grad_weight_gemm_nchw(x, g, gw, groups, rows_per_tile):
@@ -91,12 +101,11 @@ def grad_weight_gemm_nchw(x, g, gw, groups, rows_per_tile):
 
     A span of output channels per task.
     """
-    gemm = _blas_gemm(x, g, gw)
-    if gemm is None:
-        return _grad_weight_nchw_matmul(x, g, gw, groups, rows_per_tile)
-    parts = _parts(x.size * (g.shape[1] // groups), groups)
-    with one_blas_thread():
-        gemm_blas.grad_weight_nchw(x, g, gw, groups, rows_per_tile, parts, *gemm)
+    multiply_adds = x.size * (g.shape[1] // groups)
+    _product(
+        gemm_blas.grad_weight_nchw, _grad_weight_nchw_matmul, (x, g, gw), groups, rows_per_tile,
+        multiply_adds,
+    )  # fmt: skip
 
 
 def _grad_input_nhwc_matmul(g, w, gi, groups, rows_per_tile):

@@ -8,6 +8,8 @@ can differ, as OpenBLAS sums small blocks with other kernels than large ones.
 ``gemm`` and ``ilp64`` are the cblas gemm for the
 arrays' dtype (``convgrad._blas.gemm_for``); the caller holds OpenBLAS at one
 thread (``_blas.one_blas_thread``) and passes C-contiguous arrays of one dtype.
+The grad_input kernels take ``rows_per_tile`` too, unused (they need no
+temporary), so that all four have one signature.
 
 grad_weight sums its pixels a tile of ``rows_per_tile`` at a time (NCHW: that
 many pixels' worth of whole images) in the dtype and the tiles in float64,
@@ -28,6 +30,14 @@ def _span(part, parts, length):
 
 
 @njit(cache=CACHE)
+def _channel_span(task, parts, per_group):
+    """(group, start, stop): task's share of its group's ``per_group`` channels, as channels."""
+    group, part = task // parts, task % parts
+    start, stop = _span(part, parts, per_group)
+    return group, group * per_group + start, group * per_group + stop
+
+
+@njit(cache=CACHE)
 def _add_rounded(total, scratch, target, at, pitch):
     """target.flat[at + i*pitch + j] += total[i, j] rounded to the dtype (through scratch)."""
     flat = target.reshape(target.size)
@@ -38,7 +48,7 @@ def _add_rounded(total, scratch, target, at, pitch):
 
 
 @njit(parallel=True, cache=CACHE)
-def grad_input_nhwc(g, w, gi, groups, parts, gemm, ilp64):
+def grad_input_nhwc(g, w, gi, groups, rows_per_tile, parts, gemm, ilp64):
     """gi[pixels, ins] = g[pixels, outs] @ w[0, 0, :, outs].T per group (written).
 
     A span of pixels per task; g (N, H, W, C_out), w (1, 1, C_in/g, C_out), gi (N, H, W, C_in).
@@ -70,9 +80,7 @@ def grad_weight_nhwc(x, g, gw, groups, rows_per_tile, parts, gemm, ilp64):
     pixels, item = x.size // c_in, x.itemsize
     tiles = (pixels + rows_per_tile - 1) // rows_per_tile
     for task in prange(groups * parts):
-        group, part = task // parts, task % parts
-        c0, c1 = _span(part, parts, cout_g)
-        c0, c1 = group * cout_g + c0, group * cout_g + c1
+        group, c0, c1 = _channel_span(task, parts, cout_g)
         if c1 == c0:
             continue
         x_at, g_at = x.ctypes.data + group * cin_g * item, g.ctypes.data + c0 * item
@@ -96,7 +104,7 @@ def grad_weight_nhwc(x, g, gw, groups, rows_per_tile, parts, gemm, ilp64):
 
 
 @njit(parallel=True, cache=CACHE)
-def grad_input_nchw(g, w, gi, groups, parts, gemm, ilp64):
+def grad_input_nchw(g, w, gi, groups, rows_per_tile, parts, gemm, ilp64):
     """gi[n, ins, cols] = w[outs, :, 0, 0].T @ g[n, outs, cols] per group (written).
 
     An image (or, with fewer images than parts, a span of its pixels) per task;
@@ -132,9 +140,7 @@ def grad_weight_nchw(x, g, gw, groups, rows_per_tile, parts, gemm, ilp64):
     images_per_tile = max(1, rows_per_tile // max(1, pixels))
     tiles = (n_batch + images_per_tile - 1) // images_per_tile
     for task in prange(groups * parts):
-        group, part = task // parts, task % parts
-        r0, r1 = _span(part, parts, cout_g)
-        r0, r1 = group * cout_g + r0, group * cout_g + r1
+        group, r0, r1 = _channel_span(task, parts, cout_g)
         if r1 == r0:
             continue
         if tiles == 1:
