@@ -5,10 +5,11 @@ per group along its output rows or columns, never along the summed pixels
 (each value is one gemm call's sum). The caller takes one part per thread, so
 the bits are the same for a given thread count; across counts the last bits
 can differ, as OpenBLAS sums small blocks with other kernels than large ones.
-``gemm`` and ``ilp64`` are the cblas gemm for the
-arrays' dtype (``convgrad._blas.gemm_for``); the caller holds OpenBLAS at one
-thread (``_blas.one_blas_thread``) and passes C-contiguous arrays of one dtype.
-The grad_input kernels take ``rows_per_tile`` too, unused (they need no
+
+``gemm`` and ``ilp64`` are the cblas gemm for the arrays' dtype
+(``convgrad._blas.gemm_for``); the caller holds OpenBLAS at one thread
+(``_blas.one_blas_thread``) and passes C-contiguous arrays of one dtype. The
+grad_input kernels take ``rows_per_tile`` too, unused (they need no
 temporary), so that all four have one signature.
 
 grad_weight sums its pixels a tile of ``rows_per_tile`` at a time (NCHW: that
