@@ -210,7 +210,8 @@ def conv2d_backward(
     g = _image_for(grad_output, problem, family) if any(mask) else grad_output
     x = _image_for(input, problem, family) if mask[1] else None
     w = _weight_for(weight, problem, family) if mask[0] else None
-    # grad_bias goes first: after a BLAS product OpenBLAS's threads spin for a
+    # grad_bias goes first: after a product through np.matmul (the 1x1 path
+    # without OpenBLAS's controls, see _blas.py) OpenBLAS's threads spin for a
     # while, and a numba kernel started then competes with them for the cores.
     if mask[2]:
         bias_kernel = select_bias_kernel(family, gemm_suits(problem) and (mask[0] or mask[1]))

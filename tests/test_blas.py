@@ -74,6 +74,26 @@ def test_blas_kernels_match_reference_for_any_cut_and_repeat_their_bits(
         assert (gi.tobytes(), gw.tobytes()) == tuple(a.tobytes() for a in again), parts
 
 
+@needs_openblas
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_blas_kernels_put_nan_and_inf_where_the_reference_has_them(layout):
+    """A NaN in grad_output and an Inf in the input, through 3 tasks per group and
+    several float64 tiles: the same NaN/Inf entries as the reference, the rest close."""
+    x, w, g, groups, _ = expected_and_batched(layout, np.float32, (3, 8, 12, 5, 6, 2), 7)
+    g[(1, 4, 2, 3) if layout is NCHW else (1, 2, 3, 4)] = np.nan
+    x[(2, 1, 0, 5) if layout is NCHW else (2, 0, 5, 1)] = np.inf
+    expected = conv2d_backward_reference(
+        *(a.astype(np.float64) for a in (g, x, w)), groups=groups, layout=layout.name
+    )
+    got = blas_products(layout, x, w, g, groups, rows_per_tile=7, parts=3)
+    for result, want in zip(got, expected[:2], strict=True):
+        assert np.isnan(want).any()
+        np.testing.assert_array_equal(np.isnan(result), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(result), np.isinf(want))
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(result[finite], want[finite], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_path_matches_reference(layout, dtype):

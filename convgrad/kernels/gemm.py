@@ -158,7 +158,7 @@ def _grad_weight_nhwc_matmul(x, g, gw, groups, rows_per_tile):
 def _grad_input_nchw_matmul(g, w, gi, groups, rows_per_tile):
     """gi[n] = w.T @ g[n] per group; g (N, C_out, H, W), w (C_out, C_in/g, 1, 1).
 
-    Written, not added, as ``grad_input_gemm_nhwc``.
+    Written, not added, as ``_grad_input_nhwc_matmul``.
     """
     n_batch, c_out = g.shape[:2]
     c_in = gi.shape[1]
@@ -184,7 +184,7 @@ def _grad_weight_nchw_matmul(x, g, gw, groups, rows_per_tile):
 
     The images' products are summed in the dtype a tile of ``rows_per_tile``
     pixels' worth of images at a time, the tiles' sums in float64 and rounded
-    once (blocked sums, as ``grad_weight_gemm_nhwc``'s tiles; a single tile is
+    once (blocked sums, as ``_grad_weight_nhwc_matmul``'s tiles; a single tile is
     added to gw directly). Adding each image's product into a float64 total
     instead took a quarter of pointwise's NCHW grad_weight (8 casts of 256 x 256).
     """
