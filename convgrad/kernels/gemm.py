@@ -74,7 +74,7 @@ def grad_input_gemm_nhwc(g, w, gi, groups, rows_per_tile):
 def grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile):
     """gw[0, 0] += x.T @ g per group; x (N, H, W, C_in), g (N, H, W, C_out).
 
-    A span of output channels per task.
+    A span of output channels per task (of input channels where a group has more of them).
     """
     multiply_adds = x.size * (g.shape[-1] // groups)
     _product(
@@ -99,7 +99,7 @@ def grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile):
 def grad_weight_gemm_nchw(x, g, gw, groups, rows_per_tile):
     """gw[:, :, 0, 0] += sum over n of g[n] @ x[n].T per group.
 
-    A span of output channels per task.
+    A span of output channels per task (of input channels where a group has more of them).
     """
     multiply_adds = x.size * (g.shape[1] // groups)
     _product(

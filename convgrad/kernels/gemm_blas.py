@@ -2,7 +2,10 @@
 
 The same products as ``gemm.py`` (see there), each cut into ``parts`` tasks
 per group along its output rows or columns, never along the summed pixels
-(each value is one gemm call's sum). The caller takes one part per thread, so
+(each value is one gemm call's sum): grad_input along its pixels,
+grad_weight along its output channels or, where a group has more input
+channels than output ones, its input channels (the wider side keeps each
+task's gemm wide). The caller takes one part per thread, so
 the bits are the same for a given thread count; across counts the last bits
 can differ, as OpenBLAS sums small blocks with other kernels than large ones.
 
@@ -31,11 +34,19 @@ def _span(part, parts, length):
 
 
 @njit(cache=CACHE)
-def _channel_span(task, parts, per_group):
-    """(group, start, stop): task's share of its group's ``per_group`` channels, as channels."""
+def _weight_spans(task, parts, cout_g, cin_g):
+    """(group, o0, o1, i0, i1): task's output and input channels of its group's weight.
+
+    Absolute channel numbers. The group's output channels are cut into
+    ``parts`` spans, or its input channels where there are more of them.
+    """
     group, part = task // parts, task % parts
-    start, stop = _span(part, parts, per_group)
-    return group, group * per_group + start, group * per_group + stop
+    o0, o1, i0, i1 = 0, cout_g, 0, cin_g
+    if cin_g > cout_g:
+        i0, i1 = _span(part, parts, cin_g)
+    else:
+        o0, o1 = _span(part, parts, cout_g)
+    return group, group * cout_g + o0, group * cout_g + o1, group * cin_g + i0, group * cin_g + i1
 
 
 @njit(cache=CACHE)
@@ -73,35 +84,36 @@ def grad_input_nhwc(g, w, gi, groups, rows_per_tile, parts, gemm, ilp64):
 def grad_weight_nhwc(x, g, gw, groups, rows_per_tile, parts, gemm, ilp64):
     """gw[0, 0, :, cols] += x[pixels, ins].T @ g[pixels, cols] per group.
 
-    A span of output channels per task; x (N, H, W, C_in), g (N, H, W, C_out),
-    gw (1, 1, C_in/g, C_out).
+    A span of output (or input, ``_weight_spans``) channels per task;
+    x (N, H, W, C_in), g (N, H, W, C_out), gw (1, 1, C_in/g, C_out).
     """
     c_in, c_out = x.shape[3], g.shape[3]
     cin_g, cout_g = c_in // groups, c_out // groups
     pixels, item = x.size // c_in, x.itemsize
     tiles = (pixels + rows_per_tile - 1) // rows_per_tile
     for task in prange(groups * parts):
-        group, c0, c1 = _channel_span(task, parts, cout_g)
-        if c1 == c0:
+        group, c0, c1, i0, i1 = _weight_spans(task, parts, cout_g, cin_g)
+        if c1 == c0 or i1 == i0:
             continue
-        x_at, g_at = x.ctypes.data + group * cin_g * item, g.ctypes.data + c0 * item
+        x_at, g_at = x.ctypes.data + i0 * item, g.ctypes.data + c0 * item
+        gw_at = (i0 - group * cin_g) * c_out + c0
         if tiles == 1:
             gemm_call(
-                gemm, ilp64, TRANS, NO_TRANS, cin_g, c1 - c0, pixels, x_at, c_in, g_at, c_out,
-                1.0, gw, c0, c_out,
+                gemm, ilp64, TRANS, NO_TRANS, i1 - i0, c1 - c0, pixels, x_at, c_in, g_at, c_out,
+                1.0, gw, gw_at, c_out,
             )  # fmt: skip
             continue
-        product = np.empty((cin_g, c1 - c0), gw.dtype)
-        total = np.zeros((cin_g, c1 - c0))
+        product = np.empty((i1 - i0, c1 - c0), gw.dtype)
+        total = np.zeros((i1 - i0, c1 - c0))
         for tile in range(tiles):
             t0, t1 = _span(tile, tiles, pixels)
             gemm_call(
-                gemm, ilp64, TRANS, NO_TRANS, cin_g, c1 - c0, t1 - t0,
+                gemm, ilp64, TRANS, NO_TRANS, i1 - i0, c1 - c0, t1 - t0,
                 x_at + t0 * c_in * item, c_in, g_at + t0 * c_out * item, c_out,
                 0.0, product, 0, c1 - c0,
             )  # fmt: skip
             total += product
-        _add_rounded(total, product, gw, c0, c_out)
+        _add_rounded(total, product, gw, gw_at, c_out)
 
 
 @njit(parallel=True, cache=CACHE)
@@ -132,8 +144,8 @@ def grad_input_nchw(g, w, gi, groups, rows_per_tile, parts, gemm, ilp64):
 def grad_weight_nchw(x, g, gw, groups, rows_per_tile, parts, gemm, ilp64):
     """gw[rows, :, 0, 0] += sum over n of g[n, rows] @ x[n, ins].T per group.
 
-    A span of output channels per task; x (N, C_in, H, W), g (N, C_out, H, W),
-    gw (C_out, C_in/g, 1, 1).
+    A span of output (or input, ``_weight_spans``) channels per task;
+    x (N, C_in, H, W), g (N, C_out, H, W), gw (C_out, C_in/g, 1, 1).
     """
     n_batch, c_in, c_out = x.shape[0], x.shape[1], g.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
@@ -141,28 +153,29 @@ def grad_weight_nchw(x, g, gw, groups, rows_per_tile, parts, gemm, ilp64):
     images_per_tile = max(1, rows_per_tile // max(1, pixels))
     tiles = (n_batch + images_per_tile - 1) // images_per_tile
     for task in prange(groups * parts):
-        group, r0, r1 = _channel_span(task, parts, cout_g)
-        if r1 == r0:
+        group, r0, r1, i0, i1 = _weight_spans(task, parts, cout_g, cin_g)
+        if r1 == r0 or i1 == i0:
             continue
+        gw_at = r0 * cin_g + i0 - group * cin_g
         if tiles == 1:
             for n in range(n_batch):
                 gemm_call(
-                    gemm, ilp64, NO_TRANS, TRANS, r1 - r0, cin_g, pixels,
+                    gemm, ilp64, NO_TRANS, TRANS, r1 - r0, i1 - i0, pixels,
                     g.ctypes.data + (n * c_out + r0) * pixels * item, pixels,
-                    x.ctypes.data + (n * c_in + group * cin_g) * pixels * item, pixels,
-                    1.0, gw, r0 * cin_g, cin_g,
+                    x.ctypes.data + (n * c_in + i0) * pixels * item, pixels,
+                    1.0, gw, gw_at, cin_g,
                 )  # fmt: skip
             continue
-        product = np.empty((r1 - r0, cin_g), gw.dtype)
-        total = np.zeros((r1 - r0, cin_g))
+        product = np.empty((r1 - r0, i1 - i0), gw.dtype)
+        total = np.zeros((r1 - r0, i1 - i0))
         for tile in range(tiles):
             n0, n1 = _span(tile, tiles, n_batch)
             for n in range(n0, n1):
                 gemm_call(
-                    gemm, ilp64, NO_TRANS, TRANS, r1 - r0, cin_g, pixels,
+                    gemm, ilp64, NO_TRANS, TRANS, r1 - r0, i1 - i0, pixels,
                     g.ctypes.data + (n * c_out + r0) * pixels * item, pixels,
-                    x.ctypes.data + (n * c_in + group * cin_g) * pixels * item, pixels,
-                    0.0 if n == n0 else 1.0, product, 0, cin_g,
+                    x.ctypes.data + (n * c_in + i0) * pixels * item, pixels,
+                    0.0 if n == n0 else 1.0, product, 0, i1 - i0,
                 )  # fmt: skip
             total += product
-        _add_rounded(total, product, gw, r0 * cin_g, cin_g)
+        _add_rounded(total, product, gw, gw_at, cin_g)
