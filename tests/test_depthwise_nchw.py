@@ -16,7 +16,7 @@ import convgrad
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import nchw_depthwise, nhwc_depthwise
+from convgrad.kernels import nchw_depthwise, nchw_flat, nhwc_depthwise
 
 
 @st.composite
@@ -117,7 +117,8 @@ def test_dispatch_sends_nchw_depthwise_at_stride_1_here():
     kernel = nchw_depthwise.backward_nchw_depthwise
     assert picked() is kernel
     assert picked(stride=2) is nchw_depthwise.backward_nchw_depthwise_strided
-    assert picked(multiplier=2) is None  # two output channels per group: not depthwise
+    # two output channels per group: not depthwise, but few channel pairs: the fused flat kernel
+    assert picked(multiplier=2) is nchw_flat.backward_nchw_flat
     assert picked(layout=NHWC) is nhwc_depthwise.backward_nhwc_depthwise  # NHWC's own
 
 

@@ -19,7 +19,8 @@ CASES = {
     "wide-grouped": (6, 32, 64, 5, (3, 2), (2, 1), 1, (1, 2), 2),
     "strided-flat": (3, 4, 16, 40, 5, 2, ((2, 1), (0, 2)), (1, 2), 1),  # stride phases
     "dilated-grouped": (3, 16, 32, 18, (3, 2), 1, 2, (2, 1), 2),
-    "few-channels": (16, 1, 8, 32, 5, 1, 2, 1, 1),  # NCHW kernels
+    # NCHW kernels: too few channel pairs for the flat kernels, too big to fuse
+    "few-channels": (16, 4, 2, 32, 5, 1, 2, 1, 1),
     "depthwise": (4, 32, 64, 24, 3, (1, 2), 1, 1, 32),  # NCHW kernels, channel multiplier 2
     "depthwise-pure": (4, 48, 48, 22, (3, 2), 1, ((0, 2), (1, 1)), 2, 48),
     # BLAS matrix products, small enough for one gemm task each (larger 1x1 products are
@@ -27,6 +28,7 @@ CASES = {
     "pointwise-grouped": (4, 32, 48, 12, 1, 1, 0, 1, 2),
     "fused": (16, 3, 32, 24, 3, 1, 1, 1, 1),  # conv2d_backward: the fused flat kernel
     "fused-grouped": (6, 4, 16, 20, 3, 1, ((1, 0), (0, 2)), (1, 2), 2),
+    "fused-few-pairs": (16, 1, 8, 32, 5, 1, 2, 1, 1),  # 8 channel pairs: rows alone
 }
 
 
@@ -56,6 +58,7 @@ FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
     "pointwise-grouped": ("gemm", "gemm"),
     "fused": ("flat", "flat"),
     "fused-grouped": ("flat", "flat"),
+    "fused-few-pairs": ("rows", "rows"),
 }
 
 
@@ -74,8 +77,10 @@ def test_cases_cover_every_kernel_family(name, layout):
     assert family == FAMILIES[name][layout == "NHWC"]
     assert problem.n * problem.out_h >= 16  # enough tasks and weight chunks to split
     fused = _dispatch.select_backward_kernel(problem)
-    # the depthwise backward is fused too (NHWC: grad_weight with grad_bias)
+    # the depthwise backward is fused too (NHWC: grad_weight with grad_bias), and so
+    # are NCHW groups of few channels (a channel multiplier)
     fuses = name.startswith("fused") or name == "depthwise-pure"
+    fuses |= name == "depthwise" and layout == "NCHW"
     assert (fused is not None) == fuses
 
 
