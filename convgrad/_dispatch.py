@@ -412,8 +412,12 @@ def flat_choice(operation: str, problem: Problem) -> KernelChoice:
 # (``nchw_flat.backward_shifted_serial`` or ``backward_padded_serial``): for
 # them, starting the thread pool costs more than the arithmetic, and the flat
 # planes beat row loops 3-6x even where ``flat_suits`` says no (the rows' loop
-# overheads dominate tiny planes).
-SERIAL_MAX_TERMS = 2**17
+# overheads dominate tiny planes). Up to 2**19 the serial call took 0.5-1x the
+# time of the parallel paths (their NumPy workspaces, partials and launches
+# cost some 20 us) on every problem measured, 2.2e5-4.6e5 multiply-adds, one
+# to 32 images (2-core Intel Xeon); at 2**20-2**21 it lost to them by up to
+# 1.3x where a batch of few-channel images could be split (16 x 3 -> 16 @ 16 x 16).
+SERIAL_MAX_TERMS = 2**19
 
 # The fused flat backward (all three gradients in one pass over the batch,
 # parallel over blocks of images) pays where grad_output dominates the

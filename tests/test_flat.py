@@ -313,7 +313,7 @@ def test_api_takes_the_exact_kernels_on_non_finite_input(layout):
     np.testing.assert_array_equal(gw, exact)
 
 
-@pytest.mark.parametrize("size", [20, 56], ids=["serial", "parallel"])
+@pytest.mark.parametrize("size", [20, 112], ids=["serial", "parallel"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_fused_path_takes_the_exact_kernels_on_non_finite_input(layout, stride, size):

@@ -14,7 +14,7 @@ from convgrad.reference import conv2d_backward_reference, conv2d_reference
 # n, c_in, c_out, size, k, stride, padding, dilation, groups
 CASES = {
     "dense": (4, 16, 16, 20, 3, 1, 1, 1, 1),  # NHWC kernels
-    "strided-asym": (4, 8, 64, 9, 3, 2, ((1, 0), (2, 1)), 1, 1),  # 4 x 6 planes < 48
+    "strided-asym": (8, 8, 64, 9, 3, 2, ((1, 0), (2, 1)), 1, 1),  # 4 x 6 planes < 48
     "wide-channels": (4, 32, 48, 4, 3, 1, 1, 1, 1),  # NHWC grad_weight by input channel
     "wide-grouped": (6, 32, 64, 5, (3, 2), (2, 1), 1, (1, 2), 2),
     "strided-flat": (3, 4, 16, 40, 5, 2, ((2, 1), (0, 2)), (1, 2), 1),  # stride phases
