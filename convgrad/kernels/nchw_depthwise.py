@@ -361,21 +361,31 @@ def _interleave(row, even, odd):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
+def _column_pairs(plane, phases, top, left, sh, pitch, back):
+    """``_place_phases`` at column stride 2, or (``back``) ``_copy_valid_phases``."""
+    width = plane.shape[1]
+    first = left % 2  # the column phase of the image's column 0 (padded column ``left``)
+    evens, odds = (width + 1) // 2, width // 2
+    even_at, odd_at = left // 2, (left + 1) // 2  # their phase columns
+    a, at = top % sh, (top // sh) * pitch  # padded row top's phase and offset
+    for r in range(plane.shape[0]):
+        even = phases[a * 2 + first, at + even_at : at + even_at + evens]
+        odd = phases[a * 2 + 1 - first, at + odd_at : at + odd_at + odds]
+        if back:
+            _interleave(plane[r], even, odd)
+        else:
+            _deinterleave(plane[r], even, odd)
+        a += 1
+        if a == sh:
+            a, at = 0, at + pitch
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
 def _place_phases(plane, phases, top, left, sh, sw, pitch):
     """phases[(y % sh)*sw + z % sw, (y // sh)*pitch + z // sw] = plane[y - top, z - left]."""
     height, width = plane.shape
     if sw == 2:
-        first = left % 2  # the column phase of the image's column 0 (padded column ``left``)
-        evens, odds = (width + 1) // 2, width // 2
-        even_at, odd_at = left // 2, (left + 1) // 2  # their phase columns
-        a, at = top % sh, (top // sh) * pitch
-        for r in range(height):
-            even = phases[a * 2 + first, at + even_at : at + even_at + evens]
-            odd = phases[a * 2 + 1 - first, at + odd_at : at + odd_at + odds]
-            _deinterleave(plane[r], even, odd)
-            a += 1
-            if a == sh:
-                a, at = 0, at + pitch
+        _column_pairs(plane, phases, top, left, sh, pitch, False)
         return
     for b in range(sw):
         first, count, column = _phase_columns(b, left, width, sw)
@@ -394,17 +404,7 @@ def _copy_valid_phases(gi_plane, phases, top, left, sh, sw, pitch):
     """gi_plane[r, k] = its value in ``phases``: ``_place_phases`` undone (every r, k)."""
     height, width = gi_plane.shape
     if sw == 2:
-        first = left % 2
-        evens, odds = (width + 1) // 2, width // 2
-        even_at, odd_at = left // 2, (left + 1) // 2
-        a, at = top % sh, (top // sh) * pitch
-        for r in range(height):
-            even = phases[a * 2 + first, at + even_at : at + even_at + evens]
-            odd = phases[a * 2 + 1 - first, at + odd_at : at + odd_at + odds]
-            _interleave(gi_plane[r], even, odd)
-            a += 1
-            if a == sh:
-                a, at = 0, at + pitch
+        _column_pairs(gi_plane, phases, top, left, sh, pitch, True)
         return
     for b in range(sw):
         first, count, column = _phase_columns(b, left, width, sw)
