@@ -751,8 +751,8 @@ def _add_slice(gw, totals, co_lo, co_hi, nhwc):
     """gw[co_lo:co_hi] += totals[:co_hi - co_lo] (rounded once), then those totals = 0.
 
     NCHW's entries are in the totals' order: one flat loop (vectorised; the
-    nested one took 1.7 us of lenet2's 20 us kernel). NHWC's go
-    SLICE_ADD_INPUTS input channels at a time.
+    nested one took 1.7 us of lenet2's 20 us kernel). NHWC's go in tiles of
+    SLICE_ADD_OUTPUTS output by SLICE_ADD_INPUTS input channels.
     """
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
     if not nhwc:
