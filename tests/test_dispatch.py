@@ -249,6 +249,11 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     assert choice(1, 1, 6, 28, padding=0, layout=NHWC) is serial  # the seed, NHWC
     assert choice(32, 3, 64, 32) is fused  # cifar_b32
     assert choice(8, 6, 16, 16, groups=2) is fused
+    # fewer than 16 channel pairs: fused all the same (the row kernels otherwise), in
+    # either layout, except NHWC groups (see fused_suits)
+    assert choice(64, 1, 8, 28) is fused and choice(64, 1, 8, 28, layout=NHWC) is fused
+    assert choice(8, 32, 64, 56, groups=32) is fused  # a channel multiplier of 2
+    assert choice(8, 32, 64, 56, groups=32, layout=NHWC) is None
     assert choice(8, 6, 16, 12, groups=2) is serial  # 5e5 terms: serial still
     assert choice(1, 6, 16, 12, k=5, padding=0) is serial  # lenet2: small, one block
     assert choice(1, 3, 64, 32) is None  # one image, 1.8M terms: the parallel flat kernels
