@@ -83,14 +83,20 @@ SHAPES: dict[str, Shape] = {
 # the last stage of a ResNet at 4 x 4 (planes too short for the flat kernels: the channel
 # kernels, grad_weight by input channel), at 7 x 7 (flat grad_weight in slices of output
 # channels), one 224 x 224 image (the single gradients in bands of rows), an ImageNet
-# stem (the fused backward in bands, on phase planes) and a stride-2 depthwise layer
-# (NCHW: the depthwise backward on phase planes).
+# stem (the fused backward in bands, on phase planes), a stride-2 depthwise layer
+# (NCHW: the depthwise backward on phase planes), a few-channel layer with 8 channel
+# pairs (the fused backward below flat_suits' 16), a small batch of 3.3e5 multiply-adds
+# per gradient (the serial fused backward above 2**17) and a 1x1 layer narrowing 256
+# channels to 64 (grad_weight's gemm tasks cut along the input channels).
 EXTRA_SHAPES: dict[str, Shape] = {
     "late_4x4": Shape(8, 256, 256, 4, 3, 1, 1, 1, 1, "float32"),
     "late_7x7": Shape(8, 512, 512, 7, 3, 1, 1, 1, 1, "float32"),
     "image_224": Shape(1, 3, 64, 224, 3, 1, 1, 1, 1, "float32"),
     "stem_224": Shape(2, 3, 64, 224, 7, 2, 3, 1, 1, "float32"),
     "depthwise_s2": Shape(8, 128, 128, 56, 3, 2, 1, 1, 128, "float32"),
+    "few_pairs": Shape(64, 1, 8, 28, 3, 1, 1, 1, 1, "float32"),
+    "small_batch": Shape(4, 8, 8, 12, 3, 1, 1, 1, 1, "float32"),
+    "pointwise_narrow": Shape(8, 256, 64, 28, 1, 1, 0, 1, 1, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES

@@ -75,11 +75,14 @@ def test_blas_kernels_match_reference_for_any_cut_and_repeat_their_bits(
 
 
 @needs_openblas
+@pytest.mark.parametrize("dims", [(3, 8, 12, 5, 6, 2), (3, 12, 8, 5, 6, 2)], ids=["outs", "ins"])
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
-def test_blas_kernels_put_nan_and_inf_where_the_reference_has_them(layout):
+def test_blas_kernels_put_nan_and_inf_where_the_reference_has_them(layout, dims):
     """A NaN in grad_output and an Inf in the input, through 3 tasks per group and
-    several float64 tiles: the same NaN/Inf entries as the reference, the rest close."""
-    x, w, g, groups, _ = expected_and_batched(layout, np.float32, (3, 8, 12, 5, 6, 2), 7)
+    several float64 tiles (grad_weight cut along its output channels, or its input
+    channels where a group has more): the same NaN/Inf entries as the reference, the
+    rest close."""
+    x, w, g, groups, _ = expected_and_batched(layout, np.float32, dims, 7)
     g[(1, 4, 2, 3) if layout is NCHW else (1, 2, 3, 4)] = np.nan
     x[(2, 1, 0, 5) if layout is NCHW else (2, 0, 5, 1)] = np.inf
     expected = conv2d_backward_reference(

@@ -21,7 +21,7 @@ CASES = {
     "dilated-grouped": (3, 16, 32, 18, (3, 2), 1, 2, (2, 1), 2),
     # NCHW kernels: too few channel pairs for the flat kernels, too big to fuse
     "few-channels": (16, 4, 2, 32, 5, 1, 2, 1, 1),
-    "depthwise": (4, 32, 64, 24, 3, (1, 2), 1, 1, 32),  # NCHW kernels, channel multiplier 2
+    "depthwise": (4, 32, 64, 24, 3, (1, 2), 1, 1, 32),  # row kernels, channel multiplier 2
     "depthwise-pure": (4, 48, 48, 22, (3, 2), 1, ((0, 2), (1, 1)), 2, 48),
     # BLAS matrix products, small enough for one gemm task each (larger 1x1 products are
     # cut into a task per thread, and then the bits may differ: see test_blas.py)

@@ -51,6 +51,10 @@ GATE_CASES = [
     ("resnet_s2", "NCHW"),  # flat, stride 2 (phases), stacked planes
     ("late_4x4", "NHWC"),  # channels (planes too short for flat)
     ("late_7x7", "NCHW"),  # flat grad_weight in slices of output channels
+    ("late_7x7", "NHWC"),  # the same, its totals added into an NHWC weight in tiles
+    ("few_pairs", "NCHW"),  # the fused backward below 16 channel pairs; rows
+    ("small_batch", "NHWC"),  # the serial fused backward on a small batch
+    ("pointwise_narrow", "NHWC"),  # gemm, grad_weight cut along the input channels
     ("stem_224", "NHWC"),  # the fused backward in bands of rows, phase planes
 ]
 GATE_BENCHMARKS = [
