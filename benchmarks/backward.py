@@ -1,7 +1,8 @@
 """The full backward pass (all three gradients), and what users would pick instead.
 
 ``Backward`` times convgrad on every suite shape in both layouts; ``Dtypes``
-runs a few shapes in float32 and float64; ``Threads`` and ``ThreadSpeedup``
+runs a few shapes in float32 and float64; ``BackwardNoBias`` grad_input and
+grad_weight alone; ``Threads`` and ``ThreadSpeedup``
 show the scaling from 1 to 2 threads; ``AfterPointwise`` a 1x1 layer's backward
 followed by another layer's; ``Torch`` and ``Reference`` time the
 same shapes through torch's conv backward and through convgrad's plain NumPy
@@ -43,6 +44,33 @@ class Backward(SuiteCase):
 
     def time_backward(self, shape_name, layout):
         self.run()
+
+
+class BackwardNoBias:
+    """grad_input and grad_weight without grad_bias (``output_mask``): a layer without bias.
+
+    Such calls take the fused kernels where the whole backward does
+    (``_dispatch.select_partial_kernel``), and one of the two alone only on tiny
+    problems; this tracks that they stay as fast as the full backward.
+    """
+
+    version = "1"
+    params = [["seed", "lenet2", "mnist_b64", "cifar_b32", "depthwise", "small_batch"], LAYOUTS]
+    param_names = ["shape", "layout"]
+    timeout = 300
+
+    def setup(self, shape_name, layout):
+        set_threads()
+        shape = SHAPES[shape_name]
+        g, x, w, _ = make_arrays(shape, layout)
+        mask = (True, True, False)
+        self.call = lambda: convgrad.conv2d_backward(
+            g, x, w, layout=layout, output_mask=mask, **shape.options
+        )
+        self.call()
+
+    def time_backward(self, shape_name, layout):
+        self.call()
 
 
 class Dtypes:

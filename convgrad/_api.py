@@ -21,9 +21,9 @@ from ._dispatch import (
     gemm_suits,
     image_bands,
     kernel_layout,
-    select_backward_kernel,
     select_bias_kernel,
     select_kernel,
+    select_partial_kernel,
 )
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
 from ._plans import plan_key, remember, run_plan
@@ -199,10 +199,12 @@ def conv2d_backward(
     # Every kernel runs before any result is copied into ``out``: an ``out``
     # array may alias input or grad_output, which later kernels still read.
     results: list[np.ndarray | None] = [None, None, None]
-    fused = select_backward_kernel(problem) if all(mask) and problem.terms else None
+    fused = select_partial_kernel(problem, mask)
     if fused is not None:
-        results = _backward_fused(fused, problem, originals, outs, accumulate)
-        if results[0] is not None:
+        computed = _backward_fused(fused, problem, originals, outs, accumulate)
+        if computed[0] is not None:
+            pairs = zip(computed, mask, strict=True)
+            results = [result if wanted else None for result, wanted in pairs]
             mask = (False, False, False)
             remember(key, problem, fused)
     # grad_output goes to the kernels' layout once, unless only grad_bias needs it.

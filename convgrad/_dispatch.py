@@ -602,6 +602,37 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     return KernelChoice(nchw_flat.backward_nchw_flat, problem.layout, args, finite_only=True)
 
 
+# Calls wanting fewer than all three gradients (``output_mask``) take the fused
+# kernels too, the gradients not asked for thrown away: grad_input with
+# grad_weight whenever the whole backward is fused (grad_bias's sums cost
+# little beside them); one of the two only for problems of at most
+# PARTIAL_MAX_TERMS multiply-adds per gradient that run the serial fused
+# kernel, where the single-gradient kernels' launches and workspaces cost more
+# than the other gradients' arithmetic. Measured on a 2-core Intel Xeon, both
+# layouts (``output_mask`` against the single-gradient kernels): the seed
+# notebook's problem 16-19 us against 19-46, lenet2 29-36 against 32-85;
+# 4 x 8 -> 8 @ 12 x 12 (3.3e5 terms) grad_input or grad_weight alone 1.1x
+# slower fused; grad_input with grad_weight through the parallel fused kernel
+# 0.65-0.8x the time (16 x 2 -> 8 @ 16 x 16, 4 x 8 -> 16 @ 14 x 14).
+PARTIAL_MAX_TERMS = 2**18
+
+
+def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> KernelChoice | None:
+    """The fused kernel for the gradients ``mask`` asks for, or None (one kernel each).
+
+    ``select_backward_kernel``'s choice, which computes all three, for all
+    three or for grad_input with grad_weight; for only one of those two (with
+    or without grad_bias), its serial fused kernel, on problems of at most
+    PARTIAL_MAX_TERMS multiply-adds per gradient. None for grad_bias alone.
+    """
+    if not problem.terms or not (mask[0] or mask[1]):
+        return None
+    choice = select_backward_kernel(problem)
+    if choice is None or (mask[0] and mask[1]):
+        return choice
+    return choice if reports_finite(choice) and problem.terms <= PARTIAL_MAX_TERMS else None
+
+
 def reports_finite(choice: KernelChoice) -> bool:
     """Whether ``choice``'s kernel returns whether its results are finite (serial fused ones)."""
     return choice.kernel in (nchw_flat.backward_shifted_serial, nchw_flat.backward_padded_serial)

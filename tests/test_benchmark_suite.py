@@ -88,7 +88,7 @@ def test_gate_regex_matches_exactly_its_names():
 
 
 def test_gate_names_are_benchmarks_of_the_suite():
-    from benchmarks.backward import Backward
+    from benchmarks.backward import Backward, BackwardNoBias
     from benchmarks.grad_bias import GradBias
     from benchmarks.grad_input import GradInput
     from benchmarks.grad_weight import GradWeight
@@ -98,6 +98,7 @@ def test_gate_names_are_benchmarks_of_the_suite():
         "grad_weight.GradWeight": GradWeight,
         "grad_bias.GradBias": GradBias,
         "backward.Backward": Backward,
+        "backward.BackwardNoBias": BackwardNoBias,
     }
     for name in gate.gate_names():
         match = re.fullmatch(r"(\w+\.\w+)\.(\w+)\('(\w+)', '(\w+)'\)", name)

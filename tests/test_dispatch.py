@@ -288,6 +288,49 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     assert _dispatch.fused_bands(stem) > 1 and _dispatch.fused_blocks(stem) == 2
 
 
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_partial_gradients_take_the_serial_fused_kernel_when_tiny(layout):
+    seed = problem(layout, n=1, c_in=1, c_out=6, size=28, padding=0)
+    serial = _dispatch.select_backward_kernel(seed)
+    assert serial.kernel is nchw_flat.backward_shifted_serial
+    for mask in [
+        (True, True, False),
+        (True, False, False),
+        (False, True, False),
+        (True, False, True),
+    ]:
+        assert _dispatch.select_partial_kernel(seed, mask) == serial
+    assert _dispatch.select_partial_kernel(seed, (True, True, True)) == serial
+    # grad_bias alone (or nothing) needs no fused kernel
+    assert _dispatch.select_partial_kernel(seed, (False, False, True)) is None
+    assert _dispatch.select_partial_kernel(seed, (False, False, False)) is None
+    strided = problem(layout, n=2, c_in=8, c_out=8, size=10, stride=2)
+    picked = _dispatch.select_partial_kernel(strided, (False, True, False))
+    assert picked.kernel is nchw_flat.backward_padded_serial
+    # serial for the whole backward, but over PARTIAL_MAX_TERMS: grad_input and
+    # grad_weight together still fused, either alone one kernel per gradient
+    mid = problem(layout, n=4, c_in=8, c_out=8, size=12)
+    assert _dispatch.PARTIAL_MAX_TERMS < mid.terms <= _dispatch.SERIAL_MAX_TERMS
+    mid_serial = _dispatch.select_backward_kernel(mid)
+    assert mid_serial.kernel is nchw_flat.backward_shifted_serial
+    assert _dispatch.select_partial_kernel(mid, (True, True, False)) == mid_serial
+    assert _dispatch.select_partial_kernel(mid, (True, False, True)) is None
+    assert _dispatch.select_partial_kernel(mid, (False, True, False)) is None
+    # the parallel fused kernels (and depthwise ones) for grad_input with grad_weight
+    mnist = problem(layout, n=64, c_in=1, c_out=32, size=28)
+    parallel = _dispatch.select_backward_kernel(mnist)
+    assert parallel.kernel is nchw_flat.backward_nchw_flat
+    assert _dispatch.select_partial_kernel(mnist, (True, True, False)) == parallel
+    assert _dispatch.select_partial_kernel(mnist, (False, True, True)) is None
+    depthwise = problem(layout, n=1, c_in=8, c_out=8, size=8, groups=8)
+    fused_depthwise = _dispatch.select_backward_kernel(depthwise)
+    assert _dispatch.select_partial_kernel(depthwise, (True, True, False)) == fused_depthwise
+    assert _dispatch.select_partial_kernel(depthwise, (False, True, False)) is None
+    # nothing fused for the whole backward: nothing for part of it (1x1: BLAS)
+    pointwise = problem(layout, n=1, c_in=16, c_out=16, size=8, k=1, padding=0)
+    assert _dispatch.select_partial_kernel(pointwise, (True, True, False)) is None
+
+
 def test_fused_workspace_estimate_matches_the_kernel():
     """The dispatch's estimate of the fused kernel's workspaces, against tracemalloc."""
     import tracemalloc

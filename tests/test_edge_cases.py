@@ -758,6 +758,27 @@ def test_nan_inf_propagation(layout, dtype, case):
         assert np.isfinite(arr).all() == (label not in reaches), label
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mask", [(True, True, False), (True, False, True), (False, True, False)])
+@pytest.mark.parametrize("case", ["nan-input-edge", "inf-weight", "nan-grad-output"])
+def test_nan_inf_propagation_with_output_mask(layout, mask, case):
+    # part of the gradients goes through the fused kernels too (select_partial_kernel),
+    # which are exact for finite values only: the same fallback must hold
+    p = make_problem(layout, np.float32, seed=9, **NONFINITE_PROBLEM)
+    name, index, value = NONFINITE_CASES[case]
+    p.x.reshape(-1)[::5] = 0
+    p.g.reshape(-1)[::7] = 0
+    _put(getattr(p, name), layout, "weight" if name == "w" else "image", index, value)
+    results = conv2d_backward(p.g, p.x, p.w, **p.options, output_mask=mask)
+    for wanted, actual, want in zip(mask, results, problem_reference(p)[1:], strict=True):
+        if not wanted:
+            assert actual is None
+            continue
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(actual), test(want), err_msg=f"{test}")
+        assert_same(actual, want, np.float32)
+
+
 # -- dtypes and unbatched arrays -------------------------------------------------------------------
 
 

@@ -63,12 +63,15 @@ GATE_BENCHMARKS = [
     "backward.Backward.time_backward",
 ]
 BIAS_CASES = [("cifar_b32", "NCHW"), ("cifar_b32", "NHWC")]
+# output_mask without grad_bias: the serial and the parallel fused kernels
+NO_BIAS_CASES = [("seed", "NHWC"), ("mnist_b64", "NCHW")]
 
 
 def gate_names() -> list[str]:
     """asv's names (``benchmark('shape', 'layout')``) of the gate subset."""
     names = [f"{b}('{s}', '{lay}')" for b in GATE_BENCHMARKS for s, lay in GATE_CASES]
     names += [f"grad_bias.GradBias.time_grad_bias('{s}', '{lay}')" for s, lay in BIAS_CASES]
+    names += [f"backward.BackwardNoBias.time_backward('{s}', '{lay}')" for s, lay in NO_BIAS_CASES]
     return names
 
 
