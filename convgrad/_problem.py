@@ -115,9 +115,16 @@ _REMEMBERED: dict[tuple[object, ...], "Problem"] = {}
 
 
 def plain_value(value: object) -> bool:
-    """An int, a str, or a flat tuple of ints: types whose equality is exact."""
+    """An int, a str, or a tuple of ints or of tuples of ints: types whose equality is exact.
+
+    (Tuples of pairs: padding as ((top, bottom), (left, right)), as ``Conv2d`` passes it.)
+    """
     kind = type(value)
-    return kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value))
+    if kind is int or kind is str:
+        return True
+    return kind is tuple and all(
+        type(v) is int or (type(v) is tuple and all(type(u) is int for u in v)) for v in value
+    )
 
 
 def _describe(

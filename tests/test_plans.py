@@ -22,6 +22,7 @@ CASES = [
     ("NHWC", (2, 9, 9, 4), (3, 3, 2, 8), {"stride": 2, "padding": 1, "groups": 2}),
     ("NCHW", (2, 3, 10, 11), (4, 3, 3, 3), {"stride": (2, 1), "dilation": 2, "padding": (1, 2)}),
     ("NCHW", (2, 3, 10, 11), (4, 3, 3, 2), {"dilation": (1, 2), "padding": "same"}),
+    ("NHWC", (2, 10, 11, 3), (3, 3, 3, 4), {"padding": ((1, 0), (2, 1))}),  # as Conv2d passes it
 ]
 # Explicitly not the default output_mask object: takes the long way every time.
 LONG_WAY = (True, True, True)
@@ -163,6 +164,15 @@ def test_options_equal_to_a_planned_one_are_still_checked(option, value, error):
     assert value == {"stride": 1, "groups": 1, "padding": (0, 0)}[option]
     with pytest.raises(error, match=option):
         convgrad.conv2d_backward(g, x, w, **{option: value})
+
+
+def test_pairs_of_padding_equal_to_a_planned_one_are_still_checked():
+    layout, input_shape, weight_shape, options = CASES[0]
+    g, x, w = _arrays(layout, input_shape, weight_shape, options)
+    convgrad.conv2d_backward(g, x, w, padding=((0, 0), (0, 0)))
+    assert _key(g, x, w, layout, {"padding": ((0, 0), (0, 0))}) in _plans._PLANS
+    with pytest.raises(TypeError, match="padding"):
+        convgrad.conv2d_backward(g, x, w, padding=((0, 0.0), (0, 0)))
 
 
 def test_non_default_arguments_never_use_a_plan():
