@@ -216,7 +216,8 @@ def conv2d_backward(
     # without OpenBLAS's controls, see _blas.py) OpenBLAS's threads spin for a
     # while, and a numba kernel started then competes with them for the cores.
     if mask[2]:
-        bias_kernel = select_bias_kernel(family, gemm_suits(problem) and (mask[0] or mask[1]))
+        beside_blas = gemm_suits(problem) and (mask[0] or mask[1])
+        bias_kernel = select_bias_kernel(family, beside_blas, grad_output.size)
         results[2] = _grad_bias(
             bias_kernel, g, problem.c_out, dtype, outs[2], accumulate, originals
         )
@@ -407,7 +408,8 @@ def conv2d_grad_bias(
     g = kernel_ready(as_batched(grad_output, batched), dtype)
     c_out = spec.image_dims(g.shape)[1]
     _check_single_out(out, accumulate, (c_out,), dtype)
-    result = _grad_bias(select_bias_kernel(spec), g, c_out, dtype, out, accumulate, (grad_output,))
+    kernel = select_bias_kernel(spec, elements=g.size)
+    result = _grad_bias(kernel, g, c_out, dtype, out, accumulate, (grad_output,))
     return deliver(result, out, accumulate)
 
 

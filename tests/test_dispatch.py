@@ -167,6 +167,18 @@ def test_image_bands_only_for_images_too_big_for_the_budget():
 def test_bias_kernel_per_layout():
     assert _dispatch.select_bias_kernel(NCHW) is nchw.grad_bias_nchw
     assert _dispatch.select_bias_kernel(NHWC) is nhwc.grad_bias_nhwc
+    # small grad_output: summed on the calling thread (NHWC's kernel is serial anyway)
+    small, large = _dispatch.SERIAL_BIAS_ELEMENTS, _dispatch.SERIAL_BIAS_ELEMENTS + 1
+    assert _dispatch.select_bias_kernel(NCHW, elements=small) is nchw.grad_bias_nchw_serial
+    assert _dispatch.select_bias_kernel(NCHW, elements=large) is nchw.grad_bias_nchw
+    assert _dispatch.select_bias_kernel(NHWC, elements=small) is nhwc.grad_bias_nhwc
+    # either NCHW kernel: the same float64 sums, rounded once
+    g = np.random.default_rng(0).standard_normal((2, 3, 100, 110)).astype(np.float32)
+    want = g.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+    for kernel in (nchw.grad_bias_nchw, nchw.grad_bias_nchw_serial):
+        gb = np.zeros(3, np.float32)
+        kernel(g, gb)
+        np.testing.assert_allclose(gb, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
