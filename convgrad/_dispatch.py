@@ -605,15 +605,19 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
 # Calls wanting fewer than all three gradients (``output_mask``) take the fused
 # kernels too, the gradients not asked for thrown away: grad_input with
 # grad_weight whenever the whole backward is fused (grad_bias's sums cost
-# little beside them); one of the two only for problems of at most
-# PARTIAL_MAX_TERMS multiply-adds per gradient that run the serial fused
-# kernel, where the single-gradient kernels' launches and workspaces cost more
-# than the other gradients' arithmetic. Measured on a 2-core Intel Xeon, both
-# layouts (``output_mask`` against the single-gradient kernels): the seed
-# notebook's problem 16-19 us against 19-46, lenet2 29-36 against 32-85;
-# 4 x 8 -> 8 @ 12 x 12 (3.3e5 terms) grad_input or grad_weight alone 1.1x
-# slower fused; grad_input with grad_weight through the parallel fused kernel
-# 0.65-0.8x the time (16 x 2 -> 8 @ 16 x 16, 4 x 8 -> 16 @ 14 x 14).
+# little beside them); one of the two for NCHW depthwise problems and for
+# problems of at most PARTIAL_MAX_TERMS multiply-adds per gradient that run
+# the serial fused kernel, where the single-gradient kernels' launches and
+# workspaces cost more than the other gradients' arithmetic. Measured on a
+# 2-core Intel Xeon (``output_mask`` against the single-gradient kernels):
+# the seed notebook's problem 16-19 us against 19-46, lenet2 29-36 against
+# 32-85 (both layouts); 4 x 8 -> 8 @ 12 x 12 (3.3e5 terms) grad_input or
+# grad_weight alone 1.1x slower fused; grad_input with grad_weight through the
+# parallel fused kernel 0.65-0.8x the time (16 x 2 -> 8 @ 16 x 16, 4 x 8 -> 16
+# @ 14 x 14); NCHW depthwise, one gradient 0.4-1x the time (the suite's
+# shape: grad_input 3.1 -> 1.9 ms). The parallel fused flat kernel for one
+# gradient was mixed (0.6-1.9x the time of the single-gradient kernels on
+# few-channel layers), so those keep one kernel per gradient.
 PARTIAL_MAX_TERMS = 2**18
 
 
@@ -622,15 +626,24 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
 
     ``select_backward_kernel``'s choice, which computes all three, for all
     three or for grad_input with grad_weight; for only one of those two (with
-    or without grad_bias), its serial fused kernel, on problems of at most
-    PARTIAL_MAX_TERMS multiply-adds per gradient. None for grad_bias alone.
+    or without grad_bias), its NCHW depthwise planes kernel, or its serial
+    fused kernel on problems of at most PARTIAL_MAX_TERMS multiply-adds per
+    gradient. None for grad_bias alone.
     """
     if not problem.terms or not (mask[0] or mask[1]):
         return None
     choice = select_backward_kernel(problem)
-    if choice is None or (mask[0] and mask[1]):
+    if choice is None or (mask[0] and mask[1]) or choice.kernel in _DEPTHWISE_PLANES_KERNELS:
         return choice
     return choice if reports_finite(choice) and problem.terms <= PARTIAL_MAX_TERMS else None
+
+
+# The NCHW depthwise planes kernels (all three gradients in one pass) take less
+# time than the row kernels take for grad_input or grad_weight alone.
+_DEPTHWISE_PLANES_KERNELS = (
+    nchw_depthwise.backward_nchw_depthwise,
+    nchw_depthwise.backward_nchw_depthwise_strided,
+)
 
 
 def reports_finite(choice: KernelChoice) -> bool:

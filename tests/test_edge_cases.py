@@ -760,11 +760,14 @@ def test_nan_inf_propagation(layout, dtype, case):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mask", [(True, True, False), (True, False, True), (False, True, False)])
-@pytest.mark.parametrize("case", ["nan-input-edge", "inf-weight", "nan-grad-output"])
-def test_nan_inf_propagation_with_output_mask(layout, mask, case):
-    # part of the gradients goes through the fused kernels too (select_partial_kernel),
-    # which are exact for finite values only: the same fallback must hold
-    p = make_problem(layout, np.float32, seed=9, **NONFINITE_PROBLEM)
+@pytest.mark.parametrize("case", ["nan-input-edge", "neg-inf-weight", "nan-grad-output"])
+@pytest.mark.parametrize("groups", [2, 4], ids=["grouped", "depthwise"])
+def test_nan_inf_propagation_with_output_mask(layout, mask, case, groups):
+    # part of the gradients goes through the fused kernels too (select_partial_kernel:
+    # the serial fused kernel, NCHW's depthwise planes), which are exact for finite
+    # values only: the same fallback must hold
+    problem = NONFINITE_PROBLEM | {"groups": groups, "c_out": 4 if groups == 4 else 6}
+    p = make_problem(layout, np.float32, seed=9, **problem)
     name, index, value = NONFINITE_CASES[case]
     p.x.reshape(-1)[::5] = 0
     p.g.reshape(-1)[::7] = 0
