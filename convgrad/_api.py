@@ -26,15 +26,12 @@ from ._dispatch import (
     select_partial_kernel,
 )
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
-from ._plans import plan_key, remember, run_plan
+from ._plans import ALL_GRADIENTS, plan_key, remember, run_plan
 from ._problem import Problem, describe
 from ._threading import run_kernel
 from .kernels.nchw_flat import all_finite, all_finite_serial
 
 Shape = tuple[int, ...]
-
-# conv2d_backward's default output_mask, recognised by identity (no checks).
-ALL_GRADIENTS = (True, True, True)
 
 
 def conv2d(
@@ -169,10 +166,9 @@ def conv2d_backward(
     >>> gi.shape, gw.shape, float(gb[0])
     ((28, 28, 1), (3, 3, 1, 6), 676.0)
     """
-    defaults = out is None and accumulate is False and output_mask is ALL_GRADIENTS
     key = (
-        plan_key(grad_output, input, weight, layout, stride, padding, dilation, groups)
-        if defaults
+        plan_key(grad_output, input, weight, layout, stride, padding, dilation, groups, output_mask)
+        if out is None and accumulate is False
         else None
     )
     planned = run_plan(key, grad_output, input, weight)

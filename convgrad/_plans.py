@@ -14,8 +14,11 @@ options, all of types whose equality is exact (ints, strs, flat tuples of
 ints: ``True == 1`` must not let ``stride=True`` skip the check that refuses
 it). What it cannot hold is checked on every call: each array must be
 C-contiguous, aligned and writeable, as the kernels take them (anything else
-goes the long way, which copies it). Only calls with the defaults
-``output_mask``, ``out=None`` and ``accumulate=False`` have plans.
+goes the long way, which copies it). Only calls with ``out=None`` and
+``accumulate=False`` have plans, and ``output_mask`` the default or a tuple of
+three bools (part of the gradients: the serial fused kernel computes all three
+and the plan hands back those asked for, as the long way does, see
+``_dispatch.select_partial_kernel``).
 
 The serial kernel is exact for finite inputs only and says whether its
 results are finite; when they are not, the call goes the long way, which
@@ -45,6 +48,9 @@ class Plan(NamedTuple):
 
 _PLANS: dict[tuple[object, ...], Plan] = {}
 
+# conv2d_backward's default output_mask, recognised by identity (no checks).
+ALL_GRADIENTS = (True, True, True)
+
 
 def plan_key(
     grad_output: object,
@@ -55,10 +61,17 @@ def plan_key(
     padding: object,
     dilation: object,
     groups: object,
+    output_mask: object = ALL_GRADIENTS,
 ) -> tuple[object, ...] | None:
     """The key of a call with these arguments, or None when it cannot have a plan."""
     if not (
         type(grad_output) is np.ndarray and type(input) is np.ndarray and type(weight) is np.ndarray
+    ):
+        return None
+    if not (
+        type(output_mask) is tuple
+        and len(output_mask) == 3
+        and all(type(wanted) is bool for wanted in output_mask)
     ):
         return None
     plain = plain_value
@@ -82,6 +95,7 @@ def plan_key(
         grad_output.dtype,
         input.dtype,
         weight.dtype,
+        output_mask,
     )
 
 
@@ -93,7 +107,7 @@ def remember(key: tuple[object, ...] | None, problem: Problem, choice: KernelCho
     """
     if key is None or choice.layout is not problem.layout or not reports_finite(choice):
         return
-    if any(dtype != problem.dtype or not dtype.isnative for dtype in key[-3:]):
+    if any(dtype != problem.dtype or not dtype.isnative for dtype in key[-4:-1]):
         return
     if len(_PLANS) >= MAX_PLANS:
         _PLANS.clear()
@@ -110,8 +124,10 @@ def run_plan(
     grad_output: np.ndarray,
     input: np.ndarray,
     weight: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray | None, ...] | None:
     """(grad_input, grad_weight, grad_bias) by the plan for ``key``, or None.
+
+    Gradients the key's ``output_mask`` leaves out come back as None.
 
     None: no plan, an array not as the kernel takes it, or results that are
     not finite (the caller then goes the long way).
@@ -133,4 +149,10 @@ def run_plan(
     finite = run_kernel(
         choice.kernel, images[1], images[0], weight, images[2], grad_weight, grad_bias, *choice.args
     )
-    return (grad_input, grad_weight, grad_bias) if finite else None
+    if not finite:
+        return None
+    wanted = key[-1]  # output_mask: the serial kernel computes all three
+    if wanted is ALL_GRADIENTS:
+        return grad_input, grad_weight, grad_bias
+    results = (grad_input, grad_weight, grad_bias)
+    return tuple(result if m else None for result, m in zip(results, wanted, strict=True))

@@ -24,8 +24,8 @@ CASES = [
     ("NCHW", (2, 3, 10, 11), (4, 3, 3, 2), {"dilation": (1, 2), "padding": "same"}),
     ("NHWC", (2, 10, 11, 3), (3, 3, 3, 4), {"padding": ((1, 0), (2, 1))}),  # as Conv2d passes it
 ]
-# Explicitly not the default output_mask object: takes the long way every time.
-LONG_WAY = (True, True, True)
+# A list, not a tuple of bools: takes the long way every time.
+LONG_WAY = [True, True, True]
 
 
 def _arrays(layout, input_shape, weight_shape, options, dtype=np.float32, seed=0):
@@ -118,6 +118,36 @@ def test_arrays_the_key_cannot_see_go_the_long_way(variant):
     assert _plans.run_plan(_key(g, x, w, layout, options), g, x, w) is None
     got = convgrad.conv2d_backward(g, x, w, layout=layout, **options)
     _same_bits(got, expected)
+
+
+@pytest.mark.parametrize("mask", [(True, True, False), (False, True, True), (True, False, False)])
+def test_part_of_the_gradients_has_plans_of_its_own(mask):
+    layout, input_shape, weight_shape, options = CASES[2]
+    g, x, w = _arrays(layout, input_shape, weight_shape, options)
+    everything = convgrad.conv2d_backward(g, x, w, layout=layout, **options)
+    first = convgrad.conv2d_backward(g, x, w, layout=layout, output_mask=mask, **options)
+    key = _plans.plan_key(g, x, w, layout, 1, 0, 1, 1, mask)
+    assert key in _plans._PLANS and key != _key(g, x, w, layout, options)
+    again = convgrad.conv2d_backward(g, x, w, layout=layout, output_mask=mask, **options)
+    for wanted, a, b, full in zip(mask, first, again, everything, strict=True):
+        if not wanted:
+            assert a is None and b is None
+            continue
+        np.testing.assert_array_equal(a, full)  # the same serial kernel: the same bits
+        np.testing.assert_array_equal(b, full)
+        assert b is not a
+
+
+def test_masks_that_are_not_tuples_of_bools_never_get_a_plan():
+    layout, input_shape, weight_shape, options = CASES[0]
+    g, x, w = _arrays(layout, input_shape, weight_shape, options)
+    for mask in ([True, True, False], (True, True, np.False_), (1, 1, 0)):
+        assert _plans.plan_key(g, x, w, layout, 1, 0, 1, 1, mask) is None
+    with pytest.raises(TypeError, match="output_mask"):
+        convgrad.conv2d_backward(g, x, w, output_mask=(1, 1, 0))
+    # grad_bias alone needs no fused kernel, so no plan
+    convgrad.conv2d_backward(g, x, w, output_mask=(False, False, True))
+    assert _plans.plan_key(g, x, w, layout, 1, 0, 1, 1, (False, False, True)) not in _plans._PLANS
 
 
 def test_byte_swapped_calls_never_get_a_plan():
