@@ -628,14 +628,20 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
     three or for grad_input with grad_weight; for only one of those two (with
     or without grad_bias), its NCHW depthwise planes kernel, or its serial
     fused kernel on problems of at most PARTIAL_MAX_TERMS multiply-adds per
-    gradient. None for grad_bias alone.
+    gradient, as long as a grad_input to throw away (grad_weight without it)
+    fits the working-memory budget beside the workspaces. None for grad_bias
+    alone.
     """
     if not problem.terms or not (mask[0] or mask[1]):
         return None
     choice = select_backward_kernel(problem)
-    if choice is None or (mask[0] and mask[1]) or choice.kernel in _DEPTHWISE_PLANES_KERNELS:
+    if choice is None or (mask[0] and mask[1]):
         return choice
-    return choice if reports_finite(choice) and problem.terms <= PARTIAL_MAX_TERMS else None
+    depthwise = choice.kernel in _DEPTHWISE_PLANES_KERNELS
+    if not (depthwise or (reports_finite(choice) and problem.terms <= PARTIAL_MAX_TERMS)):
+        return None
+    # a grad_input nobody asked for is working memory: it must fit the budget too
+    return choice if mask[0] or _fits_beside_a_grad_input(problem, depthwise) else None
 
 
 # The NCHW depthwise planes kernels (all three gradients in one pass) take less
@@ -644,6 +650,21 @@ _DEPTHWISE_PLANES_KERNELS = (
     nchw_depthwise.backward_nchw_depthwise,
     nchw_depthwise.backward_nchw_depthwise_strided,
 )
+
+
+def _fits_beside_a_grad_input(problem: Problem, depthwise: bool) -> bool:
+    """Whether a fused kernel's workspaces and a grad_input to throw away fit the budget.
+
+    ``depthwise``: the NCHW depthwise planes kernel (a set of planes per
+    thread, as ``depthwise_fits``), else the serial fused kernel.
+    """
+    grad_input = problem.n * problem.c_in * problem.height * problem.width
+    if depthwise:
+        tasks = min(problem.c_in, numba.config.NUMBA_NUM_THREADS)
+        workspaces = tasks * depthwise_workspace_bytes(problem)
+    else:
+        workspaces = fused_workspace_bytes(problem) + _fused_fixed_bytes(problem)
+    return workspaces + grad_input * problem.dtype.itemsize <= _workspace_budget(problem)
 
 
 def reports_finite(choice: KernelChoice) -> bool:

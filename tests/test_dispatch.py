@@ -341,6 +341,11 @@ def test_partial_gradients_take_the_serial_fused_kernel_when_tiny(layout):
     # beats the row kernels; NHWC's channel kernels run a pass per gradient anyway
     alone = _dispatch.select_partial_kernel(depthwise, (False, True, False))
     assert alone == (fused_depthwise if layout is NCHW else None)
+    # unless grad_input (thrown away) would pass the working-memory budget
+    big = problem(layout, n=8, c_in=64, c_out=64, size=56, groups=64)
+    alone = _dispatch.select_partial_kernel(big, (True, False, False))
+    assert alone == (_dispatch.select_backward_kernel(big) if layout is NCHW else None)
+    assert _dispatch.select_partial_kernel(big, (False, True, True)) is None
     strided = problem(layout, n=2, c_in=8, c_out=8, size=12, groups=8, stride=2)
     alone = _dispatch.select_partial_kernel(strided, (True, False, True))
     assert alone == (_dispatch.select_backward_kernel(strided) if layout is NCHW else None)
