@@ -615,9 +615,11 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
 # grad_weight alone 1.1x slower fused; grad_input with grad_weight through the
 # parallel fused kernel 0.65-0.8x the time (16 x 2 -> 8 @ 16 x 16, 4 x 8 -> 16
 # @ 14 x 14); NCHW depthwise, one gradient 0.4-1x the time (the suite's
-# shape: grad_input 3.1 -> 1.9 ms). The parallel fused flat kernel for one
-# gradient was mixed (0.6-1.9x the time of the single-gradient kernels on
-# few-channel layers), so those keep one kernel per gradient.
+# shape: grad_input 3.1 -> 1.9 ms). grad_weight alone, though, only where the
+# grad_input thrown away fits the working-memory budget. The parallel fused
+# flat kernel for one gradient was mixed (0.6-1.9x the time of the
+# single-gradient kernels on few-channel layers), so those keep one kernel per
+# gradient. (Masked tiny calls also have plans: ``_plans``.)
 PARTIAL_MAX_TERMS = 2**18
 
 
