@@ -10,9 +10,10 @@ key skips them and runs the plan's kernel on the user's arrays.
 
 What the key holds, and why it is enough: the three arrays' exact types
 (``numpy.ndarray``, no subclass), shapes and dtypes, the layout name and the
-options, all of types whose equality is exact (ints, strs, flat tuples of
-ints: ``True == 1`` must not let ``stride=True`` skip the check that refuses
-it). What it cannot hold is checked on every call: each array must be
+options, all of types whose equality is exact (ints, strs, tuples of ints or
+of int pairs: ``True == 1`` must not let ``stride=True`` skip the check that
+refuses it), and ``output_mask`` (a tuple of three bools, for the same
+reason). What it cannot hold is checked on every call: each array must be
 C-contiguous, aligned and writeable, as the kernels take them (anything else
 goes the long way, which copies it). Only calls with ``out=None`` and
 ``accumulate=False`` have plans, and ``output_mask`` the default or a tuple of
