@@ -2,11 +2,12 @@
 
 ``Backward`` times convgrad on every suite shape in both layouts; ``Dtypes``
 runs a few shapes in float32 and float64; ``BackwardNoBias`` grad_input and
-grad_weight alone; ``Threads`` and ``ThreadSpeedup``
-show the scaling from 1 to 2 threads; ``AfterPointwise`` a 1x1 layer's backward
-followed by another layer's; ``Torch`` and ``Reference`` time the
-same shapes through torch's conv backward and through convgrad's plain NumPy
-reference; ``SpeedupOverTorch`` is the ratio the performance targets are set in.
+grad_weight alone, ``BackwardGradInputOnly`` grad_input alone (both by
+``output_mask``); ``Threads`` and ``ThreadSpeedup`` show the scaling from 1 to
+2 threads; ``AfterPointwise`` a 1x1 layer's backward followed by another
+layer's; ``Torch`` and ``Reference`` time the same shapes through torch's conv
+backward and through convgrad's plain NumPy reference; ``SpeedupOverTorch`` is
+the ratio the performance targets are set in.
 """
 
 import numba
@@ -64,6 +65,32 @@ class BackwardNoBias:
         shape = SHAPES[shape_name]
         g, x, w, _ = make_arrays(shape, layout)
         mask = (True, True, False)
+        self.call = lambda: convgrad.conv2d_backward(
+            g, x, w, layout=layout, output_mask=mask, **shape.options
+        )
+        self.call()
+
+    def time_backward(self, shape_name, layout):
+        self.call()
+
+
+class BackwardGradInputOnly:
+    """grad_input alone through ``output_mask``: the fused kernels' one-gradient rule.
+
+    NCHW depthwise problems and tiny ones take a fused kernel for one gradient
+    (``_dispatch.select_partial_kernel``), the rest the single-gradient kernels.
+    """
+
+    version = "1"
+    params = [["seed", "lenet2", "depthwise", "depthwise_s2"], LAYOUTS]
+    param_names = ["shape", "layout"]
+    timeout = 300
+
+    def setup(self, shape_name, layout):
+        set_threads()
+        shape = SHAPES[shape_name]
+        g, x, w, _ = make_arrays(shape, layout)
+        mask = (True, False, False)
         self.call = lambda: convgrad.conv2d_backward(
             g, x, w, layout=layout, output_mask=mask, **shape.options
         )

@@ -482,10 +482,10 @@ def _fused_fixed_bytes(problem: Problem) -> int:
     return weight * problem.dtype.itemsize if problem.layout is NHWC else 0
 
 
-def serial_fits(problem: Problem) -> bool:
-    """Whether the serial fused kernel's one block of workspaces fits the budget."""
+def serial_fits(problem: Problem, extra_bytes: int = 0) -> bool:
+    """Whether the serial fused kernel's one block of workspaces (and ``extra_bytes``) fits."""
     budget = _workspace_budget(problem) - _fused_fixed_bytes(problem)
-    return fused_workspace_bytes(problem) <= budget
+    return fused_workspace_bytes(problem) + extra_bytes <= budget
 
 
 def fused_blocks(problem: Problem) -> int:
@@ -520,14 +520,16 @@ def depthwise_workspace_bytes(problem: Problem) -> int:
     return values * problem.dtype.itemsize
 
 
-def depthwise_fits(problem: Problem) -> bool:
-    """Whether the NCHW depthwise backward's planes fit the budget, one set per thread.
+def depthwise_fits(problem: Problem, extra_bytes: int = 0) -> bool:
+    """Whether the NCHW depthwise backward's planes (and ``extra_bytes``) fit the budget.
 
-    At most as many tasks run at once as numba has threads at most
-    (``NUMBA_NUM_THREADS``, fixed for the process), whatever the count set now.
+    One set of planes per thread: at most as many tasks run at once as numba
+    has threads at most (``NUMBA_NUM_THREADS``, fixed for the process),
+    whatever the count set now.
     """
     tasks = min(problem.c_in, numba.config.NUMBA_NUM_THREADS)
-    return tasks * depthwise_workspace_bytes(problem) <= _workspace_budget(problem)
+    planes = tasks * depthwise_workspace_bytes(problem)
+    return planes + extra_bytes <= _workspace_budget(problem)
 
 
 def fused_suits(problem: Problem) -> bool:
@@ -642,8 +644,12 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
     depthwise = choice.kernel in _DEPTHWISE_PLANES_KERNELS
     if not (depthwise or (reports_finite(choice) and problem.terms <= PARTIAL_MAX_TERMS)):
         return None
+    if mask[0]:
+        return choice
     # a grad_input nobody asked for is working memory: it must fit the budget too
-    return choice if mask[0] or _fits_beside_a_grad_input(problem, depthwise) else None
+    grad_input = problem.n * problem.c_in * problem.height * problem.width
+    fits = depthwise_fits if depthwise else serial_fits
+    return choice if fits(problem, grad_input * problem.dtype.itemsize) else None
 
 
 # The NCHW depthwise planes kernels (all three gradients in one pass) take less
@@ -652,21 +658,6 @@ _DEPTHWISE_PLANES_KERNELS = (
     nchw_depthwise.backward_nchw_depthwise,
     nchw_depthwise.backward_nchw_depthwise_strided,
 )
-
-
-def _fits_beside_a_grad_input(problem: Problem, depthwise: bool) -> bool:
-    """Whether a fused kernel's workspaces and a grad_input to throw away fit the budget.
-
-    ``depthwise``: the NCHW depthwise planes kernel (a set of planes per
-    thread, as ``depthwise_fits``), else the serial fused kernel.
-    """
-    grad_input = problem.n * problem.c_in * problem.height * problem.width
-    if depthwise:
-        tasks = min(problem.c_in, numba.config.NUMBA_NUM_THREADS)
-        workspaces = tasks * depthwise_workspace_bytes(problem)
-    else:
-        workspaces = fused_workspace_bytes(problem) + _fused_fixed_bytes(problem)
-    return workspaces + grad_input * problem.dtype.itemsize <= _workspace_budget(problem)
 
 
 def reports_finite(choice: KernelChoice) -> bool:

@@ -69,7 +69,7 @@ def plan_key(
         type(grad_output) is np.ndarray and type(input) is np.ndarray and type(weight) is np.ndarray
     ):
         return None
-    if not (
+    if output_mask is not ALL_GRADIENTS and not (  # the default, by identity: no checks
         type(output_mask) is tuple
         and len(output_mask) == 3
         and all(type(wanted) is bool for wanted in output_mask)
