@@ -13,7 +13,10 @@ Six kernel families, by what their innermost loop runs along:
   == C_out): all channels, elementwise (conv2d_backward: grad_input, then
   grad_weight with grad_bias in one pass over grad_output);
 - "depthwise planes" (``kernels/nchw_depthwise.py``, NCHW, conv2d_backward
-  only): a channel's whole padded plane, all three gradients in one pass.
+  only): a channel's whole padded plane, all three gradients in one pass;
+- "unfolded" (``kernels/im2col.py``, both layouts, conv2d_backward only):
+  dense problems on short planes as two BLAS products per tile of images
+  over their unfolded input (im2col).
   Depthwise problems stay in the user's layout (rows for NCHW's single
   gradients), as their little arithmetic per byte would not pay for a relayout.
 
@@ -35,7 +38,7 @@ import numba
 
 from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
-from .kernels import gemm, nchw, nchw_depthwise, nchw_flat, nhwc, nhwc_depthwise
+from .kernels import gemm, im2col, nchw, nchw_depthwise, nchw_flat, nhwc, nhwc_depthwise
 
 _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NCHW"): nchw.forward_nchw,
@@ -551,12 +554,86 @@ def fused_suits(problem: Problem) -> bool:
     return flat_suits(problem) or not grouped_nhwc
 
 
+# Dense problems on short planes run their whole backward as BLAS products
+# over the unfolded input (``kernels/im2col.py``), a tile of whole images at a
+# time within the working-memory budget: from IM2COL_MIN_INPUTS input and
+# IM2COL_MIN_OUTPUTS output channels (fewer make thin products, and the
+# unfolding and folding outweigh them), at any stride above 1 (the flat
+# kernels' phase planes are short) and at stride 1 on output planes of at
+# most IM2COL_MAX_PLANE pixels (longer ones keep the flat kernels' vectors
+# busy). NCHW pays for NHWC copies of each tile, so its limit is lower but for
+# IM2COL_WIDE_INPUTS input channels or more. Measured against the flat (and,
+# at 4 x 4, channel) kernels on a 2-core Intel Xeon, time ratios:
+# NHWC 0.27 on 8 x 512 -> 512 @ 4 x 4, 0.37-0.52 @ 7 x 7, 0.43-0.84 @ 14 x 14,
+# 0.85-0.90 on 32 channels @ 16 x 16, 0.34-0.63 at stride 2 (resnet_s2 0.50),
+# but 0.95-1.13 @ 28 x 28 and 1.1-1.3 @ 40 x 40; NCHW 0.13 @ 4 x 4, 0.64-0.8
+# @ 7 x 7 and 8 x 8, 0.65-0.84 at stride 2, 0.6 on 256 channels @ 14 x 14 but
+# 1.0-1.4 on 16-64 channels there.
+IM2COL_MIN_INPUTS = 16
+IM2COL_MIN_OUTPUTS = 32
+IM2COL_MAX_PLANE = {"NHWC": 16 * 16, "NCHW": 8 * 8}
+IM2COL_WIDE_INPUTS = 128
+# Each product is cut into spans of at least IM2COL_SPAN_COLUMNS unfolded
+# columns (at most IM2COL_MAX_PARTS tasks), and each image's folding into spans
+# of at least IM2COL_FOLD_CHANNELS channels (at most IM2COL_MAX_FOLD_SPANS):
+# fixed by the problem, so the bits do not depend on the thread count.
+IM2COL_SPAN_COLUMNS = 64
+IM2COL_MAX_PARTS = 16
+IM2COL_FOLD_CHANNELS = 32
+IM2COL_MAX_FOLD_SPANS = 8
+
+
+def im2col_tile_images(problem: Problem) -> int:
+    """Images per tile of the unfolded products within the budget (0: not even one fits)."""
+    nhwc, item = int(problem.layout is NHWC), problem.dtype.itemsize
+    per_image = im2col.tile_values(
+        problem.c_in, problem.c_out, problem.height, problem.width, problem.kh, problem.kw,
+        problem.out_h, problem.out_w, nhwc,
+    )  # fmt: skip
+    fixed = im2col.fixed_values(
+        problem.n, problem.c_in, problem.c_out, problem.kh, problem.kw, problem.out_h,
+        problem.out_w, nhwc,
+    )  # fmt: skip
+    budget = _workspace_budget(problem) - fixed * item
+    return max(0, min(problem.n, budget // (per_image * item)))
+
+
+def im2col_suits(problem: Problem) -> bool:
+    """Whether the unfolded products (``kernels/im2col.py``) take ``problem``'s backward."""
+    if problem.geometry.groups != 1 or gemm_suits(problem):
+        return False
+    if problem.c_out < IM2COL_MIN_OUTPUTS or problem.c_in < IM2COL_MIN_INPUTS:
+        return False
+    if problem.geometry.stride == (1, 1):
+        wide = problem.c_in >= IM2COL_WIDE_INPUTS
+        limit = IM2COL_MAX_PLANE["NHWC" if wide else problem.layout.name]
+        if problem.out_h * problem.out_w > limit:
+            return False
+    return im2col_tile_images(problem) >= 1
+
+
+def _im2col_choice(problem: Problem) -> KernelChoice:
+    """The unfolded products' kernel and its tiles and task counts for ``problem``."""
+    (sh, sw), padding, (dh, dw), _ = problem.geometry
+    columns = problem.c_in * problem.kh * problem.kw
+    parts = max(1, min(IM2COL_MAX_PARTS, columns // IM2COL_SPAN_COLUMNS))
+    fold_spans = max(1, min(IM2COL_MAX_FOLD_SPANS, problem.c_in // IM2COL_FOLD_CHANNELS))
+    args = (
+        sh, sw, *padding, dh, dw, im2col_tile_images(problem), parts, fold_spans,
+        int(problem.layout is NHWC),
+    )  # fmt: skip
+    kernel = im2col.backward_im2col
+    return KernelChoice(kernel, problem.layout, args, finite_only=True, writes_input=True)
+
+
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
 def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     """A kernel computing all three gradients in one call, or None (one kernel each).
 
     Tiny problems (SERIAL_MAX_TERMS), whatever kernels their gradients would
-    take, run the fused flat kernel serially. Flat-plane problems (either
+    take, run the fused flat kernel serially. Dense problems on short planes
+    (``im2col_suits``) take the unfolded BLAS products, finite-only too and
+    writing grad_input. Flat-plane problems (either
     layout) that are small, or have few input channels per group and at least
     two images, take the fused flat kernel in parallel blocks of images (or
     serially, when one block is all the budget allows) if its workspaces fit
@@ -589,6 +666,8 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     serial = KernelChoice(kernel, problem.layout, (*_flat_args(problem), nhwc), finite_only=True)
     if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem):
         return serial
+    if im2col_suits(problem):
+        return _im2col_choice(problem)
     if not fused_suits(problem):
         return None
     groups = problem.geometry.groups

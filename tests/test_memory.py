@@ -2,7 +2,8 @@
 
 The asv memory tracks measure the suite's shapes; these are held-out shapes of
 the kinds that went over before: many channels on small images (grad_weight's
-float64 totals larger than the images), big weights on the channel kernels,
+float64 totals larger than the images; now the unfolded products, tiles of
+images), big weights on the channel kernels,
 few channels on bigger images (the fused kernel's per-block planes), and images
 so big that one image's planes pass the budget (row bands).
 Budget: a quarter of input + grad_output bytes, at least 4 MiB.
@@ -21,9 +22,10 @@ from benchmarks.common import memory_budget_bytes, working_memory_bytes
 
 # n, c_in, c_out, size, k, stride, padding
 SHAPES = {
-    "resnet_layer4": (8, 512, 512, 7, 3, 1, 1),  # flat planes, 18.9 MB of totals
+    "resnet_layer4": (8, 512, 512, 7, 3, 1, 1),  # unfolded products, a 9.4 MB weight
     "resnet_layer4_s2": (8, 256, 512, 14, 3, 2, 1),
-    "late_4x4": (8, 256, 256, 4, 3, 1, 1),  # channel kernels, a 2.4 MB weight
+    "late_4x4": (8, 256, 256, 4, 3, 1, 1),  # unfolded products, a 2.4 MB weight
+    "many_images_7x7": (64, 64, 64, 7, 3, 1, 1),  # unfolded products, several tiles
     "stem_batch": (16, 3, 32, 96, 7, 2, 3),  # fused, fewer image blocks than 8
     "imagenet_stem": (2, 3, 64, 224, 7, 2, 3),  # fused, in bands of rows (phase planes)
     "few_channels_big": (2, 3, 64, 112, 3, 1, 1),  # single gradients, not fused

@@ -9,6 +9,7 @@ import convgrad
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
+from convgrad.kernels import im2col
 from convgrad.reference import conv2d_backward_reference, conv2d_reference
 
 # n, c_in, c_out, size, k, stride, padding, dilation, groups
@@ -29,7 +30,12 @@ CASES = {
     "fused": (16, 3, 32, 24, 3, 1, 1, 1, 1),  # conv2d_backward: the fused flat kernel
     "fused-grouped": (6, 4, 16, 20, 3, 1, ((1, 0), (0, 2)), (1, 2), 2),
     "fused-few-pairs": (16, 1, 8, 32, 5, 1, 2, 1, 1),  # 8 channel pairs: rows alone
+    # conv2d_backward: BLAS products over the unfolded input (short planes, stride 2)
+    "unfolded": (4, 32, 64, 7, 3, 1, 1, 1, 1),
+    "unfolded-strided": (4, 16, 32, 15, (3, 2), 2, ((1, 0), (2, 1)), (1, 2), 1),
 }
+# Cases whose conv2d_backward runs the unfolded products (``kernels/im2col.py``).
+UNFOLDED = {"wide-channels", "unfolded", "unfolded-strided"}
 
 
 def make(case, layout, dtype, seed=0):
@@ -59,6 +65,8 @@ FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
     "fused": ("flat", "flat"),
     "fused-grouped": ("flat", "flat"),
     "fused-few-pairs": ("rows", "rows"),
+    "unfolded": ("flat", "flat"),
+    "unfolded-strided": ("flat", "flat"),
 }
 
 
@@ -79,9 +87,11 @@ def test_cases_cover_every_kernel_family(name, layout):
     fused = _dispatch.select_backward_kernel(problem)
     # the depthwise backward is fused too (NHWC: grad_weight with grad_bias), and so
     # are NCHW groups of few channels (a channel multiplier)
-    fuses = name.startswith("fused") or name == "depthwise-pure"
+    fuses = name.startswith("fused") or name == "depthwise-pure" or name in UNFOLDED
     fuses |= name == "depthwise" and layout == "NCHW"
     assert (fused is not None) == fuses
+    unfolded = fused is not None and fused.kernel is im2col.backward_im2col
+    assert unfolded == (name in UNFOLDED)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,0 +1,287 @@
+"""Dense convolutions on short planes as two matrix products per tile: unfold, multiply, fold.
+
+Unfold (im2col) a tile of whole NHWC images into columns: one row per output
+pixel (n, oh, ow), holding the KH*KW*C_in input values its window reads,
+
+    cols[(n, oh, ow), (i, j, c)] = xpad[n, oh*sh + i*dh, ow*sw + j*dw, c]
+
+(zero where it reads padding). The NHWC weight is a (KH*KW*C_in) x C_out
+matrix in the same order, grad_output a pixels x C_out one, and per tile
+
+    grad_weight += cols.T @ grad_output        cols = grad_output @ weight.T
+
+the second product overwriting the columns with grad_input's; folding them
+back (col2im: each value added to the input pixel its window read) gives
+grad_input. On short planes, where the flat kernels' vectors are short and
+the row kernels' loops are mostly overhead, BLAS does the arithmetic at a
+large share of the machine's peak. NCHW problems take the same path through
+NHWC copies of each tile (input, grad_output, grad_input) and of the weight:
+unfolding and folding NCHW rows of a few pixels cost more than the copies.
+
+Both products run as single-threaded BLAS gemm calls from numba's threads,
+OpenBLAS held at one thread (as in ``gemm.py``), each task on its own span of
+the KH*KW*C_in columns: the second product overwrites only the span the first
+one read. ``parts`` (the spans), ``images_per_tile`` and ``fold_spans`` come
+from the problem, not the thread count, so the bits do not depend on it.
+grad_weight's tiles are summed in the dtype (beta = 1), a few tiles at most
+within the working-memory budget. Without a cblas gemm to call, the same
+products go through ``np.matmul``.
+
+The padding's zeros multiply grad_output values inside the products, so a NaN
+or Inf there spreads further than the exact sums do: the kernel is exact for
+finite inputs only (the caller checks, as for the flat kernels).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .._blas import gemm_for, one_blas_thread
+from . import relayout
+from ._cache import CACHE
+from ._cblas import NO_TRANS, TRANS, gemm_call
+from .nchw import grad_bias_nchw_serial
+from .nhwc import grad_bias_nhwc
+
+
+@njit(cache=CACHE)
+def _span(part, parts, length):
+    """(start, stop) of part ``part`` of ``parts`` even parts of range(length)."""
+    return part * length // parts, (part + 1) * length // parts
+
+
+@njit(cache=CACHE, inline="always")
+def _column(i, j, c, kw, c_in, taps, by_channel):
+    """Where tap (i, j) of channel c goes in a row of the columns: (i, j, c) or (c, i, j) order."""
+    return c * taps + i * kw + j if by_channel else (i * kw + j) * c_in + c
+
+
+@njit(cache=CACHE, parallel=True)
+def _unfold(x, cols, by_channel, sh, sw, pt, pl, dh, dw, kh, kw, out_h, out_w):
+    """cols[(n, oh, ow), (i, j, c) or (c, i, j)] = xpad[n, oh*sh + i*dh, ow*sw + j*dw, c].
+
+    x is an NHWC tile; a row of output pixels per task.
+    """
+    height, width, c_in = x.shape[1], x.shape[2], x.shape[3]
+    taps = kh * kw
+    for row in prange(x.shape[0] * out_h):
+        n, oh = row // out_h, row % out_h
+        for ow in range(out_w):
+            line = cols[row * out_w + ow]
+            for i in range(kh):
+                h = oh * sh + i * dh - pt
+                for j in range(kw):
+                    col = ow * sw + j * dw - pl
+                    inside = 0 <= h < height and 0 <= col < width
+                    first = _column(i, j, 0, kw, c_in, taps, by_channel)
+                    if by_channel:  # a value every ``taps`` columns
+                        for c in range(c_in):
+                            line[first + c * taps] = x[n, h, col, c] if inside else 0
+                    elif inside:
+                        window, pixel = line[first : first + c_in], x[n, h, col]
+                        for c in range(c_in):
+                            window[c] = pixel[c]
+                    else:
+                        line[first : first + c_in] = 0
+
+
+@njit(cache=CACHE, parallel=True)
+def _fold(cols, gi, c_spans, by_channel, sh, sw, pt, pl, dh, dw, kh, kw, out_h, out_w):
+    """gi[n, h, w] = the sum of cols' values for the windows that read pixel (h, w).
+
+    gi is an NHWC tile; an image's span of channels per task (``c_spans``
+    spans): no two tasks write one value, and each value's terms come in one
+    fixed order.
+    """
+    height, width, c_in = gi.shape[1], gi.shape[2], gi.shape[3]
+    taps = kh * kw
+    for task in prange(gi.shape[0] * c_spans):
+        n = task // c_spans
+        c0, c1 = _span(task % c_spans, c_spans, c_in)
+        for h in range(height):
+            for col in range(width):
+                pixel = gi[n, h, col, c0:c1]
+                for c in range(c1 - c0):
+                    pixel[c] = 0
+        for oh in range(out_h):
+            for ow in range(out_w):
+                line = cols[(n * out_h + oh) * out_w + ow]
+                for i in range(kh):
+                    h = oh * sh + i * dh - pt
+                    if h < 0 or h >= height:
+                        continue
+                    for j in range(kw):
+                        col = ow * sw + j * dw - pl
+                        if col < 0 or col >= width:
+                            continue
+                        pixel = gi[n, h, col]
+                        first = _column(i, j, 0, kw, c_in, taps, by_channel)
+                        if by_channel:
+                            for c in range(c0, c1):
+                                pixel[c] += line[first + c * taps]
+                        else:
+                            window = line[first + c0 : first + c1]
+                            part = pixel[c0:c1]
+                            for c in range(c1 - c0):
+                                part[c] += window[c]
+
+
+@njit(cache=CACHE, parallel=True)
+def _products(cols, grads, w, gw, parts, by_channel, gemm, ilp64):
+    """Per span of cols' columns: grad_weight's product, then grad_input's into that span.
+
+    cols (pixels, KH*KW*C_in) and grads (pixels, C_out), C-contiguous; w and
+    gw C-contiguous, (KH*KW*C_in, C_out) or, ``by_channel``, (C_out,
+    C_in*KH*KW). Tap-major: gw[span] += cols[:, span].T @ grads, then
+    cols[:, span] = grads @ w[span].T; channel-major: gw[:, span] +=
+    grads.T @ cols[:, span], then cols[:, span] = grads @ w[:, span].
+    """
+    pixels, width = cols.shape
+    c_out, item = grads.shape[1], cols.itemsize
+    for part in prange(parts):
+        s0, s1 = _span(part, parts, width)
+        if s1 == s0:
+            continue
+        if by_channel:
+            gemm_call(
+                gemm, ilp64, TRANS, NO_TRANS, c_out, s1 - s0, pixels,
+                grads.ctypes.data, c_out, cols.ctypes.data + s0 * item, width,
+                1.0, gw, s0, width,
+            )  # fmt: skip
+            gemm_call(
+                gemm, ilp64, NO_TRANS, NO_TRANS, pixels, s1 - s0, c_out,
+                grads.ctypes.data, c_out, w.ctypes.data + s0 * item, width,
+                0.0, cols, s0, width,
+            )  # fmt: skip
+        else:
+            gemm_call(
+                gemm, ilp64, TRANS, NO_TRANS, s1 - s0, c_out, pixels,
+                cols.ctypes.data + s0 * item, width, grads.ctypes.data, c_out,
+                1.0, gw, s0 * c_out, c_out,
+            )  # fmt: skip
+            gemm_call(
+                gemm, ilp64, NO_TRANS, TRANS, pixels, s1 - s0, c_out,
+                grads.ctypes.data, c_out, w.ctypes.data + s0 * c_out * item, c_out,
+                0.0, cols, s0, width,
+            )  # fmt: skip
+
+
+@njit(cache=CACHE, parallel=True)
+def _weight_taps_first(w, target):
+    """target[i, j, c, k] = w[k, c, i, j]: an NCHW weight in NHWC's order."""
+    c_out, c_in, kh, kw = w.shape
+    for row in prange(kh * kw * c_in):
+        t, c = row // c_in, row % c_in
+        i, j = t // kw, t % kw
+        line = target[i, j, c]
+        for k in range(c_out):
+            line[k] = w[k, c, i, j]
+
+
+@njit(cache=CACHE, parallel=True)
+def _add_weight_channels_first(totals, gw):
+    """gw[k, c, i, j] += totals[i, j, c, k]: an NHWC-ordered grad_weight added in NCHW's order."""
+    c_out, c_in, kh, kw = gw.shape
+    for k in prange(c_out):
+        for c in range(c_in):
+            for i in range(kh):
+                for j in range(kw):
+                    gw[k, c, i, j] += totals[i, j, c, k]
+
+
+def _products_matmul(cols, grads, w, gw, by_channel):
+    """``_products``' products through ``np.matmul`` (all columns at once)."""
+    if by_channel:
+        gw += grads.T @ cols
+        np.matmul(grads, w, out=cols)
+    else:
+        gw += cols.T @ grads
+        np.matmul(grads, w.T, out=cols)
+
+
+# An NCHW weight goes to NHWC's order (a copy, and grad_weight's back) when
+# C_out * CHANNEL_MAJOR_PIXELS <= the batch's output pixels; otherwise the
+# columns take its (c, i, j) order.
+CHANNEL_MAJOR_PIXELS = 2
+
+
+def channel_major(n_batch, c_out, out_h, out_w, nhwc):
+    """Whether the columns take NCHW's weight order (c, i, j) rather than NHWC's (i, j, c)."""
+    return not nhwc and c_out * CHANNEL_MAJOR_PIXELS > n_batch * out_h * out_w
+
+
+def tile_values(c_in, c_out, height, width, kh, kw, out_h, out_w, nhwc):
+    """Workspace values per image of a tile: its columns and (NCHW) its NHWC copies."""
+    columns = out_h * out_w * c_in * kh * kw
+    return columns if nhwc else columns + c_in * height * width + c_out * out_h * out_w
+
+
+def fixed_values(n_batch, c_in, c_out, kh, kw, out_h, out_w, nhwc):
+    """Workspace values besides the tiles': an NCHW weight and grad_weight in NHWC's order."""
+    if nhwc or channel_major(n_batch, c_out, out_h, out_w, nhwc):
+        return 0
+    return 2 * c_out * c_in * kh * kw
+
+
+def backward_im2col(
+    x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc
+):
+    """All three gradients, groups 1, either layout (``nhwc``), a tile of whole images at a time.
+
+    gi is written (every value), gw and gb added into. ``parts`` gemm tasks
+    per product, ``fold_spans`` tasks per image folding the columns (spans of
+    channels). Returns None: the caller checks that the results are finite.
+    """
+    if nhwc:
+        n_batch, height, width, c_in = x.shape
+        kh, kw, c_out = w.shape[0], w.shape[1], w.shape[3]
+        out_h, out_w = g.shape[1], g.shape[2]
+    else:
+        n_batch, c_in, height, width = x.shape
+        c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+        out_h, out_w = g.shape[2], g.shape[3]
+    geometry = (sh, sw, pt, pl, dh, dw, kh, kw, out_h, out_w)
+    plane, columns = out_h * out_w, kh * kw * c_in
+    tile = min(images_per_tile, n_batch)
+    cols_all = np.empty((tile * plane, columns), x.dtype)
+    if not nhwc:  # the tile's NHWC copies; grad_input's goes where the input's was
+        images_all = np.empty((tile, height, width, c_in), x.dtype)
+        grads_all = np.empty((tile, out_h, out_w, c_out), x.dtype)
+    # The columns' order follows the weight's: (i, j, c) for NHWC's (KH*KW*C_in,
+    # C_out) matrix, (c, i, j) for NCHW's (C_out, C_in*KH*KW), whose columns
+    # cost more to unfold and fold (a value every KH*KW columns). Unless its
+    # weight is large beside the columns, NCHW's goes to NHWC's order instead.
+    by_channel = channel_major(n_batch, c_out, out_h, out_w, nhwc)
+    weight, totals = w, gw
+    if not (nhwc or by_channel):
+        weight = np.empty((kh, kw, c_in, c_out), w.dtype)
+        _weight_taps_first(w, weight)
+        totals = np.zeros_like(weight)
+    matrix = (c_out, columns) if by_channel else (columns, c_out)
+    weights, sums = weight.reshape(matrix), totals.reshape(matrix)
+    blas = gemm_for(x.dtype)
+    with one_blas_thread():
+        for n0 in range(0, n_batch, tile):
+            n1 = min(n_batch, n0 + tile)
+            cols = cols_all[: (n1 - n0) * plane]
+            if nhwc:
+                images, grads, grad_images = x[n0:n1], g[n0:n1], gi[n0:n1]
+            else:
+                images, grads = images_all[: n1 - n0], grads_all[: n1 - n0]
+                relayout.nchw_to_nhwc(x[n0:n1], images)
+                relayout.nchw_to_nhwc(g[n0:n1], grads)
+                grad_images = images
+            _unfold(images, cols, by_channel, *geometry)
+            grads = grads.reshape(-1, c_out)
+            if blas is None:
+                _products_matmul(cols, grads, weights, sums, by_channel)
+            else:
+                _products(cols, grads, weights, sums, parts, by_channel, *blas)
+            _fold(cols, grad_images, fold_spans, by_channel, *geometry)
+            if not nhwc:
+                relayout.nhwc_to_nchw(grad_images, gi[n0:n1])
+    if nhwc:
+        grad_bias_nhwc(g, gb)
+    else:
+        if totals is not gw:
+            _add_weight_channels_first(totals, gw)
+        grad_bias_nchw_serial(g, gb)

@@ -1,0 +1,191 @@
+"""The unfolded products (``kernels/im2col.py``): the kernel against the reference, its
+dispatch rule and its working memory."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from convgrad import _dispatch
+from convgrad._layouts import NCHW, NHWC
+from convgrad._problem import describe
+from convgrad.kernels import im2col
+from convgrad.reference import conv2d_backward_reference
+
+
+def problem(layout, n, c_in, c_out, size, k=3, dtype=np.float32, **opts):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    opts = {"stride": 1, "padding": 1, "dilation": 1, "groups": 1} | opts
+    image = layout.image_shape(n, c_in, size, size)
+    weight = layout.weight_shape(c_out, c_in // opts["groups"], kh, kw)
+    return describe(layout, np.dtype(dtype), image, weight, **opts)
+
+
+def arrays(p, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(
+        rng.standard_normal(shape).astype(p.dtype)
+        for shape in (p.output_shape, p.input_shape, p.weight_shape)
+    )
+
+
+def run(p, g, x, w, images_per_tile, parts, fold_spans, gw=None, gb=None):
+    """The kernel's three results; grad_input starts as garbage (the kernel writes it)."""
+    gi = np.full(p.input_shape, np.nan, p.dtype)
+    gw = np.zeros(p.weight_shape, p.dtype) if gw is None else gw
+    gb = np.zeros(p.c_out, p.dtype) if gb is None else gb
+    (sh, sw), padding, (dh, dw), _ = p.geometry
+    nhwc = int(p.layout is NHWC)
+    args = (sh, sw, *padding, dh, dw, images_per_tile, parts, fold_spans, nhwc)
+    assert im2col.backward_im2col(x, g, w, gi, gw, gb, *args) is None
+    return gi, gw, gb
+
+
+def assert_matches_reference(p, got, g, x, w):
+    opts = dict(zip(("stride", "padding", "dilation"), p.geometry[:3], strict=True))
+    pads = opts["padding"]
+    opts["padding"] = ((pads[0], pads[1]), (pads[2], pads[3]))
+    wide = (a.astype(np.float64) for a in (g, x, w))
+    want = conv2d_backward_reference(*wide, layout=p.layout.name, **opts)
+    reduction = max(p.n * p.out_h * p.out_w, p.c_out * p.kh * p.kw)
+    rtol, atol = (1e-11, 1e-10) if p.dtype == np.float64 else (1e-4, 4e-6 * reduction**0.5)
+    for got_part, want_part in zip(got, want, strict=True):
+        assert got_part.dtype == p.dtype
+        np.testing.assert_allclose(got_part, want_part, rtol=rtol, atol=atol)
+
+
+# layout, n, c_in, c_out, size, k, options: both weight orders for NCHW (C_out * 2
+# beside the batch's output pixels), asymmetric padding, strides, dilation,
+# non-square kernels, a short last tile
+CASES = [
+    (NHWC, 3, 5, 7, 9, 3, {}),
+    (NCHW, 3, 5, 7, 9, 3, {}),  # NCHW weight in NHWC's order (7 * 2 <= 243 pixels)
+    (NCHW, 1, 6, 40, 4, 3, {}),  # NCHW's (c, i, j) columns (40 * 2 > 16 pixels)
+    (NHWC, 2, 4, 6, 11, (3, 2), {"stride": 2, "padding": ((1, 0), (2, 1)), "dilation": (1, 2)}),
+    (NCHW, 2, 4, 6, 11, (3, 2), {"stride": 2, "padding": ((1, 0), (2, 1)), "dilation": (1, 2)}),
+    (NCHW, 2, 3, 64, 6, (2, 3), {"stride": (1, 2), "padding": 0}),
+    (NHWC, 5, 8, 16, 7, 5, {"padding": 2, "dilation": 2}),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("tiling", [(1, 1, 1), (2, 3, 2), (8, 16, 8)])
+def test_kernel_matches_the_reference(case, dtype, tiling):
+    layout, n, c_in, c_out, size, k, opts = CASES[case]
+    p = problem(layout, n, c_in, c_out, size, k, dtype, **opts)
+    g, x, w = arrays(p)
+    before = tuple(a.copy() for a in (g, x, w))
+    assert_matches_reference(p, run(p, g, x, w, *tiling), g, x, w)
+    for a, b in zip((g, x, w), before, strict=True):
+        assert np.array_equal(a, b)  # inputs untouched
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_kernel_adds_into_grad_weight_and_grad_bias(layout):
+    p = problem(layout, 3, 5, 7, 9)
+    g, x, w = arrays(p)
+    _, gw, gb = run(p, g, x, w, 2, 2, 1)
+    _, gw2, gb2 = run(p, g, x, w, 2, 2, 1, gw=np.ones_like(gw), gb=np.ones_like(gb))
+    np.testing.assert_allclose(gw2, gw + 1, rtol=1e-6)
+    np.testing.assert_allclose(gb2, gb + 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_without_blas_the_products_go_through_matmul(layout, monkeypatch):
+    p = problem(layout, 3, 6, 40, 6, stride=2)
+    g, x, w = arrays(p)
+    with_blas = run(p, g, x, w, 2, 4, 2)
+    monkeypatch.setattr(im2col, "gemm_for", lambda dtype: None)
+    without = run(p, g, x, w, 2, 4, 2)
+    assert_matches_reference(p, without, g, x, w)
+    for a, b in zip(with_blas, without, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_same_bits_for_any_tile_span_split():
+    """Spans of the products' columns and of the folded channels split the work, not the sums."""
+    p = problem(NHWC, 2, 64, 64, 7)
+    g, x, w = arrays(p)
+    first = run(p, g, x, w, 2, 1, 1)
+    for parts, fold_spans in ((2, 2), (9, 3), (16, 8)):
+        gi, _, gb = run(p, g, x, w, 2, parts, fold_spans)
+        assert gi.tobytes() == first[0].tobytes() and gb.tobytes() == first[2].tobytes()
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+@pytest.mark.parametrize(
+    "n, c_in, c_out, size, stride, unfolded",
+    [
+        (8, 128, 256, 28, 2, True),  # resnet_s2: stride 2, any plane
+        (8, 256, 256, 4, 1, True),  # 4 x 4 planes
+        (1, 64, 64, 7, 1, True),
+        (8, 16, 32, 32, 2, True),  # the fewest channels it takes
+        (8, 8, 64, 28, 2, False),  # too few input channels
+        (8, 64, 16, 28, 2, False),  # too few output channels
+        (8, 64, 64, 56, 1, False),  # resnet_3x3: long planes keep the flat kernels
+        (2, 64, 64, 28, 1, False),  # 28 x 28 at stride 1 neither
+    ],
+)
+def test_dispatch_unfolds_short_planes_and_strides(n, c_in, c_out, size, stride, unfolded, layout):
+    p = problem(layout, n, c_in, c_out, size, stride=stride)
+    choice = _dispatch.select_backward_kernel(p)
+    assert (choice is not None and choice.kernel is im2col.backward_im2col) == unfolded
+    if unfolded:
+        assert choice.finite_only and choice.writes_input and choice.layout is layout
+
+
+def test_dispatch_plane_limits_per_layout():
+    # NCHW's tiles pay for NHWC copies: 8 x 8 planes at most at stride 1, but
+    # 16 x 16 from IM2COL_WIDE_INPUTS channels on, as NHWC's
+    def unfolded(layout, c_in, size):
+        choice = _dispatch.select_backward_kernel(problem(layout, 4, c_in, 64, size))
+        return choice is not None and choice.kernel is im2col.backward_im2col
+
+    assert unfolded(NHWC, 32, 14) and not unfolded(NCHW, 32, 14)
+    assert unfolded(NCHW, 32, 8) and unfolded(NCHW, 128, 14)
+    assert not unfolded(NHWC, 32, 20) and not unfolded(NCHW, 128, 20)
+
+
+def test_dispatch_leaves_groups_and_1x1_alone():
+    grouped = _dispatch.select_backward_kernel(problem(NHWC, 8, 128, 256, 28, stride=2, groups=2))
+    assert grouped is None or grouped.kernel is not im2col.backward_im2col
+    pointwise = problem(NHWC, 8, 256, 256, 14, k=1, padding=0)
+    assert _dispatch.select_backward_kernel(pointwise) is None  # BLAS, one gradient each
+
+
+def test_dispatch_tiles_fit_the_budget():
+    # 64 images of 64 x 49 pixels: 4 MiB of budget holds a few tiles' worth of columns
+    for layout in (NCHW, NHWC):
+        p = problem(layout, 64, 64, 64, 7)
+        tile = _dispatch.im2col_tile_images(p)
+        assert 1 <= tile < p.n
+        args = _dispatch.select_backward_kernel(p).args
+        assert args[8] == tile  # images_per_tile
+    # one image's columns over the budget: not unfolded
+    big = problem(NHWC, 1, 512, 512, 64, stride=2)
+    assert _dispatch.im2col_tile_images(big) == 0
+    assert not _dispatch.im2col_suits(big)
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_workspace_estimate_matches_the_kernel(layout):
+    """The dispatch's tile size against what the kernel allocates (tracemalloc)."""
+    p = problem(layout, 64, 64, 64, 7)
+    g, x, w = arrays(p)
+    choice = _dispatch.select_backward_kernel(p)
+    gi, gw, gb = np.empty_like(x), np.zeros_like(w), np.zeros(p.c_out, p.dtype)
+    choice.kernel(x, g, w, gi, gw, gb, *choice.args)  # compiled before measuring
+    tracemalloc.start()
+    choice.kernel(x, g, w, gi, gw, gb, *choice.args)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    item = p.dtype.itemsize
+    nhwc = int(layout is NHWC)
+    per_image = im2col.tile_values(
+        p.c_in, p.c_out, p.height, p.width, p.kh, p.kw, p.out_h, p.out_w, nhwc
+    )
+    fixed = im2col.fixed_values(p.n, p.c_in, p.c_out, p.kh, p.kw, p.out_h, p.out_w, nhwc)
+    estimate = (choice.args[8] * per_image + fixed) * item
+    assert 0.9 * peak <= estimate <= 1.1 * peak + 4096, (peak, estimate)
+    assert estimate <= _dispatch._workspace_budget(p)
