@@ -18,6 +18,7 @@ from ._arrays import (
 from ._bands import grad_input_by_bands, grad_weight_by_bands
 from ._dispatch import (
     KernelChoice,
+    banded,
     gemm_suits,
     image_bands,
     kernel_layout,
@@ -543,7 +544,7 @@ def _grad_input(
             out, problem.input_shape, problem.dtype, accumulate, originals, overwritten=overwritten
         )
         target = as_batched(result, problem.batched)
-        bands = image_bands(problem) if choice.exact is not None else 1  # flat kernels only
+        bands = image_bands(problem) if banded(choice) else 1
         if bands > 1:
             grad_input_by_bands(problem, bands, g, w, target)
         elif problem.terms:
@@ -573,7 +574,7 @@ def _grad_weight(
         buffer = allocate(
             family.weight_shape(problem.c_out, cin_g, problem.kh, problem.kw), problem.dtype
         )
-    bands = image_bands(problem, "grad_weight") if choice.exact is not None else 1  # flat only
+    bands = image_bands(problem, "grad_weight") if banded(choice) else 1
     if bands > 1:
         grad_weight_by_bands(problem, bands, x, g, buffer)
     elif problem.terms:

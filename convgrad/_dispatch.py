@@ -190,7 +190,7 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
     """
     if is_depthwise(problem) or (operation != "forward" and gemm_suits(problem)):
         return problem.layout
-    if operation != "forward" and flat_suits(problem):
+    if operation != "forward" and (flat_suits(problem) or im2col_suits(problem)):
         return problem.layout
     cout_g = problem.c_out // problem.geometry.groups
     return NHWC if ROW_PREFERENCE * cout_g > problem.out_w else NCHW
@@ -390,9 +390,18 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
         writes = operation == "grad_input"
         return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks), writes_input=writes)
     exact = _loop_kernel(operation, problem, layout)
+    if operation != "forward" and im2col_suits(problem):
+        return _im2col_choice(problem, operation)._replace(
+            exact=exact if operation == "grad_weight" else None
+        )
     if operation == "forward" or not flat_suits(problem):
         return exact
     return flat_choice(operation, problem)._replace(exact=exact)
+
+
+def banded(choice: KernelChoice) -> bool:
+    """Whether ``choice`` is a single-gradient flat kernel, which images too big take in bands."""
+    return choice.kernel in _FLAT_KERNELS.values()
 
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
@@ -576,9 +585,12 @@ IM2COL_WIDE_INPUTS = 128
 # Each product is cut into spans of at least IM2COL_SPAN_COLUMNS unfolded
 # columns (at most IM2COL_MAX_PARTS tasks), and each image's folding into spans
 # of at least IM2COL_FOLD_CHANNELS channels (at most IM2COL_MAX_FOLD_SPANS):
-# fixed by the problem, so the bits do not depend on the thread count.
-IM2COL_SPAN_COLUMNS = 64
-IM2COL_MAX_PARTS = 16
+# fixed by the problem, so the bits do not depend on the thread count. More,
+# narrower gemm calls cost BLAS efficiency (2-core Intel Xeon, NHWC, 2 / 4 /
+# 8 / 16 parts: resnet_s2 6.6 / 6.6 / 6.9 / 7.6 ms, 8 x 512 -> 512 @ 7 x 7
+# 12.2 / 12.3 / 12.5 / 12.8 ms; one part 1.8-2x the time).
+IM2COL_SPAN_COLUMNS = 128
+IM2COL_MAX_PARTS = 8
 IM2COL_FOLD_CHANNELS = 32
 IM2COL_MAX_FOLD_SPANS = 8
 
@@ -598,6 +610,7 @@ def im2col_tile_images(problem: Problem) -> int:
     return max(0, min(problem.n, budget // (per_image * item)))
 
 
+@lru_cache(maxsize=512)  # pure, and kernel_layout asks on every call
 def im2col_suits(problem: Problem) -> bool:
     """Whether the unfolded products (``kernels/im2col.py``) take ``problem``'s backward."""
     if problem.geometry.groups != 1 or gemm_suits(problem):
@@ -612,8 +625,19 @@ def im2col_suits(problem: Problem) -> bool:
     return im2col_tile_images(problem) >= 1
 
 
-def _im2col_choice(problem: Problem) -> KernelChoice:
-    """The unfolded products' kernel and its tiles and task counts for ``problem``."""
+_IM2COL_KERNELS = {
+    "backward": im2col.backward_im2col,
+    "grad_input": im2col.grad_input_im2col,
+    "grad_weight": im2col.grad_weight_im2col,
+}
+
+
+def _im2col_choice(problem: Problem, operation: str = "backward") -> KernelChoice:
+    """The unfolded products' kernel for ``operation``, its tiles and task counts.
+
+    grad_input alone is exact for any input (no unfolding: the padding's zeros
+    never meet grad_output); the caller gives grad_weight alone its ``exact``.
+    """
     (sh, sw), padding, (dh, dw), _ = problem.geometry
     columns = problem.c_in * problem.kh * problem.kw
     parts = max(1, min(IM2COL_MAX_PARTS, columns // IM2COL_SPAN_COLUMNS))
@@ -622,8 +646,10 @@ def _im2col_choice(problem: Problem) -> KernelChoice:
         sh, sw, *padding, dh, dw, im2col_tile_images(problem), parts, fold_spans,
         int(problem.layout is NHWC),
     )  # fmt: skip
-    kernel = im2col.backward_im2col
-    return KernelChoice(kernel, problem.layout, args, finite_only=True, writes_input=True)
+    kernel = _IM2COL_KERNELS[operation]
+    finite_only = operation == "backward"
+    writes = operation != "grad_weight"
+    return KernelChoice(kernel, problem.layout, args, finite_only=finite_only, writes_input=writes)
 
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer

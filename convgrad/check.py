@@ -1,9 +1,10 @@
 """``convgrad check``: every kernel path against the NumPy reference, on random problems.
 
 Each case draws a convolution aimed at one kernel family (see ``_dispatch``):
-rows, channels, flat planes, BLAS (1x1), depthwise, and grouped problems that
-land wherever the dispatch sends them, cycling through both layouts and both
-dtypes, batched or not, with random strides, asymmetric padding and dilation.
+rows, channels, flat planes, BLAS (1x1), unfolded products (im2col and BLAS),
+depthwise, and grouped problems that land wherever the dispatch sends them,
+cycling through both layouts and both dtypes, batched or not, with random
+strides, asymmetric padding and dilation.
 A draw is kept only when the dispatch really picks the aimed-at path, so every
 family is exercised whatever its thresholds are. Each case runs ``conv2d``, the
 three single-gradient functions and ``conv2d_backward`` (which may compute all
@@ -45,6 +46,7 @@ FAMILIES = {
     "nchw": "rows",
     "nhwc": "channels",
     "nhwc_depthwise": "depthwise",
+    "im2col": "unfolded",
 }
 # What each case aims at, and the test a draw must pass to count as such.
 TARGETS: dict[str, Callable[[Problem, str], bool]] = {
@@ -52,6 +54,7 @@ TARGETS: dict[str, Callable[[Problem, str], bool]] = {
     "channels": lambda p, family: family == "channels" and p.geometry.groups == 1,
     "flat": lambda p, family: family == "flat",
     "gemm": lambda p, family: family == "gemm",
+    "unfolded": lambda p, family: family == "unfolded",
     "depthwise": lambda p, family: dispatch.is_depthwise(p),
     "grouped": lambda p, family: p.geometry.groups > 1 and not dispatch.is_depthwise(p),
 }
@@ -140,6 +143,8 @@ def _sizes(target: str, rng: np.random.Generator, quick: bool) -> tuple[int, int
         return 1, int(r(4, 9)), int(r(4, 9)), 8, 14 if quick else 28
     if target == "gemm":
         return 1, int(r(4, 17)), int(r(4, 17)), 2, 8 if quick else 16
+    if target == "unfolded":  # enough channels on short planes
+        return 1, int(r(16, 25)), int(r(32, 41)), 3, 8 if quick else 12
     if target == "depthwise":
         c = int(r(1, 13))
         return c, c, c, 4, 10 if quick else 20

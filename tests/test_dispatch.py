@@ -6,7 +6,7 @@ import pytest
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import nchw, nchw_depthwise, nchw_flat, nhwc, nhwc_depthwise
+from convgrad.kernels import im2col, nchw, nchw_depthwise, nchw_flat, nhwc, nhwc_depthwise
 
 
 def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, groups=1, **opts):
@@ -98,9 +98,12 @@ def test_flat_planes_for_long_planes_and_enough_reuse(
         padding=k // 2,
     )
     assert _dispatch.flat_suits(p) is flat
+    unfolded = _dispatch.im2col_suits(p)  # short planes or strides: test_im2col.py
     for operation in ("grad_input", "grad_weight"):
         choice = _dispatch.select_kernel(operation, p)
-        if flat:
+        if unfolded:
+            assert choice.kernel is getattr(im2col, f"{operation}_im2col")
+        elif flat:
             assert choice.kernel is getattr(nchw_flat, f"{operation}_nchw_flat")
             # the flat kernels read either layout: no relayouted copies
             assert choice.layout is user_layout and _dispatch.kernel_layout(p) is user_layout
@@ -231,7 +234,11 @@ def test_nhwc_weight_by_input_channel_for_many_channels_or_big_weights():
         assert not _dispatch.flat_suits(p)
         return _dispatch.select_kernel("grad_weight", p)
 
+    # many channels on 4 x 4 planes run the unfolded products; by input channel is
+    # their exact alternative for non-finite inputs
     late = weight_kernel(c_in=256, c_out=256)
+    assert late.kernel is im2col.grad_weight_im2col
+    late = late.exact
     assert late.kernel is nhwc.grad_weight_nhwc_by_channel and late.args == (1, 1, 1, 1, 1, 1, 1)
     few_inputs = weight_kernel(c_in=8, c_out=64)
     assert few_inputs.kernel is nhwc.grad_weight_nhwc and len(few_inputs.args) == 8

@@ -189,3 +189,53 @@ def test_workspace_estimate_matches_the_kernel(layout):
     estimate = (choice.args[8] * per_image + fixed) * item
     assert 0.9 * peak <= estimate <= 1.1 * peak + 4096, (peak, estimate)
     assert estimate <= _dispatch._workspace_budget(p)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_single_gradient_kernels_match_the_reference(case, dtype):
+    layout, n, c_in, c_out, size, k, opts = CASES[case]
+    p = problem(layout, n, c_in, c_out, size, k, dtype, **opts)
+    g, x, w = arrays(p)
+    (sh, sw), padding, (dh, dw), _ = p.geometry
+    args = (sh, sw, *padding, dh, dw, 2, 3, 2, int(layout is NHWC))
+    gi = np.full(p.input_shape, np.nan, p.dtype)
+    assert im2col.grad_input_im2col(g, w, gi, *args) is None
+    gw = np.ones(p.weight_shape, p.dtype)  # added into
+    assert im2col.grad_weight_im2col(x, g, gw, *args) is None
+    _, _, gb = run(p, g, x, w, 2, 3, 2)
+    assert_matches_reference(p, (gi, gw - 1, gb), g, x, w)
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_single_gradients_dispatch_to_the_unfolded_kernels(layout):
+    p = problem(layout, 8, 128, 256, 28, stride=2)  # resnet_s2
+    gi_choice = _dispatch.select_kernel("grad_input", p)
+    gw_choice = _dispatch.select_kernel("grad_weight", p)
+    assert gi_choice.kernel is im2col.grad_input_im2col and gi_choice.exact is None
+    assert gi_choice.writes_input and not gi_choice.finite_only
+    assert gw_choice.kernel is im2col.grad_weight_im2col and not gw_choice.writes_input
+    # the padding's zeros meet grad_output in grad_weight's product: an exact alternative
+    assert gw_choice.exact is not None and gw_choice.exact.exact is None
+    assert gw_choice.exact.layout is layout
+    assert _dispatch.kernel_layout(p) is layout  # no relayouted copies
+    assert _dispatch.select_kernel("forward", p).kernel is not im2col.grad_input_im2col
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_single_gradients_keep_nan_and_inf_exact(layout):
+    """grad_input alone needs no fallback; grad_weight alone falls back to exact kernels."""
+    import convgrad
+
+    spec = NCHW if layout == "NCHW" else NHWC
+    p = problem(spec, 4, 32, 64, 7, dtype=np.float64)
+    g, x, w = (np.abs(a) + 0.5 for a in arrays(p))
+    bad_g = (1, 3, 0, 6) if layout == "NCHW" else (1, 0, 6, 3)  # a corner: its window reads padding
+    g[bad_g] = np.inf
+    opts = {"padding": 1, "layout": layout}
+    want = conv2d_backward_reference(g, x, w, **opts)
+    gi = convgrad.conv2d_grad_input(g, w, x.shape, **opts)
+    gw = convgrad.conv2d_grad_weight(g, x, w.shape, **opts)
+    for got, expected in ((gi, want[0]), (gw, want[1])):
+        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
+        assert not np.isnan(got).any()  # the padding's zeros never met the Inf

@@ -125,44 +125,71 @@ def _fold(cols, gi, c_spans, by_channel, sh, sw, pt, pl, dh, dw, kh, kw, out_h, 
                                 part[c] += window[c]
 
 
-@njit(cache=CACHE, parallel=True)
-def _products(cols, grads, w, gw, parts, by_channel, gemm, ilp64):
-    """Per span of cols' columns: grad_weight's product, then grad_input's into that span.
+@njit(cache=CACHE)
+def _weight_span(cols, grads, gw, s0, s1, by_channel, gemm, ilp64):
+    """grad_weight's product for columns [s0, s1): added into gw (beta = 1).
 
-    cols (pixels, KH*KW*C_in) and grads (pixels, C_out), C-contiguous; w and
-    gw C-contiguous, (KH*KW*C_in, C_out) or, ``by_channel``, (C_out,
-    C_in*KH*KW). Tap-major: gw[span] += cols[:, span].T @ grads, then
-    cols[:, span] = grads @ w[span].T; channel-major: gw[:, span] +=
-    grads.T @ cols[:, span], then cols[:, span] = grads @ w[:, span].
+    Tap-major: gw[s0:s1] += cols[:, s0:s1].T @ grads; channel-major:
+    gw[:, s0:s1] += grads.T @ cols[:, s0:s1].
     """
     pixels, width = cols.shape
     c_out, item = grads.shape[1], cols.itemsize
+    if by_channel:
+        gemm_call(
+            gemm, ilp64, TRANS, NO_TRANS, c_out, s1 - s0, pixels,
+            grads.ctypes.data, c_out, cols.ctypes.data + s0 * item, width,
+            1.0, gw, s0, width,
+        )  # fmt: skip
+    else:
+        gemm_call(
+            gemm, ilp64, TRANS, NO_TRANS, s1 - s0, c_out, pixels,
+            cols.ctypes.data + s0 * item, width, grads.ctypes.data, c_out,
+            1.0, gw, s0 * c_out, c_out,
+        )  # fmt: skip
+
+
+@njit(cache=CACHE)
+def _input_span(cols, grads, w, s0, s1, by_channel, gemm, ilp64):
+    """grad_input's product for columns [s0, s1), written over them (beta = 0).
+
+    Tap-major: cols[:, s0:s1] = grads @ w[s0:s1].T; channel-major:
+    cols[:, s0:s1] = grads @ w[:, s0:s1].
+    """
+    pixels, width = cols.shape
+    c_out, item = grads.shape[1], cols.itemsize
+    if by_channel:
+        gemm_call(
+            gemm, ilp64, NO_TRANS, NO_TRANS, pixels, s1 - s0, c_out,
+            grads.ctypes.data, c_out, w.ctypes.data + s0 * item, width,
+            0.0, cols, s0, width,
+        )  # fmt: skip
+    else:
+        gemm_call(
+            gemm, ilp64, NO_TRANS, TRANS, pixels, s1 - s0, c_out,
+            grads.ctypes.data, c_out, w.ctypes.data + s0 * c_out * item, c_out,
+            0.0, cols, s0, width,
+        )  # fmt: skip
+
+
+@njit(cache=CACHE, parallel=True)
+def _products(cols, grads, w, gw, parts, by_channel, weight_too, input_too, gemm, ilp64):
+    """Per span of cols' columns (one per task): grad_weight's product, then grad_input's.
+
+    cols (pixels, KH*KW*C_in) and grads (pixels, C_out), C-contiguous; w and
+    gw C-contiguous, (KH*KW*C_in, C_out) or, ``by_channel``, (C_out,
+    C_in*KH*KW). grad_input's product overwrites only the span that
+    grad_weight's read. ``weight_too``/``input_too``: which of the two to run
+    (the other's matrix argument is then unused).
+    """
+    width = cols.shape[1]
     for part in prange(parts):
         s0, s1 = _span(part, parts, width)
         if s1 == s0:
             continue
-        if by_channel:
-            gemm_call(
-                gemm, ilp64, TRANS, NO_TRANS, c_out, s1 - s0, pixels,
-                grads.ctypes.data, c_out, cols.ctypes.data + s0 * item, width,
-                1.0, gw, s0, width,
-            )  # fmt: skip
-            gemm_call(
-                gemm, ilp64, NO_TRANS, NO_TRANS, pixels, s1 - s0, c_out,
-                grads.ctypes.data, c_out, w.ctypes.data + s0 * item, width,
-                0.0, cols, s0, width,
-            )  # fmt: skip
-        else:
-            gemm_call(
-                gemm, ilp64, TRANS, NO_TRANS, s1 - s0, c_out, pixels,
-                cols.ctypes.data + s0 * item, width, grads.ctypes.data, c_out,
-                1.0, gw, s0 * c_out, c_out,
-            )  # fmt: skip
-            gemm_call(
-                gemm, ilp64, NO_TRANS, TRANS, pixels, s1 - s0, c_out,
-                grads.ctypes.data, c_out, w.ctypes.data + s0 * c_out * item, c_out,
-                0.0, cols, s0, width,
-            )  # fmt: skip
+        if weight_too:
+            _weight_span(cols, grads, gw, s0, s1, by_channel, gemm, ilp64)
+        if input_too:
+            _input_span(cols, grads, w, s0, s1, by_channel, gemm, ilp64)
 
 
 @njit(cache=CACHE, parallel=True)
@@ -188,14 +215,12 @@ def _add_weight_channels_first(totals, gw):
                     gw[k, c, i, j] += totals[i, j, c, k]
 
 
-def _products_matmul(cols, grads, w, gw, by_channel):
+def _products_matmul(cols, grads, w, gw, by_channel, weight_too, input_too):
     """``_products``' products through ``np.matmul`` (all columns at once)."""
-    if by_channel:
-        gw += grads.T @ cols
-        np.matmul(grads, w, out=cols)
-    else:
-        gw += cols.T @ grads
-        np.matmul(grads, w.T, out=cols)
+    if weight_too:
+        gw += grads.T @ cols if by_channel else cols.T @ grads
+    if input_too:
+        np.matmul(grads, w if by_channel else w.T, out=cols)
 
 
 # An NCHW weight goes to NHWC's order (a copy, and grad_weight's back) when
@@ -231,21 +256,65 @@ def backward_im2col(
     per product, ``fold_spans`` tasks per image folding the columns (spans of
     channels). Returns None: the caller checks that the results are finite.
     """
+    _unfolded_products(
+        x, g, w, gi, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc
+    )
     if nhwc:
-        n_batch, height, width, c_in = x.shape
-        kh, kw, c_out = w.shape[0], w.shape[1], w.shape[3]
+        grad_bias_nhwc(g, gb)
+    else:
+        grad_bias_nchw_serial(g, gb)
+
+
+def grad_input_im2col(
+    g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc
+):
+    """grad_input alone (written): grad_output times the weight, folded; no unfolding.
+
+    Exact for any input: the product holds grad_output and weight values
+    only, and folding drops what lands on padding.
+    """
+    _unfolded_products(
+        None, g, w, gi, None, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc
+    )
+
+
+def grad_weight_im2col(
+    x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc
+):
+    """grad_weight alone (added into gw): the unfolded input times grad_output; no folding.
+
+    Exact for finite inputs only (the padding's zeros meet grad_output).
+    """
+    _unfolded_products(
+        x, g, None, None, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc
+    )
+
+
+def _unfolded_products(
+    x, g, w, gi, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc
+):
+    """grad_weight added into gw and grad_input written into gi, a tile of images at a time.
+
+    gw None (and x with it): grad_input alone; gi None (and w): grad_weight alone.
+    """
+    image, weight_like = (x if gi is None else gi), (w if gw is None else gw)
+    weight_too, input_too = gw is not None, gi is not None
+    if nhwc:
+        n_batch, height, width, c_in = image.shape
+        kh, kw, c_out = weight_like.shape[0], weight_like.shape[1], weight_like.shape[3]
         out_h, out_w = g.shape[1], g.shape[2]
     else:
-        n_batch, c_in, height, width = x.shape
-        c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+        n_batch, c_in, height, width = image.shape
+        c_out, kh, kw = weight_like.shape[0], weight_like.shape[2], weight_like.shape[3]
         out_h, out_w = g.shape[2], g.shape[3]
     geometry = (sh, sw, pt, pl, dh, dw, kh, kw, out_h, out_w)
     plane, columns = out_h * out_w, kh * kw * c_in
     tile = min(images_per_tile, n_batch)
-    cols_all = np.empty((tile * plane, columns), x.dtype)
+    dtype = g.dtype
+    cols_all = np.empty((tile * plane, columns), dtype)
     if not nhwc:  # the tile's NHWC copies; grad_input's goes where the input's was
-        images_all = np.empty((tile, height, width, c_in), x.dtype)
-        grads_all = np.empty((tile, out_h, out_w, c_out), x.dtype)
+        images_all = np.empty((tile, height, width, c_in), dtype)
+        grads_all = np.empty((tile, out_h, out_w, c_out), dtype)
     # The columns' order follows the weight's: (i, j, c) for NHWC's (KH*KW*C_in,
     # C_out) matrix, (c, i, j) for NCHW's (C_out, C_in*KH*KW), whose columns
     # cost more to unfold and fold (a value every KH*KW columns). Unless its
@@ -253,35 +322,41 @@ def backward_im2col(
     by_channel = channel_major(n_batch, c_out, out_h, out_w, nhwc)
     weight, totals = w, gw
     if not (nhwc or by_channel):
-        weight = np.empty((kh, kw, c_in, c_out), w.dtype)
-        _weight_taps_first(w, weight)
-        totals = np.zeros_like(weight)
+        if input_too:
+            weight = np.empty((kh, kw, c_in, c_out), dtype)
+            _weight_taps_first(w, weight)
+        if weight_too:
+            totals = np.zeros((kh, kw, c_in, c_out), dtype)
     matrix = (c_out, columns) if by_channel else (columns, c_out)
-    weights, sums = weight.reshape(matrix), totals.reshape(matrix)
-    blas = gemm_for(x.dtype)
+    weights = weight.reshape(matrix) if input_too else totals.reshape(matrix)
+    sums = totals.reshape(matrix) if weight_too else weights  # the unused one: any matrix
+    blas = gemm_for(dtype)
     with one_blas_thread():
         for n0 in range(0, n_batch, tile):
             n1 = min(n_batch, n0 + tile)
             cols = cols_all[: (n1 - n0) * plane]
             if nhwc:
-                images, grads, grad_images = x[n0:n1], g[n0:n1], gi[n0:n1]
+                images = x[n0:n1] if weight_too else None
+                grads = g[n0:n1]
+                grad_images = gi[n0:n1] if input_too else None
             else:
-                images, grads = images_all[: n1 - n0], grads_all[: n1 - n0]
-                relayout.nchw_to_nhwc(x[n0:n1], images)
+                images = grad_images = images_all[: n1 - n0]
+                grads = grads_all[: n1 - n0]
+                if weight_too:
+                    relayout.nchw_to_nhwc(x[n0:n1], images)
                 relayout.nchw_to_nhwc(g[n0:n1], grads)
-                grad_images = images
-            _unfold(images, cols, by_channel, *geometry)
+            if weight_too:
+                _unfold(images, cols, by_channel, *geometry)
             grads = grads.reshape(-1, c_out)
             if blas is None:
-                _products_matmul(cols, grads, weights, sums, by_channel)
+                _products_matmul(cols, grads, weights, sums, by_channel, weight_too, input_too)
             else:
-                _products(cols, grads, weights, sums, parts, by_channel, *blas)
-            _fold(cols, grad_images, fold_spans, by_channel, *geometry)
-            if not nhwc:
-                relayout.nhwc_to_nchw(grad_images, gi[n0:n1])
-    if nhwc:
-        grad_bias_nhwc(g, gb)
-    else:
-        if totals is not gw:
-            _add_weight_channels_first(totals, gw)
-        grad_bias_nchw_serial(g, gb)
+                _products(
+                    cols, grads, weights, sums, parts, by_channel, weight_too, input_too, *blas
+                )
+            if input_too:
+                _fold(cols, grad_images, fold_spans, by_channel, *geometry)
+                if not nhwc:
+                    relayout.nhwc_to_nchw(grad_images, gi[n0:n1])
+    if weight_too and totals is not gw:
+        _add_weight_channels_first(totals, gw)
