@@ -144,7 +144,7 @@ def _sizes(target: str, rng: np.random.Generator, quick: bool) -> tuple[int, int
     if target == "gemm":
         return 1, int(r(4, 17)), int(r(4, 17)), 2, 8 if quick else 16
     if target == "unfolded":  # enough channels on short planes
-        return 1, int(r(16, 25)), int(r(32, 41)), 3, 8 if quick else 12
+        return 1, int(r(16, 25)), int(r(64, 73)), 3, 8 if quick else 12
     if target == "depthwise":
         c = int(r(1, 13))
         return c, c, c, 4, 10 if quick else 20

@@ -239,3 +239,15 @@ def test_single_gradients_keep_nan_and_inf_exact(layout):
     for got, expected in ((gi, want[0]), (gw, want[1])):
         np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
         assert not np.isnan(got).any()  # the padding's zeros never met the Inf
+
+
+def test_single_gradients_need_more_output_channels():
+    # 32 output channels: the whole backward unfolds, one gradient alone keeps the flat kernels
+    p = problem(NHWC, 8, 32, 32, 14)
+    assert _dispatch.select_backward_kernel(p).kernel is im2col.backward_im2col
+    assert not _dispatch.single_im2col_suits(p)
+    for operation in ("grad_input", "grad_weight"):
+        assert (
+            _dispatch.select_kernel(operation, p).kernel is not _dispatch._IM2COL_KERNELS[operation]
+        )
+    assert _dispatch.single_im2col_suits(problem(NHWC, 8, 32, 64, 14))

@@ -32,7 +32,7 @@ CASES = {
     "fused-few-pairs": (16, 1, 8, 32, 5, 1, 2, 1, 1),  # 8 channel pairs: rows alone
     # conv2d_backward: BLAS products over the unfolded input (short planes, stride 2)
     "unfolded": (4, 32, 64, 7, 3, 1, 1, 1, 1),
-    "unfolded-strided": (4, 16, 32, 15, (3, 2), 2, ((1, 0), (2, 1)), (1, 2), 1),
+    "unfolded-strided": (4, 16, 64, 15, (3, 2), 2, ((1, 0), (2, 1)), (1, 2), 1),
 }
 # Cases whose conv2d_backward runs the unfolded products (``kernels/im2col.py``).
 UNFOLDED = {"unfolded", "unfolded-strided"}
