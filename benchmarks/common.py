@@ -80,9 +80,10 @@ SHAPES: dict[str, Shape] = {
     "resnet_3x3_f64": Shape(8, 64, 64, 56, 3, 1, 1, 1, 1, "float64"),
 }
 # Held out of the suite, so that kernel paths no suite shape takes are still measured:
-# the last stage of a ResNet at 4 x 4 (planes too short for the flat kernels: the channel
-# kernels, grad_weight by input channel), at 7 x 7 (flat grad_weight in slices of output
-# channels), one 224 x 224 image (the single gradients in bands of rows), an ImageNet
+# the last stage of a ResNet at 4 x 4 and at 7 x 7 (the unfolded products, NCHW's
+# weight order at 7 x 7; resnet_s2 takes them at stride 2), a narrow layer at 4 x 4 (too
+# few output channels to unfold: the channel kernels, grad_weight by input channel),
+# one 224 x 224 image (the single gradients in bands of rows), an ImageNet
 # stem (the fused backward in bands, on phase planes), a stride-2 depthwise layer
 # (NCHW: the depthwise backward on phase planes), a few-channel layer with 8 channel
 # pairs (the fused backward below flat_suits' 16), a small batch of 3.3e5 multiply-adds
@@ -91,6 +92,7 @@ SHAPES: dict[str, Shape] = {
 EXTRA_SHAPES: dict[str, Shape] = {
     "late_4x4": Shape(8, 256, 256, 4, 3, 1, 1, 1, 1, "float32"),
     "late_7x7": Shape(8, 512, 512, 7, 3, 1, 1, 1, 1, "float32"),
+    "late_4x4_narrow": Shape(8, 256, 16, 4, 3, 1, 1, 1, 1, "float32"),
     "image_224": Shape(1, 3, 64, 224, 3, 1, 1, 1, 1, "float32"),
     "stem_224": Shape(2, 3, 64, 224, 7, 2, 3, 1, 1, "float32"),
     "depthwise_s2": Shape(8, 128, 128, 56, 3, 2, 1, 1, 128, "float32"),

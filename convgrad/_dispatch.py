@@ -190,7 +190,7 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
     """
     if is_depthwise(problem) or (operation != "forward" and gemm_suits(problem)):
         return problem.layout
-    if operation != "forward" and (flat_suits(problem) or single_im2col_suits(problem)):
+    if operation != "forward" and (flat_suits(problem) or im2col_suits(problem)):
         return problem.layout
     cout_g = problem.c_out // problem.geometry.groups
     return NHWC if ROW_PREFERENCE * cout_g > problem.out_w else NCHW
@@ -390,7 +390,7 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
         writes = operation == "grad_input"
         return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks), writes_input=writes)
     exact = _loop_kernel(operation, problem, layout)
-    if operation != "forward" and single_im2col_suits(problem):
+    if operation != "forward" and im2col_suits(problem):
         return _im2col_choice(problem, operation)._replace(
             exact=exact if operation == "grad_weight" else None
         )
@@ -574,12 +574,13 @@ def fused_suits(problem: Problem) -> bool:
 # IM2COL_WIDE_INPUTS input channels or more. Measured against the flat (and,
 # at 4 x 4, channel) kernels on a 2-core Intel Xeon, time ratios:
 # NHWC 0.27 on 8 x 512 -> 512 @ 4 x 4, 0.37-0.52 @ 7 x 7, 0.43-0.84 @ 14 x 14,
-# 0.85-0.90 on 32 channels @ 16 x 16, 0.34-0.63 at stride 2 (resnet_s2 0.50),
-# but 0.95-1.13 @ 28 x 28 and 1.1-1.3 @ 40 x 40; NCHW 0.13 @ 4 x 4, 0.64-0.8
-# @ 7 x 7 and 8 x 8, 0.65-0.84 at stride 2, 0.6 on 256 channels @ 14 x 14 but
-# 1.0-1.4 on 16-64 channels there.
+# 0.34-0.63 at stride 2 (resnet_s2 0.50), but 0.95-1.13 @ 28 x 28 and 1.1-1.3 @
+# 40 x 40; NCHW 0.13 @ 4 x 4, 0.64-0.8 @ 7 x 7 and 8 x 8, 0.65-0.84 at stride 2,
+# 0.6 on 256 channels @ 14 x 14 but 1.0-1.4 on 16-64 channels there. On 32
+# output channels the gain was gone (8 x 32 -> 32 @ 14 x 14 NHWC 1.15-1.2x the
+# time in an A/B of the whole call, grad_input alone 1.5x).
 IM2COL_MIN_INPUTS = 16
-IM2COL_MIN_OUTPUTS = 32
+IM2COL_MIN_OUTPUTS = 64
 IM2COL_MAX_PLANE = {"NHWC": 16 * 16, "NCHW": 8 * 8}
 IM2COL_WIDE_INPUTS = 128
 # Each product is cut into spans of at least IM2COL_SPAN_COLUMNS unfolded
@@ -623,18 +624,6 @@ def im2col_suits(problem: Problem) -> bool:
         if problem.out_h * problem.out_w > limit:
             return False
     return im2col_tile_images(problem) >= 1
-
-
-# One gradient alone takes the unfolded products from IM2COL_SINGLE_MIN_OUTPUTS
-# output channels: grad_input's product sums over them, and on fewer its fold
-# outweighs it (2-core Intel Xeon: 8 x 32 -> 32 @ 14 x 14 NHWC grad_input alone
-# 1.5x the flat kernel's time, where the whole backward took 0.85-0.95x).
-IM2COL_SINGLE_MIN_OUTPUTS = 64
-
-
-def single_im2col_suits(problem: Problem) -> bool:
-    """Whether grad_input or grad_weight alone runs the unfolded products."""
-    return im2col_suits(problem) and problem.c_out >= IM2COL_SINGLE_MIN_OUTPUTS
 
 
 _IM2COL_KERNELS = {

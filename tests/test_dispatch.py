@@ -98,7 +98,7 @@ def test_flat_planes_for_long_planes_and_enough_reuse(
         padding=k // 2,
     )
     assert _dispatch.flat_suits(p) is flat
-    unfolded = _dispatch.single_im2col_suits(p)  # short planes or strides: test_im2col.py
+    unfolded = _dispatch.im2col_suits(p)  # short planes or strides: test_im2col.py
     for operation in ("grad_input", "grad_weight"):
         choice = _dispatch.select_kernel(operation, p)
         if unfolded:
