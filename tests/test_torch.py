@@ -140,6 +140,9 @@ REALISTIC = {
     "pointwise_1x1_stride2": {"n": 2, "c_in": 8, "c_out": 16, "hw": 7, "k": 1, "stride": 2},
     "stem_7x7_stride2": {"n": 1, "c_in": 3, "c_out": 8, "hw": 16, "k": 7, "stride": 2, "pad": 3},
     "grouped": {"n": 2, "c_in": 8, "c_out": 12, "hw": 6, "k": 3, "pad": 1, "groups": 4},
+    # the unfolded products (im2col and BLAS): short planes, and stride 2
+    "late_layer_unfolded": {"n": 4, "c_in": 32, "c_out": 64, "hw": 7, "k": 3, "pad": 1},
+    "stride2_unfolded": {"n": 2, "c_in": 16, "c_out": 64, "hw": 15, "k": 3, "stride": 2, "pad": 1},
 }
 
 
