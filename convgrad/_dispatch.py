@@ -570,19 +570,25 @@ def fused_suits(problem: Problem) -> bool:
 # unfolding and folding outweigh them), at any stride above 1 (the flat
 # kernels' phase planes are short) and at stride 1 on output planes of at
 # most IM2COL_MAX_PLANE pixels (longer ones keep the flat kernels' vectors
-# busy). NCHW pays for NHWC copies of each tile, so its limit is lower but for
-# IM2COL_WIDE_INPUTS input channels or more. Measured against the flat (and,
-# at 4 x 4, channel) kernels on a 2-core Intel Xeon, time ratios:
-# NHWC 0.27 on 8 x 512 -> 512 @ 4 x 4, 0.37-0.52 @ 7 x 7, 0.43-0.84 @ 14 x 14,
-# 0.34-0.63 at stride 2 (resnet_s2 0.50), but 0.95-1.13 @ 28 x 28 and 1.1-1.3 @
-# 40 x 40; NCHW 0.13 @ 4 x 4, 0.64-0.8 @ 7 x 7 and 8 x 8, 0.65-0.84 at stride 2,
-# 0.6 on 256 channels @ 14 x 14 but 1.0-1.4 on 16-64 channels there. On 32
-# output channels the gain was gone (8 x 32 -> 32 @ 14 x 14 NHWC 1.15-1.2x the
-# time in an A/B of the whole call, grad_input alone 1.5x).
+# busy). NCHW pays for NHWC copies of each tile, so its limit is lower; both
+# are higher for IM2COL_WIDE_INPUTS input channels or more. Measured against
+# the flat (and, at 4 x 4, channel) kernels on a 2-core Intel Xeon, time
+# ratios: NHWC 0.27 on 8 x 512 -> 512 @ 4 x 4, 0.37-0.52 @ 7 x 7, 0.43-0.84 @
+# 14 x 14, 0.34-0.63 at stride 2 (resnet_s2 0.50), but on 64 channels
+# 0.95-1.13 @ 28 x 28 and on 32-64 1.1-1.3 @ 40 x 40; NCHW 0.13 @ 4 x 4,
+# 0.64-0.8 @ 7 x 7 and 8 x 8, 0.65-0.84 at stride 2, 0.6 on 256 channels @
+# 14 x 14 but 1.0-1.4 on 16-64 channels there. On 32 output channels the gain
+# was gone (8 x 32 -> 32 @ 14 x 14 NHWC 1.15-1.2x the time in an A/B of the
+# whole call, grad_input alone 1.5x).
 IM2COL_MIN_INPUTS = 16
 IM2COL_MIN_OUTPUTS = 64
 IM2COL_MAX_PLANE = {"NHWC": 16 * 16, "NCHW": 8 * 8}
+# From IM2COL_WIDE_INPUTS input channels the products are wide enough for
+# longer planes: 8 x 128 -> 128 and 8 x 128 -> 256 @ 28 x 28 NHWC 0.77 / 0.70x
+# the flat kernels' time (NCHW's tiles, with their copies, do not fit the
+# budget there).
 IM2COL_WIDE_INPUTS = 128
+IM2COL_WIDE_MAX_PLANE = {"NHWC": 28 * 28, "NCHW": 16 * 16}
 # Each product is cut into spans of at least IM2COL_SPAN_COLUMNS unfolded
 # columns (at most IM2COL_MAX_PARTS tasks), and each image's folding into spans
 # of at least IM2COL_FOLD_CHANNELS channels (at most IM2COL_MAX_FOLD_SPANS):
@@ -620,7 +626,8 @@ def im2col_suits(problem: Problem) -> bool:
         return False
     if problem.geometry.stride == (1, 1):
         wide = problem.c_in >= IM2COL_WIDE_INPUTS
-        limit = IM2COL_MAX_PLANE["NHWC" if wide else problem.layout.name]
+        limits = IM2COL_WIDE_MAX_PLANE if wide else IM2COL_MAX_PLANE
+        limit = limits[problem.layout.name]
         if problem.out_h * problem.out_w > limit:
             return False
     return im2col_tile_images(problem) >= 1

@@ -137,7 +137,7 @@ def test_dispatch_unfolds_short_planes_and_strides(n, c_in, c_out, size, stride,
 
 def test_dispatch_plane_limits_per_layout():
     # NCHW's tiles pay for NHWC copies: 8 x 8 planes at most at stride 1, but
-    # 16 x 16 from IM2COL_WIDE_INPUTS channels on, as NHWC's
+    # 16 x 16 from IM2COL_WIDE_INPUTS channels on
     def unfolded(layout, c_in, size):
         choice = _dispatch.select_backward_kernel(problem(layout, 4, c_in, 64, size))
         return choice is not None and choice.kernel is im2col.backward_im2col
@@ -145,6 +145,8 @@ def test_dispatch_plane_limits_per_layout():
     assert unfolded(NHWC, 32, 14) and not unfolded(NCHW, 32, 14)
     assert unfolded(NCHW, 32, 8) and unfolded(NCHW, 128, 14)
     assert not unfolded(NHWC, 32, 20) and not unfolded(NCHW, 128, 20)
+    # and NHWC up to 28 x 28 from 128 input channels
+    assert unfolded(NHWC, 128, 28) and not unfolded(NHWC, 128, 30)
 
 
 def test_dispatch_leaves_groups_and_1x1_alone():

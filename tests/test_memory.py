@@ -26,6 +26,7 @@ SHAPES = {
     "resnet_layer4_s2": (8, 256, 512, 14, 3, 2, 1),
     "late_4x4": (8, 256, 256, 4, 3, 1, 1),  # unfolded products, a 2.4 MB weight
     "many_images_7x7": (64, 64, 64, 7, 3, 1, 1),  # unfolded products, several tiles
+    "resnet_layer2": (8, 128, 128, 28, 3, 1, 1),  # NHWC: unfolded, one image's columns a tile
     "stem_batch": (16, 3, 32, 96, 7, 2, 3),  # fused, fewer image blocks than 8
     "imagenet_stem": (2, 3, 64, 224, 7, 2, 3),  # fused, in bands of rows (phase planes)
     "few_channels_big": (2, 3, 64, 112, 3, 1, 1),  # single gradients, not fused
