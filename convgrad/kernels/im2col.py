@@ -15,8 +15,11 @@ back (col2im: each value added to the input pixel its window read) gives
 grad_input. On short planes, where the flat kernels' vectors are short and
 the row kernels' loops are mostly overhead, BLAS does the arithmetic at a
 large share of the machine's peak. NCHW problems take the same path through
-NHWC copies of each tile (input, grad_output, grad_input) and of the weight:
-unfolding and folding NCHW rows of a few pixels cost more than the copies.
+NHWC copies of each tile (input, grad_output, grad_input): unfolding and
+folding NCHW rows of a few pixels cost more than the copies. Their weight
+(C_out x (C_in*KH*KW), (c, i, j) order) is reordered to NHWC's order, and
+grad_weight back, unless it is large beside the batch's pixels; then the
+columns take its (c, i, j) order instead (``channel_major``).
 
 Both products run as single-threaded BLAS gemm calls from numba's threads,
 OpenBLAS held at one thread (as in ``gemm.py``), each task on its own span of
@@ -28,8 +31,9 @@ within the working-memory budget. Without a cblas gemm to call, the same
 products go through ``np.matmul``.
 
 The padding's zeros multiply grad_output values inside the products, so a NaN
-or Inf there spreads further than the exact sums do: the kernel is exact for
-finite inputs only (the caller checks, as for the flat kernels).
+or Inf there spreads further than the exact sums do: the backward and
+grad_weight alone are exact for finite inputs only (the caller checks, as for
+the flat kernels). grad_input alone unfolds nothing and is exact for any input.
 """
 
 import numpy as np
