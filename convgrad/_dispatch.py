@@ -570,25 +570,26 @@ def fused_suits(problem: Problem) -> bool:
 # unfolding and folding outweigh them), at any stride above 1 (the flat
 # kernels' phase planes are short) and at stride 1 on output planes of at
 # most IM2COL_MAX_PLANE pixels (longer ones keep the flat kernels' vectors
-# busy). NCHW pays for NHWC copies of each tile, so its limit is lower; both
-# are higher for IM2COL_WIDE_INPUTS input channels or more. Measured against
-# the flat (and, at 4 x 4, channel) kernels on a 2-core Intel Xeon, time
-# ratios: NHWC 0.27 on 8 x 512 -> 512 @ 4 x 4, 0.37-0.52 @ 7 x 7, 0.43-0.84 @
-# 14 x 14, 0.34-0.63 at stride 2 (resnet_s2 0.50), but on 64 channels
-# 0.95-1.13 @ 28 x 28 and on 32-64 1.1-1.3 @ 40 x 40; NCHW 0.13 @ 4 x 4,
-# 0.64-0.8 @ 7 x 7 and 8 x 8, 0.65-0.84 at stride 2, 0.6 on 256 channels @
-# 14 x 14 but 1.0-1.4 on 16-64 channels there. On 32 output channels the gain
-# was gone (8 x 32 -> 32 @ 14 x 14 NHWC 1.15-1.2x the time in an A/B of the
-# whole call, grad_input alone 1.5x).
+# busy), higher for IM2COL_WIDE_INPUTS input channels or more. Measured
+# against the flat (and, at 4 x 4, channel) kernels on a 2-core Intel Xeon,
+# time ratios: NHWC 0.27 on 8 x 512 -> 512 @ 4 x 4, 0.37-0.52 @ 7 x 7,
+# 0.43-0.84 @ 14 x 14, 0.34-0.63 at stride 2 (resnet_s2 0.50), but on 64
+# channels 0.95-1.13 @ 28 x 28 and on 32-64 1.1-1.3 @ 40 x 40. On 32 output
+# channels the gain was gone (8 x 32 -> 32 @ 14 x 14 NHWC 1.15-1.2x the time
+# in an A/B of the whole call, grad_input alone 1.5x). NCHW's channel-major
+# rows (``kernels/im2col_nchw.py``) against the flat kernels: 32-64 input
+# channels @ 10 x 10 to 14 x 14 0.83-1.07, but 8 x 16 -> 64 @ 14 x 14 1.15-1.25
+# (thin products, short runs to unfold), @ 12 x 12 1.03; 128-256 channels @ 14
+# x 14 to 28 x 28 0.59-0.88.
 IM2COL_MIN_INPUTS = 16
 IM2COL_MIN_OUTPUTS = 64
-IM2COL_MAX_PLANE = {"NHWC": 16 * 16, "NCHW": 8 * 8}
+IM2COL_MAX_PLANE = {"NHWC": 16 * 16, "NCHW": 12 * 12}
 # From IM2COL_WIDE_INPUTS input channels the products are wide enough for
 # longer planes: 8 x 128 -> 128 and 8 x 128 -> 256 @ 28 x 28 NHWC 0.77 / 0.70x
-# the flat kernels' time (NCHW's tiles, with their copies, do not fit the
-# budget there).
+# the flat kernels' time, NCHW 8 x 128 -> 128 0.78-0.88x, 4 x 128 -> 256 @ 20 x
+# 20 0.67-0.72x.
 IM2COL_WIDE_INPUTS = 128
-IM2COL_WIDE_MAX_PLANE = {"NHWC": 28 * 28, "NCHW": 16 * 16}
+IM2COL_WIDE_MAX_PLANE = {"NHWC": 28 * 28, "NCHW": 28 * 28}
 # Each product is cut into spans of at least IM2COL_SPAN_COLUMNS unfolded
 # columns (at most IM2COL_MAX_PARTS tasks), and each image's folding into spans
 # of at least IM2COL_FOLD_CHANNELS channels (at most IM2COL_MAX_FOLD_SPANS):
@@ -604,17 +605,12 @@ IM2COL_MAX_FOLD_SPANS = 8
 
 def im2col_tile_images(problem: Problem) -> int:
     """Images per tile of the unfolded products within the budget (0: not even one fits)."""
-    nhwc, item = int(problem.layout is NHWC), problem.dtype.itemsize
     per_image = im2col.tile_values(
-        problem.c_in, problem.c_out, problem.height, problem.width, problem.kh, problem.kw,
-        problem.out_h, problem.out_w, nhwc,
+        problem.c_in, problem.c_out, problem.kh, problem.kw, problem.out_h, problem.out_w,
+        int(problem.layout is NHWC),
     )  # fmt: skip
-    fixed = im2col.fixed_values(
-        problem.n, problem.c_in, problem.c_out, problem.kh, problem.kw, problem.out_h,
-        problem.out_w, nhwc,
-    )  # fmt: skip
-    budget = _workspace_budget(problem) - fixed * item
-    return max(0, min(problem.n, budget // (per_image * item)))
+    budget = _workspace_budget(problem)
+    return max(0, min(problem.n, budget // (per_image * problem.dtype.itemsize)))
 
 
 @lru_cache(maxsize=512)  # pure, and kernel_layout asks on every call

@@ -54,16 +54,18 @@ def assert_matches_reference(p, got, g, x, w):
         np.testing.assert_allclose(got_part, want_part, rtol=rtol, atol=atol)
 
 
-# layout, n, c_in, c_out, size, k, options: both weight orders for NCHW (C_out * 2
-# beside the batch's output pixels), asymmetric padding, strides, dilation,
-# non-square kernels, a short last tile
+# layout, n, c_in, c_out, size, k, options: asymmetric padding, strides, dilation,
+# non-square kernels, padding wider than the windows reach and windows past the
+# input (NCHW's padded planes), a short last tile
 CASES = [
     (NHWC, 3, 5, 7, 9, 3, {}),
-    (NCHW, 3, 5, 7, 9, 3, {}),  # NCHW weight in NHWC's order (7 * 2 <= 243 pixels)
-    (NCHW, 1, 6, 40, 4, 3, {}),  # NCHW's (c, i, j) columns (40 * 2 > 16 pixels)
+    (NCHW, 3, 5, 7, 9, 3, {}),
+    (NCHW, 1, 6, 40, 4, 3, {}),
     (NHWC, 2, 4, 6, 11, (3, 2), {"stride": 2, "padding": ((1, 0), (2, 1)), "dilation": (1, 2)}),
     (NCHW, 2, 4, 6, 11, (3, 2), {"stride": 2, "padding": ((1, 0), (2, 1)), "dilation": (1, 2)}),
     (NCHW, 2, 3, 64, 6, (2, 3), {"stride": (1, 2), "padding": 0}),
+    (NCHW, 2, 3, 5, 10, 3, {"stride": 3, "padding": 2}),
+    (NCHW, 1, 2, 4, 5, (2, 3), {"padding": ((0, 3), (3, 0)), "dilation": 2}),
     (NHWC, 5, 8, 16, 7, 5, {"padding": 2, "dilation": 2}),
 ]
 
@@ -103,9 +105,10 @@ def test_without_blas_the_products_go_through_matmul(layout, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_same_bits_for_any_tile_span_split():
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_same_bits_for_any_tile_span_split(layout):
     """Spans of the products' columns and of the folded channels split the work, not the sums."""
-    p = problem(NHWC, 2, 64, 64, 7)
+    p = problem(layout, 2, 64, 64, 7)
     g, x, w = arrays(p)
     first = run(p, g, x, w, 2, 1, 1)
     for parts, fold_spans in ((2, 2), (9, 3), (16, 8)):
@@ -136,17 +139,16 @@ def test_dispatch_unfolds_short_planes_and_strides(n, c_in, c_out, size, stride,
 
 
 def test_dispatch_plane_limits_per_layout():
-    # NCHW's tiles pay for NHWC copies: 8 x 8 planes at most at stride 1, but
-    # 16 x 16 from IM2COL_WIDE_INPUTS channels on
+    # stride 1: NHWC up to 16 x 16 output planes, NCHW up to 12 x 12
     def unfolded(layout, c_in, size):
         choice = _dispatch.select_backward_kernel(problem(layout, 4, c_in, 64, size))
         return choice is not None and choice.kernel is im2col.backward_im2col
 
-    assert unfolded(NHWC, 32, 14) and not unfolded(NCHW, 32, 14)
-    assert unfolded(NCHW, 32, 8) and unfolded(NCHW, 128, 14)
-    assert not unfolded(NHWC, 32, 20) and not unfolded(NCHW, 128, 20)
-    # and NHWC up to 28 x 28 from 128 input channels
-    assert unfolded(NHWC, 128, 28) and not unfolded(NHWC, 128, 30)
+    assert unfolded(NHWC, 32, 16) and not unfolded(NCHW, 32, 14)
+    assert unfolded(NCHW, 32, 12) and not unfolded(NHWC, 32, 20)
+    # both up to 28 x 28 from 128 input channels
+    for layout in (NCHW, NHWC):
+        assert unfolded(layout, 128, 28) and not unfolded(layout, 128, 30)
 
 
 def test_dispatch_leaves_groups_and_1x1_alone():
@@ -182,13 +184,9 @@ def test_workspace_estimate_matches_the_kernel(layout):
     choice.kernel(x, g, w, gi, gw, gb, *choice.args)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    item = p.dtype.itemsize
     nhwc = int(layout is NHWC)
-    per_image = im2col.tile_values(
-        p.c_in, p.c_out, p.height, p.width, p.kh, p.kw, p.out_h, p.out_w, nhwc
-    )
-    fixed = im2col.fixed_values(p.n, p.c_in, p.c_out, p.kh, p.kw, p.out_h, p.out_w, nhwc)
-    estimate = (choice.args[8] * per_image + fixed) * item
+    per_image = im2col.tile_values(p.c_in, p.c_out, p.kh, p.kw, p.out_h, p.out_w, nhwc)
+    estimate = choice.args[8] * per_image * p.dtype.itemsize
     assert 0.9 * peak <= estimate <= 1.1 * peak + 4096, (peak, estimate)
     assert estimate <= _dispatch._workspace_budget(p)
 

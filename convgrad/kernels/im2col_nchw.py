@@ -1,0 +1,188 @@
+"""The unfolded products (``im2col.py``) for NCHW, on channel-major rows: no layout copies.
+
+Where ``im2col.py`` unfolds an NHWC tile into one row per output pixel, an
+NCHW tile unfolds into one row per weight column (c, i, j), running over the
+tile's output pixels (n, oh, ow), as in Caffe:
+
+    rows[(c, i, j), (n, oh, ow)] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
+
+That is the order of the NCHW weight's columns (a C_out x (C_in*KH*KW)
+matrix), and with grad_output's tile as a C_out x pixels matrix, per tile
+
+    grad_weight += grads @ rows.T        rows = weight.T @ grads
+
+the second product overwriting the rows with grad_input's, folded back
+(col2im) into the input planes. Each row is a shifted window of one input
+plane, so unfolding and folding copy and add runs of OW contiguous values,
+with no NHWC copies of the input and no reordered weight. grad_output's
+tile is copied once into a C_out x pixels matrix (one image's is one
+already).
+
+Spans of the rows, one per task, fixed by the problem (``parts``), as in
+``im2col.py``; the same finite-only contract (the padding's zeros meet
+grad_output in grad_weight's product).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._cache import CACHE
+from ._cblas import NO_TRANS, TRANS, gemm_call
+
+
+@njit(cache=CACHE)
+def _span(part, parts, length):
+    """(start, stop) of part ``part`` of ``parts`` even parts of range(length)."""
+    return part * length // parts, (part + 1) * length // parts
+
+
+@njit(cache=CACHE)
+def _padded_extent(size, pad_before, out_size, stride, dilation, k):
+    """Length of a padded axis that holds the input and every window position."""
+    return max(pad_before + size, (out_size - 1) * stride + (k - 1) * dilation + 1)
+
+
+@njit(cache=CACHE, parallel=True)
+def _unfold(x, rows, sh, sw, pt, pl, dh, dw, kh, kw, out_h, out_w):
+    """rows[(c, i, j), (n, oh, ow)] = xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]; a channel per task.
+
+    Each plane is first copied into a zeroed, padded one, so that every
+    window's runs are plain copies (no bounds, no zero runs). (Indexing the
+    padded row here and a strided view in ``_fold`` each measured the faster.)
+    """
+    n_tile, c_in, height, width = x.shape
+    plane = out_h * out_w
+    padded_h = _padded_extent(height, pt, out_h, sh, dh, kh)
+    padded_w = _padded_extent(width, pl, out_w, sw, dw, kw)
+    for c in prange(c_in):
+        xp = np.zeros((padded_h, padded_w), x.dtype)
+        for n in range(n_tile):
+            xp[pt : pt + height, pl : pl + width] = x[n, c]
+            for i in range(kh):
+                for j in range(kw):
+                    line = rows[(c * kh + i) * kw + j, n * plane : (n + 1) * plane]
+                    for oh in range(out_h):
+                        source, at = xp[oh * sh + i * dh], oh * out_w
+                        for ow in range(out_w):
+                            line[at + ow] = source[ow * sw + j * dw]
+
+
+@njit(cache=CACHE, parallel=True)
+def _fold(rows, gi, sh, sw, pt, pl, dh, dw, kh, kw, out_h, out_w):
+    """gi[n, c] = the sum of the rows' values for the windows that read each pixel.
+
+    A channel per task, for every image of the tile: each plane is summed in a
+    zeroed, padded one and its inside copied out. No two tasks write one
+    value, and each value's terms come in one fixed order (i, j, oh).
+    """
+    n_tile, c_in, height, width = gi.shape
+    plane, span = out_h * out_w, (out_w - 1) * sw + 1
+    padded_h = _padded_extent(height, pt, out_h, sh, dh, kh)
+    padded_w = _padded_extent(width, pl, out_w, sw, dw, kw)
+    for c in prange(c_in):
+        gp = np.empty((padded_h, padded_w), gi.dtype)
+        for n in range(n_tile):
+            gp[:] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    line = rows[(c * kh + i) * kw + j, n * plane : (n + 1) * plane]
+                    for oh in range(out_h):
+                        target = gp[oh * sh + i * dh, j * dw : j * dw + span : sw]
+                        run = line[oh * out_w : (oh + 1) * out_w]
+                        for ow in range(out_w):
+                            target[ow] += run[ow]
+            gi[n, c] = gp[pt : pt + height, pl : pl + width]
+
+
+@njit(cache=CACHE, parallel=True)
+def _gather_grads(g, grads):
+    """grads[k, (n, oh, ow)] = g[n, k, oh, ow]: a tile's grad_output as a C_out x pixels matrix."""
+    n_tile, c_out, out_h, out_w = g.shape
+    plane = out_h * out_w
+    for k in prange(c_out):
+        line = grads[k]
+        for n in range(n_tile):
+            source = g[n, k]
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    line[n * plane + oh * out_w + ow] = source[oh, ow]
+
+
+@njit(cache=CACHE, parallel=True)
+def _products(rows, grads, w, gw, parts, weight_too, input_too, gemm, ilp64):
+    """Per span of the rows (one per task): grad_weight's product, then grad_input's.
+
+    rows (C_in*KH*KW, pixels), grads (C_out, pixels), w and gw (C_out,
+    C_in*KH*KW), all C-contiguous: gw[:, s0:s1] += grads @ rows[s0:s1].T, then
+    rows[s0:s1] = w[:, s0:s1].T @ grads.
+    """
+    columns, pixels = rows.shape
+    c_out, item = grads.shape[0], rows.itemsize
+    for part in prange(parts):
+        s0, s1 = _span(part, parts, columns)
+        if s1 == s0:
+            continue
+        if weight_too:
+            gemm_call(
+                gemm, ilp64, NO_TRANS, TRANS, c_out, s1 - s0, pixels,
+                grads.ctypes.data, pixels, rows.ctypes.data + s0 * pixels * item, pixels,
+                1.0, gw, s0, columns,
+            )  # fmt: skip
+        if input_too:
+            gemm_call(
+                gemm, ilp64, TRANS, NO_TRANS, s1 - s0, pixels, c_out,
+                w.ctypes.data + s0 * item, columns, grads.ctypes.data, pixels,
+                0.0, rows, s0 * pixels, pixels,
+            )  # fmt: skip
+
+
+def _products_matmul(rows, grads, w, gw, weight_too, input_too):
+    """``_products``' products through ``np.matmul`` (all rows at once)."""
+    if weight_too:
+        gw += grads @ rows.T
+    if input_too:
+        np.matmul(w.T, grads, out=rows)
+
+
+def tile_values(c_in, c_out, kh, kw, out_h, out_w):
+    """Workspace values per image of a tile: its rows and its share of grad_output's matrix."""
+    return out_h * out_w * (c_in * kh * kw + c_out)
+
+
+def unfolded_products(x, g, w, gi, gw, geometry, images_per_tile, parts, blas):
+    """grad_weight added into gw and grad_input written into gi (NCHW), a tile of images at a time.
+
+    ``geometry`` is (sh, sw, pt, pl, dh, dw); gw None (and x): grad_input
+    alone; gi None (and w): grad_weight alone. ``blas``: (address, ilp64) of
+    the cblas gemm, or None for ``np.matmul``. The caller holds OpenBLAS at
+    one thread.
+    """
+    weight_too, input_too = gw is not None, gi is not None
+    image, weight_like = (x if gi is None else gi), (w if gw is None else gw)
+    n_batch, c_in = image.shape[0], image.shape[1]
+    c_out, kh, kw = weight_like.shape[0], weight_like.shape[2], weight_like.shape[3]
+    out_h, out_w = g.shape[2], g.shape[3]
+    geometry = (*geometry, kh, kw, out_h, out_w)
+    plane, columns = out_h * out_w, c_in * kh * kw
+    tile = min(images_per_tile, n_batch)
+    rows_all = np.empty(columns * tile * plane, g.dtype)
+    grads_all = np.empty(c_out * tile * plane, g.dtype) if tile > 1 else None
+    weights = (w if input_too else gw).reshape(c_out, columns)
+    sums = gw.reshape(c_out, columns) if weight_too else weights  # unused: any matrix
+    for n0 in range(0, n_batch, tile):
+        n1 = min(n_batch, n0 + tile)
+        pixels = (n1 - n0) * plane
+        rows = rows_all[: columns * pixels].reshape(columns, pixels)
+        if n1 - n0 == 1:
+            grads = g[n0].reshape(c_out, pixels)
+        else:
+            grads = grads_all[: c_out * pixels].reshape(c_out, pixels)
+            _gather_grads(g[n0:n1], grads)
+        if weight_too:
+            _unfold(x[n0:n1], rows, *geometry)
+        if blas is None:
+            _products_matmul(rows, grads, weights, sums, weight_too, input_too)
+        else:
+            _products(rows, grads, weights, sums, parts, weight_too, input_too, *blas)
+        if input_too:
+            _fold(rows, gi[n0:n1], *geometry)
