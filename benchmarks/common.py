@@ -81,7 +81,7 @@ SHAPES: dict[str, Shape] = {
 }
 # Held out of the suite, so that kernel paths no suite shape takes are still measured:
 # the last stage of a ResNet at 4 x 4 and at 7 x 7 (the unfolded products, NCHW's
-# weight order at 7 x 7; resnet_s2 takes them at stride 2), a narrow layer at 4 x 4 (too
+# channel-major rows at 7 x 7; resnet_s2 takes them at stride 2), a narrow layer at 4 x 4 (too
 # few output channels to unfold: the channel kernels, grad_weight by input channel),
 # one 224 x 224 image (the single gradients in bands of rows), an ImageNet
 # stem (the fused backward in bands, on phase planes), a stride-2 depthwise layer

@@ -14,9 +14,9 @@ Six kernel families, by what their innermost loop runs along:
   grad_weight with grad_bias in one pass over grad_output);
 - "depthwise planes" (``kernels/nchw_depthwise.py``, NCHW, conv2d_backward
   only): a channel's whole padded plane, all three gradients in one pass;
-- "unfolded" (``kernels/im2col.py``, both layouts, conv2d_backward only):
-  dense problems on short planes as two BLAS products per tile of images
-  over their unfolded input (im2col).
+- "unfolded" (``kernels/im2col.py``, both layouts; NCHW in
+  ``kernels/im2col_nchw.py``): dense problems on short planes or at strides
+  as two BLAS products per tile of images over their unfolded input (im2col).
   Depthwise problems stay in the user's layout (rows for NCHW's single
   gradients), as their little arithmetic per byte would not pay for a relayout.
 

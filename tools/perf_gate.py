@@ -48,10 +48,10 @@ GATE_CASES = [
     ("depthwise", "NCHW"),  # depthwise planes (backward), rows (single gradients)
     ("depthwise_s2", "NCHW"),  # depthwise phase planes (backward), rows
     ("depthwise", "NHWC"),  # depthwise channels
-    ("resnet_s2", "NCHW"),  # unfolded products at stride 2, through NHWC tile copies
+    ("resnet_s2", "NCHW"),  # unfolded products at stride 2, NCHW's channel-major rows
     ("late_4x4", "NHWC"),  # unfolded products, NHWC's weight order
     ("late_4x4_narrow", "NHWC"),  # channels (planes too short for flat, too narrow to unfold)
-    ("late_7x7", "NCHW"),  # unfolded products, NCHW's weight order (c, i, j)
+    ("late_7x7", "NCHW"),  # unfolded products, NCHW's rows at 7 x 7
     ("few_pairs", "NCHW"),  # the fused backward below 16 channel pairs; rows
     ("small_batch", "NHWC"),  # the serial fused backward on a small batch
     ("pointwise_narrow", "NHWC"),  # gemm, grad_weight cut along the input channels
