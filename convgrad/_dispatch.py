@@ -390,7 +390,7 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
         writes = operation == "grad_input"
         return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks), writes_input=writes)
     exact = _loop_kernel(operation, problem, layout)
-    if operation != "forward" and im2col_suits(problem):
+    if operation != "forward" and im2col_suits(problem, operation):
         return _im2col_choice(problem, operation)._replace(
             exact=exact if operation == "grad_weight" else None
         )
@@ -583,6 +583,17 @@ def fused_suits(problem: Problem) -> bool:
 # x 14 to 28 x 28 0.59-0.88.
 IM2COL_MIN_INPUTS = 16
 IM2COL_MIN_OUTPUTS = 64
+# At strides above 1 the flat kernels' phase planes are short whatever the
+# channels: from IM2COL_MIN_STRIDED_INPUTS input channels the products win
+# from IM2COL_MIN_STRIDED_OUTPUTS output channels on. A/B of 32-128 -> 8-32
+# channels at stride 2, 3 x 3, 14 x 14 to 56 x 56 (2-core Intel Xeon, time
+# ratios): backward NHWC 0.39-0.76, NCHW 0.49-0.85; grad_weight alone NHWC
+# 0.30-0.43, NCHW 0.52-0.92; grad_input alone NCHW 0.53-0.70, but NHWC 0.73-1.7
+# (its product's inner dimension is C_out), so that one keeps
+# IM2COL_MIN_OUTPUTS. From 16 input channels NCHW lost (backward 1.02-1.2,
+# grad_weight 1.1-1.6); from 3 an ImageNet stem took 1.5-2.3x the time.
+IM2COL_MIN_STRIDED_INPUTS = 32
+IM2COL_MIN_STRIDED_OUTPUTS = 8
 IM2COL_MAX_PLANE = {"NHWC": 16 * 16, "NCHW": 12 * 12}
 # From IM2COL_WIDE_INPUTS input channels the products are wide enough for
 # longer planes: 8 x 128 -> 128 and 8 x 128 -> 256 @ 28 x 28 NHWC 0.77 / 0.70x
@@ -614,13 +625,26 @@ def im2col_tile_images(problem: Problem) -> int:
 
 
 @lru_cache(maxsize=512)  # pure, and kernel_layout asks on every call
-def im2col_suits(problem: Problem) -> bool:
-    """Whether the unfolded products (``kernels/im2col.py``) take ``problem``'s backward."""
+def im2col_suits(problem: Problem, operation: str = "backward") -> bool:
+    """Whether the unfolded products (``kernels/im2col.py``) take ``operation`` for ``problem``.
+
+    ``operation``: "backward" (also what ``kernel_layout`` asks), "grad_input"
+    or "grad_weight" alone.
+    """
     if problem.geometry.groups != 1 or gemm_suits(problem):
         return False
-    if problem.c_out < IM2COL_MIN_OUTPUTS or problem.c_in < IM2COL_MIN_INPUTS:
+    if problem.c_in < IM2COL_MIN_INPUTS:
         return False
-    if problem.geometry.stride == (1, 1):
+    strided = problem.geometry.stride != (1, 1)
+    if problem.c_out < IM2COL_MIN_OUTPUTS:
+        narrow = (
+            strided
+            and problem.c_out >= IM2COL_MIN_STRIDED_OUTPUTS
+            and problem.c_in >= IM2COL_MIN_STRIDED_INPUTS
+        )
+        if not narrow or (operation == "grad_input" and problem.layout is NHWC):
+            return False
+    if not strided:
         wide = problem.c_in >= IM2COL_WIDE_INPUTS
         limits = IM2COL_WIDE_MAX_PLANE if wide else IM2COL_MAX_PLANE
         limit = limits[problem.layout.name]

@@ -125,7 +125,11 @@ def test_same_bits_for_any_tile_span_split(layout):
         (1, 64, 64, 7, 1, True),
         (8, 16, 64, 32, 2, True),  # the fewest channels it takes
         (8, 8, 64, 28, 2, False),  # too few input channels
-        (8, 64, 32, 28, 2, False),  # too few output channels
+        (8, 64, 32, 28, 2, True),  # at strides, from 32 input and 8 output channels
+        (8, 32, 8, 28, 2, True),
+        (8, 16, 32, 28, 2, False),  # narrow output needs 32 input channels
+        (8, 64, 4, 28, 2, False),  # too few output channels even at a stride
+        (8, 64, 32, 7, 1, False),  # stride 1: 64 output channels
         (8, 64, 64, 56, 1, False),  # resnet_3x3: long planes keep the flat kernels
         (2, 64, 64, 28, 1, False),  # 28 x 28 at stride 1 neither
     ],
@@ -220,6 +224,17 @@ def test_single_gradients_dispatch_to_the_unfolded_kernels(layout):
     assert gw_choice.exact.layout is layout
     assert _dispatch.kernel_layout(p) is layout  # no relayouted copies
     assert _dispatch.select_kernel("forward", p).kernel is not im2col.grad_input_im2col
+
+
+def test_narrow_strided_grad_input_alone_unfolds_in_nchw_only():
+    """NHWC's grad_input alone on 32 output channels kept its kernels (C_out-deep product)."""
+    for layout, unfolded in ((NCHW, True), (NHWC, False)):
+        p = problem(layout, 8, 64, 32, 28, stride=2)
+        gi_choice = _dispatch.select_kernel("grad_input", p)
+        assert (gi_choice.kernel is im2col.grad_input_im2col) == unfolded
+        assert _dispatch.select_kernel("grad_weight", p).kernel is im2col.grad_weight_im2col
+        assert _dispatch.select_backward_kernel(p).kernel is im2col.backward_im2col
+        assert _dispatch.kernel_layout(p) is layout
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -33,9 +33,10 @@ CASES = {
     # conv2d_backward: BLAS products over the unfolded input (short planes, stride 2)
     "unfolded": (4, 32, 64, 7, 3, 1, 1, 1, 1),
     "unfolded-strided": (4, 16, 64, 15, (3, 2), 2, ((1, 0), (2, 1)), (1, 2), 1),
+    "unfolded-narrow": (4, 32, 16, 14, 3, 2, 1, 1, 1),  # NHWC's grad_input alone: flat
 }
 # Cases whose conv2d_backward runs the unfolded products (``kernels/im2col.py``).
-UNFOLDED = {"unfolded", "unfolded-strided"}
+UNFOLDED = {"unfolded", "unfolded-strided", "unfolded-narrow"}
 
 
 def make(case, layout, dtype, seed=0):
@@ -67,6 +68,7 @@ FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
     "fused-few-pairs": ("rows", "rows"),
     "unfolded": ("unfolded", "unfolded"),
     "unfolded-strided": ("unfolded", "unfolded"),
+    "unfolded-narrow": ("unfolded", "unfolded"),
 }
 
 
