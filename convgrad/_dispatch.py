@@ -578,9 +578,9 @@ def fused_suits(problem: Problem) -> bool:
 # channels the gain was gone (8 x 32 -> 32 @ 14 x 14 NHWC 1.15-1.2x the time
 # in an A/B of the whole call, grad_input alone 1.5x). NCHW's channel-major
 # rows (``kernels/im2col_nchw.py``) against the flat kernels: 32-64 input
-# channels @ 10 x 10 to 14 x 14 0.83-1.07, but 8 x 16 -> 64 @ 14 x 14 1.15-1.25
-# (thin products, short runs to unfold), @ 12 x 12 1.03; 128-256 channels @ 14
-# x 14 to 28 x 28 0.59-0.88.
+# channels @ 10 x 10 to 14 x 14 0.83-1.07 (one image @ 14 x 14 0.83-0.89), but
+# 8 x 16 -> 64 @ 14 x 14 1.15-1.25 (thin products, short runs to unfold), @ 12 x
+# 12 1.03; 128-256 channels @ 14 x 14 to 28 x 28 0.59-0.88.
 IM2COL_MIN_INPUTS = 16
 IM2COL_MIN_OUTPUTS = 64
 # At strides above 1 the flat kernels' phase planes are short whatever the
@@ -594,7 +594,9 @@ IM2COL_MIN_OUTPUTS = 64
 # grad_weight 1.1-1.6); from 3 an ImageNet stem took 1.5-2.3x the time.
 IM2COL_MIN_STRIDED_INPUTS = 32
 IM2COL_MIN_STRIDED_OUTPUTS = 8
-IM2COL_MAX_PLANE = {"NHWC": 16 * 16, "NCHW": 12 * 12}
+IM2COL_MAX_PLANE = {"NHWC": 16 * 16, "NCHW": 14 * 14}
+# NCHW below IM2COL_MIN_STRIDED_INPUTS input channels: 12 x 12.
+IM2COL_NARROW_NCHW_MAX_PLANE = 12 * 12
 # From IM2COL_WIDE_INPUTS input channels the products are wide enough for
 # longer planes: 8 x 128 -> 128 and 8 x 128 -> 256 @ 28 x 28 NHWC 0.77 / 0.70x
 # the flat kernels' time, NCHW 8 x 128 -> 128 0.78-0.88x, 4 x 128 -> 256 @ 20 x
@@ -648,6 +650,8 @@ def im2col_suits(problem: Problem, operation: str = "backward") -> bool:
         wide = problem.c_in >= IM2COL_WIDE_INPUTS
         limits = IM2COL_WIDE_MAX_PLANE if wide else IM2COL_MAX_PLANE
         limit = limits[problem.layout.name]
+        if problem.layout is NCHW and problem.c_in < IM2COL_MIN_STRIDED_INPUTS:
+            limit = IM2COL_NARROW_NCHW_MAX_PLANE
         if problem.out_h * problem.out_w > limit:
             return False
     return im2col_tile_images(problem) >= 1

@@ -143,13 +143,15 @@ def test_dispatch_unfolds_short_planes_and_strides(n, c_in, c_out, size, stride,
 
 
 def test_dispatch_plane_limits_per_layout():
-    # stride 1: NHWC up to 16 x 16 output planes, NCHW up to 12 x 12
+    # stride 1: NHWC up to 16 x 16 output planes, NCHW up to 14 x 14 (12 x 12 below
+    # 32 input channels)
     def unfolded(layout, c_in, size):
         choice = _dispatch.select_backward_kernel(problem(layout, 4, c_in, 64, size))
         return choice is not None and choice.kernel is im2col.backward_im2col
 
-    assert unfolded(NHWC, 32, 16) and not unfolded(NCHW, 32, 14)
-    assert unfolded(NCHW, 32, 12) and not unfolded(NHWC, 32, 20)
+    assert unfolded(NHWC, 32, 16) and not unfolded(NCHW, 32, 16)
+    assert unfolded(NCHW, 32, 14) and not unfolded(NHWC, 32, 20)
+    assert unfolded(NCHW, 16, 12) and not unfolded(NCHW, 16, 14) and unfolded(NHWC, 16, 14)
     # both up to 28 x 28 from 128 input channels
     for layout in (NCHW, NHWC):
         assert unfolded(layout, 128, 28) and not unfolded(layout, 128, 30)
