@@ -87,8 +87,10 @@ SHAPES: dict[str, Shape] = {
 # stem (the fused backward in bands, on phase planes), a stride-2 depthwise layer
 # (NCHW: the depthwise backward on phase planes), a few-channel layer with 8 channel
 # pairs (the fused backward below flat_suits' 16), a small batch of 3.3e5 multiply-adds
-# per gradient (the serial fused backward above 2**17) and a 1x1 layer narrowing 256
-# channels to 64 (grad_weight's gemm tasks cut along the input channels).
+# per gradient (the serial fused backward above 2**17), a 1x1 layer narrowing 256
+# channels to 64 (grad_weight's gemm tasks cut along the input channels) and a
+# stride-2 layer narrowing 128 channels to 32 (the unfolded products on few output
+# channels; NHWC's grad_input alone keeps the flat kernels).
 EXTRA_SHAPES: dict[str, Shape] = {
     "late_4x4": Shape(8, 256, 256, 4, 3, 1, 1, 1, 1, "float32"),
     "late_7x7": Shape(8, 512, 512, 7, 3, 1, 1, 1, 1, "float32"),
@@ -99,6 +101,7 @@ EXTRA_SHAPES: dict[str, Shape] = {
     "few_pairs": Shape(64, 1, 8, 28, 3, 1, 1, 1, 1, "float32"),
     "small_batch": Shape(4, 8, 8, 12, 3, 1, 1, 1, 1, "float32"),
     "pointwise_narrow": Shape(8, 256, 64, 28, 1, 1, 0, 1, 1, "float32"),
+    "strided_narrow": Shape(8, 128, 32, 14, 3, 2, 1, 1, 1, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES

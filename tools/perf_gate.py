@@ -56,6 +56,7 @@ GATE_CASES = [
     ("small_batch", "NHWC"),  # the serial fused backward on a small batch
     ("pointwise_narrow", "NHWC"),  # gemm, grad_weight cut along the input channels
     ("stem_224", "NHWC"),  # the fused backward in bands of rows, phase planes
+    ("strided_narrow", "NHWC"),  # unfolded products on 32 output channels; flat grad_input
 ]
 GATE_BENCHMARKS = [
     "grad_input.GradInput.time_grad_input",
