@@ -674,14 +674,43 @@ def _im2col_choice(problem: Problem, operation: str = "backward") -> KernelChoic
     columns = problem.c_in * problem.kh * problem.kw
     parts = max(1, min(IM2COL_MAX_PARTS, columns // IM2COL_SPAN_COLUMNS))
     fold_spans = max(1, min(IM2COL_MAX_FOLD_SPANS, problem.c_in // IM2COL_FOLD_CHANNELS))
-    args = (
-        sh, sw, *padding, dh, dw, im2col_tile_images(problem), parts, fold_spans,
-        int(problem.layout is NHWC),
-    )  # fmt: skip
+    layout, tile = problem.layout, im2col_tile_images(problem)
+    if operation == "backward" and _im2col_nhwc_copies_tile(problem) >= 1:
+        layout, tile = NHWC, _im2col_nhwc_copies_tile(problem)
+    args = (sh, sw, *padding, dh, dw, tile, parts, fold_spans, int(layout is NHWC))
     kernel = _IM2COL_KERNELS[operation]
     finite_only = operation == "backward"
     writes = operation != "grad_weight"
-    return KernelChoice(kernel, problem.layout, args, finite_only=finite_only, writes_input=writes)
+    return KernelChoice(kernel, layout, args, finite_only=finite_only, writes_input=writes)
+
+
+# An NCHW backward whose output rows are at most IM2COL_NCHW_COPY_MAX_WIDTH
+# pixels runs the NHWC products on NHWC copies of its arrays, where the copies
+# and a tile of at least one image fit the working-memory budget together: the
+# channel-major rows are runs of a few pixels there, and unfolding and folding
+# them cost more than NHWC's runs of C_in channels plus the copies. A/B of the
+# whole call on a 2-core Intel Xeon, time ratios: 8 x 64 -> 16 and 8 x 128 -> 32
+# @ 14 x 14 stride 2 0.75-0.94, 16 x 64 -> 64 @ 7 x 7 0.85, 8 x 64 -> 64 @ 10 x
+# 10 0.83-0.87, 8 x 256 -> 256 @ 4 x 4 0.93-0.99; one image (the rows need no
+# copy of grad_output then) kept the rows: 1 x 128 -> 128 @ 7 x 7 NHWC 1.05x.
+IM2COL_NCHW_COPY_MAX_WIDTH = 10
+
+
+def _im2col_nhwc_copies_tile(problem: Problem) -> int:
+    """Images per tile when an NCHW backward runs on NHWC copies (0: it does not)."""
+    short = problem.out_w <= IM2COL_NCHW_COPY_MAX_WIDTH
+    if problem.layout is not NCHW or not short or problem.n < 2:
+        return 0
+    inputs = problem.n * problem.c_in * problem.height * problem.width
+    outputs = problem.n * problem.c_out * problem.out_h * problem.out_w
+    weights = problem.c_out * problem.c_in * problem.kh * problem.kw
+    # the input, grad_output and weight copies, and grad_input's and grad_weight's
+    item = problem.dtype.itemsize
+    copies = (2 * inputs + outputs + 2 * weights) * item
+    per_image = item * im2col.tile_values(
+        problem.c_in, problem.c_out, problem.kh, problem.kw, problem.out_h, problem.out_w, 1
+    )
+    return max(0, min(problem.n, (_workspace_budget(problem) - copies) // per_image))
 
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer

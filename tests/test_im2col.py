@@ -165,25 +165,49 @@ def test_dispatch_leaves_groups_and_1x1_alone():
 
 
 def test_dispatch_tiles_fit_the_budget():
-    # 64 images of 64 x 49 pixels: 4 MiB of budget holds a few tiles' worth of columns
+    # 64 images of 64 x 144 pixels: 4 MiB of budget holds a few tiles' worth of columns
     for layout in (NCHW, NHWC):
-        p = problem(layout, 64, 64, 64, 7)
+        p = problem(layout, 64, 64, 64, 12)
         tile = _dispatch.im2col_tile_images(p)
         assert 1 <= tile < p.n
-        args = _dispatch.select_backward_kernel(p).args
-        assert args[8] == tile  # images_per_tile
+        choice = _dispatch.select_backward_kernel(p)
+        assert choice.layout is layout and choice.args[8] == tile  # images_per_tile
     # one image's columns over the budget: not unfolded
     big = problem(NHWC, 1, 512, 512, 64, stride=2)
     assert _dispatch.im2col_tile_images(big) == 0
     assert not _dispatch.im2col_suits(big)
 
 
+def test_nchw_short_rows_run_on_nhwc_copies_when_they_fit():
+    """Output rows of at most 10 pixels: NHWC copies, if they and a tile fit the budget."""
+    p = problem(NCHW, 64, 64, 64, 7)  # 64 images, 7-pixel rows
+    choice = _dispatch.select_backward_kernel(p)
+    assert choice.layout is NHWC and choice.args[-1] == 1  # nhwc
+    tile = choice.args[8]
+    assert 1 <= tile < p.n
+    item = p.dtype.itemsize
+    inputs, outputs = p.n * p.c_in * p.height * p.width, p.n * p.c_out * p.out_h * p.out_w
+    copies = (2 * inputs + outputs + 2 * p.c_out * p.c_in * p.kh * p.kw) * item
+    per_image = im2col.tile_values(p.c_in, p.c_out, p.kh, p.kw, p.out_h, p.out_w, 1) * item
+    assert copies + tile * per_image <= _dispatch._workspace_budget(p)
+    # the single gradients stay in NCHW (their kernels share the user's layout)
+    assert _dispatch.select_kernel("grad_input", p).layout is NCHW
+    # one image, 12-pixel rows, or a weight whose copies pass the budget: the rows
+    for kept in (
+        problem(NCHW, 1, 64, 64, 7),
+        problem(NCHW, 8, 64, 64, 12),
+        problem(NCHW, 8, 256, 256, 4),  # 2 x 2.4 MB of weight copies
+    ):
+        assert _dispatch.select_backward_kernel(kept).layout is NCHW
+
+
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
 def test_workspace_estimate_matches_the_kernel(layout):
     """The dispatch's tile size against what the kernel allocates (tracemalloc)."""
-    p = problem(layout, 64, 64, 64, 7)
+    p = problem(layout, 64, 64, 64, 12)
     g, x, w = arrays(p)
     choice = _dispatch.select_backward_kernel(p)
+    assert choice.layout is layout
     gi, gw, gb = np.empty_like(x), np.zeros_like(w), np.zeros(p.c_out, p.dtype)
     choice.kernel(x, g, w, gi, gw, gb, *choice.args)  # compiled before measuring
     tracemalloc.start()

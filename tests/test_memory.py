@@ -25,7 +25,8 @@ SHAPES = {
     "resnet_layer4": (8, 512, 512, 7, 3, 1, 1),  # unfolded products, a 9.4 MB weight
     "resnet_layer4_s2": (8, 256, 512, 14, 3, 2, 1),
     "late_4x4": (8, 256, 256, 4, 3, 1, 1),  # unfolded products, a 2.4 MB weight
-    "many_images_7x7": (64, 64, 64, 7, 3, 1, 1),  # unfolded products, several tiles
+    "many_images_7x7": (64, 64, 64, 7, 3, 1, 1),  # unfolded, several tiles (NCHW: copies)
+    "narrow_strided": (8, 128, 32, 14, 3, 2, 1),  # unfolded on 32 channels (NCHW: copies)
     "resnet_layer2": (8, 128, 128, 28, 3, 1, 1),  # NHWC: unfolded, one image's columns a tile
     "stem_batch": (16, 3, 32, 96, 7, 2, 3),  # fused, fewer image blocks than 8
     "imagenet_stem": (2, 3, 64, 224, 7, 2, 3),  # fused, in bands of rows (phase planes)

@@ -34,9 +34,10 @@ CASES = {
     "unfolded": (4, 32, 64, 7, 3, 1, 1, 1, 1),
     "unfolded-strided": (4, 16, 64, 15, (3, 2), 2, ((1, 0), (2, 1)), (1, 2), 1),
     "unfolded-narrow": (4, 32, 16, 14, 3, 2, 1, 1, 1),  # NHWC's grad_input alone: flat
+    "unfolded-rows": (2, 32, 64, 12, 3, 1, 1, 1, 1),  # NCHW on channel-major rows, no copies
 }
 # Cases whose conv2d_backward runs the unfolded products (``kernels/im2col.py``).
-UNFOLDED = {"unfolded", "unfolded-strided", "unfolded-narrow"}
+UNFOLDED = {"unfolded", "unfolded-strided", "unfolded-narrow", "unfolded-rows"}
 
 
 def make(case, layout, dtype, seed=0):
@@ -69,6 +70,7 @@ FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
     "unfolded": ("unfolded", "unfolded"),
     "unfolded-strided": ("unfolded", "unfolded"),
     "unfolded-narrow": ("unfolded", "unfolded"),
+    "unfolded-rows": ("unfolded", "unfolded"),
 }
 
 
@@ -95,6 +97,10 @@ def test_cases_cover_every_kernel_family(name, layout):
     assert (fused is not None) == fuses
     unfolded = fused is not None and fused.kernel is im2col.backward_im2col
     assert unfolded == (name in UNFOLDED)
+    if name == "unfolded-rows":
+        assert fused.layout is problem.layout
+    elif unfolded and layout == "NCHW":  # short output rows: on NHWC copies
+        assert fused.layout is NHWC
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
