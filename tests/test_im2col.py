@@ -280,3 +280,22 @@ def test_single_gradients_keep_nan_and_inf_exact(layout):
     for got, expected in ((gi, want[0]), (gw, want[1])):
         np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
         assert not np.isnan(got).any()  # the padding's zeros never met the Inf
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("size", [7, 12])  # NCHW: on NHWC copies (7-pixel rows), on its rows (12)
+def test_nchw_backward_into_out_arrays(size, accumulate):
+    """out= and accumulate= through both NCHW routes of the unfolded products."""
+    import convgrad
+
+    p = problem(NCHW, 4, 32, 64, size)
+    choice = _dispatch.select_backward_kernel(p)
+    assert choice.kernel is im2col.backward_im2col
+    assert choice.layout is (NHWC if size == 7 else NCHW)
+    g, x, w = arrays(p)
+    outs = (np.ones_like(x), np.ones_like(w), np.ones(p.c_out, p.dtype))
+    got = convgrad.conv2d_backward(g, x, w, padding=1, out=outs, accumulate=accumulate)
+    assert all(a is b for a, b in zip(got, outs, strict=True))
+    want = conv2d_backward_reference(*(a.astype(np.float64) for a in (g, x, w)), padding=1)
+    for got_part, want_part in zip(got, want, strict=True):
+        np.testing.assert_allclose(got_part, want_part + accumulate, rtol=1e-4, atol=2e-3)
