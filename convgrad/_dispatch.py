@@ -675,8 +675,9 @@ def _im2col_choice(problem: Problem, operation: str = "backward") -> KernelChoic
     parts = max(1, min(IM2COL_MAX_PARTS, columns // IM2COL_SPAN_COLUMNS))
     fold_spans = max(1, min(IM2COL_MAX_FOLD_SPANS, problem.c_in // IM2COL_FOLD_CHANNELS))
     layout, tile = problem.layout, im2col_tile_images(problem)
-    if operation == "backward" and _im2col_nhwc_copies_tile(problem) >= 1:
-        layout, tile = NHWC, _im2col_nhwc_copies_tile(problem)
+    copies_tile = _im2col_nhwc_copies_tile(problem) if operation == "backward" else 0
+    if copies_tile >= 1:
+        layout, tile = NHWC, copies_tile
     args = (sh, sw, *padding, dh, dw, tile, parts, fold_spans, int(layout is NHWC))
     kernel = _IM2COL_KERNELS[operation]
     finite_only = operation == "backward"

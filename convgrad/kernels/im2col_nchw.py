@@ -29,6 +29,10 @@ from numba import njit, prange
 from ._cache import CACHE
 from ._cblas import NO_TRANS, TRANS, gemm_call
 
+# Small helpers (``_span``) are repeated in each kernel module on purpose:
+# numba's on-disk cache keys a kernel on its own module's source, so an edited
+# helper imported from elsewhere would leave stale compiled kernels behind.
+
 
 @njit(cache=CACHE)
 def _span(part, parts, length):
