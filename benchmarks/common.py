@@ -102,6 +102,8 @@ EXTRA_SHAPES: dict[str, Shape] = {
     "small_batch": Shape(4, 8, 8, 12, 3, 1, 1, 1, 1, "float32"),
     "pointwise_narrow": Shape(8, 256, 64, 28, 1, 1, 0, 1, 1, "float32"),
     "strided_narrow": Shape(8, 128, 32, 14, 3, 2, 1, 1, 1, "float32"),
+    "depthwise_late": Shape(8, 1024, 1024, 7, 3, 1, 1, 1, 1024, "float32"),
+    "depthwise_5x5": Shape(8, 240, 240, 28, 5, 1, 2, 1, 240, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES

@@ -14,6 +14,9 @@ Six kernel families, by what their innermost loop runs along:
   grad_weight with grad_bias in one pass over grad_output);
 - "depthwise planes" (``kernels/nchw_depthwise.py``, NCHW, conv2d_backward
   only): a channel's whole padded plane, all three gradients in one pass;
+- "depthwise tiles" (``kernels/depthwise_tiles.py``, both layouts,
+  conv2d_backward only, stride 1): a block of channels, one vector register
+  wide, in a tile per image, all three gradients in one pass;
 - "unfolded" (``kernels/im2col.py``, both layouts; NCHW in
   ``kernels/im2col_nchw.py``): dense problems on short planes or at strides
   as two BLAS products per tile of images over their unfolded input (im2col).
@@ -38,7 +41,16 @@ import numba
 
 from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
-from .kernels import gemm, im2col, nchw, nchw_depthwise, nchw_flat, nhwc, nhwc_depthwise
+from .kernels import (
+    depthwise_tiles,
+    gemm,
+    im2col,
+    nchw,
+    nchw_depthwise,
+    nchw_flat,
+    nhwc,
+    nhwc_depthwise,
+)
 
 _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NCHW"): nchw.forward_nchw,
@@ -507,14 +519,49 @@ def fused_blocks(problem: Problem) -> int:
     return int(min(problem.n, nchw_flat.MAX_IMAGE_BLOCKS, budget // per_block))
 
 
-def depthwise_workspace_bytes(problem: Problem) -> int:
-    """Bytes of one task's planes in ``nchw_depthwise``: input, grad_output and gi, padded.
+# Depthwise problems at stride 1 take the tiles kernel where it measured
+# faster than the layout's other depthwise kernel (2-core Intel Xeon, all three
+# gradients, time ratios tiles / other): kernels of at least
+# DEPTHWISE_TILES_MIN_TAPS taps, any image size (5 x 5: NCHW 0.58-0.92 float32
+# and 0.58-0.74 float64 on 14 x 14 to 56 x 56, NHWC 0.70-0.87 and 0.79-0.88;
+# 7 x 7 on 14 x 14: 0.44 and 0.79); NCHW with fewer taps on images of at most
+# DEPTHWISE_TILES_MAX_PIXELS pixels (3 x 3 on 7 x 7 0.34, 0.56 float64; 14 x 14
+# 0.75 and 0.94; 4 x 4 0.26; on 20 x 20 and 28 x 28 1.16-1.2). NHWC with 3 x 3
+# kernels keeps its channel kernels: tiles took 0.75-1.24x their time on 4 x 4
+# to 7 x 7 images, 1.27x on 14 x 14 (its blocks are one vector per pixel, and
+# pixels C channels apart: those reads stride through memory where the channel
+# kernels stream whole rows).
+DEPTHWISE_TILES_MIN_TAPS = 10
+DEPTHWISE_TILES_MAX_PIXELS = 14 * 14
 
-    Stride 1: ``backward_nchw_depthwise``'s planes; other strides, the phase
-    planes of ``backward_nchw_depthwise_strided``.
+
+def depthwise_tiles_suit(problem: Problem) -> bool:
+    """Whether the depthwise tiles kernel suits a depthwise problem (its workspace aside)."""
+    if problem.geometry.stride != (1, 1):
+        return False
+    if problem.kh * problem.kw >= DEPTHWISE_TILES_MIN_TAPS:
+        return True
+    small = problem.height * problem.width <= DEPTHWISE_TILES_MAX_PIXELS
+    return small and problem.layout is NCHW
+
+
+def depthwise_workspace_bytes(problem: Problem) -> int:
+    """Bytes of one task's workspace in the depthwise backward the dispatch picks.
+
+    The tiles kernel's tiles and sums (``depthwise_tiles_suit``); else, stride
+    1, ``backward_nchw_depthwise``'s planes; other strides, the phase planes of
+    ``backward_nchw_depthwise_strided``.
     """
     top, bottom, left, right = problem.geometry.padding
     (sh, sw), (dh, dw) = problem.geometry.stride, problem.geometry.dilation
+    if depthwise_tiles_suit(problem):
+        block = depthwise_tiles.lanes(problem.dtype.itemsize)
+        values = depthwise_tiles.tile_values(
+            problem.height, problem.width, problem.out_h, problem.out_w,
+            problem.kh, problem.kw, top, bottom, left, right, dh, dw, block,
+        )  # fmt: skip
+        # the float64 totals: a third of the sums counted at the dtype's size
+        return (values + (problem.kh * problem.kw + 1) * block) * problem.dtype.itemsize
     if (sh, sw) == (1, 1):
         pitch = problem.width + left + right
         lanes = nchw_depthwise.LINE_BYTES // problem.dtype.itemsize
@@ -533,15 +580,20 @@ def depthwise_workspace_bytes(problem: Problem) -> int:
 
 
 def depthwise_fits(problem: Problem, extra_bytes: int = 0) -> bool:
-    """Whether the NCHW depthwise backward's planes (and ``extra_bytes``) fit the budget.
+    """Whether the fused depthwise backward's workspaces (and ``extra_bytes``) fit the budget.
 
-    One set of planes per thread: at most as many tasks run at once as numba
-    has threads at most (``NUMBA_NUM_THREADS``, fixed for the process),
-    whatever the count set now.
+    One workspace per thread: at most as many tasks run at once as numba has
+    threads at most (``NUMBA_NUM_THREADS``, fixed for the process), whatever
+    the count set now. A task is a block of channels (tiles) or a channel.
     """
-    tasks = min(problem.c_in, numba.config.NUMBA_NUM_THREADS)
-    planes = tasks * depthwise_workspace_bytes(problem)
-    return planes + extra_bytes <= _workspace_budget(problem)
+    if depthwise_tiles_suit(problem):
+        block = depthwise_tiles.lanes(problem.dtype.itemsize)
+        tasks = -(-problem.c_in // block)
+    else:
+        tasks = problem.c_in
+    tasks = min(tasks, numba.config.NUMBA_NUM_THREADS)
+    workspaces = tasks * depthwise_workspace_bytes(problem)
+    return workspaces + extra_bytes <= _workspace_budget(problem)
 
 
 def fused_suits(problem: Problem) -> bool:
@@ -727,14 +779,21 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     serially, when one block is all the budget allows) if its workspaces fit
     the working-memory budget. Both are exact for finite inputs only
     (``finite_only``: the caller checks and falls back to ``select_kernel``'s
-    kernels). NCHW depthwise problems take the depthwise planes kernel (phase
-    planes at other strides), finite-only too, when one set of planes per
-    thread fits the budget; NHWC depthwise problems ``backward_nhwc_depthwise``
-    (exact for any input). Both write grad_input (``writes_input``). Other
-    problems get None (BLAS ones always).
+    kernels). Depthwise problems take the depthwise tiles kernel where it
+    suits (``depthwise_tiles_suit``), finite-only too, in either layout; other
+    NCHW ones the depthwise planes kernel (phase planes at other strides),
+    finite-only, both when one workspace per thread fits the budget; other
+    NHWC ones ``backward_nhwc_depthwise`` (exact for any input). All write
+    grad_input (``writes_input``). Other problems get None (BLAS ones always).
     """
     if is_depthwise(problem) and problem.geometry.groups > 1:  # one channel alone is no group
-        if problem.layout is NCHW and depthwise_fits(problem):
+        tiles = depthwise_tiles_suit(problem)
+        fits = depthwise_fits(problem)  # the workspaces of tiles, else of NCHW's planes
+        if tiles and fits:
+            args = (*_flat_args(problem), int(problem.layout is NHWC))
+            kernel = depthwise_tiles.backward_depthwise_tiles
+            return KernelChoice(kernel, problem.layout, args, finite_only=True, writes_input=True)
+        if problem.layout is NCHW and not tiles and fits:
             if problem.geometry.stride == (1, 1):
                 kernel = nchw_depthwise.backward_nchw_depthwise
             else:
@@ -808,7 +867,7 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
     choice = select_backward_kernel(problem)
     if choice is None or (mask[0] and mask[1]):
         return choice
-    depthwise = choice.kernel in _DEPTHWISE_PLANES_KERNELS
+    depthwise = choice.kernel in _DEPTHWISE_FUSED_KERNELS
     if not (depthwise or (reports_finite(choice) and problem.terms <= PARTIAL_MAX_TERMS)):
         return None
     if mask[0]:
@@ -819,11 +878,12 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
     return choice if fits(problem, grad_input * problem.dtype.itemsize) else None
 
 
-# The NCHW depthwise planes kernels (all three gradients in one pass) take less
-# time than the row kernels take for grad_input or grad_weight alone.
-_DEPTHWISE_PLANES_KERNELS = (
+# The depthwise planes and tiles kernels (all three gradients in one pass)
+# take less time than the row kernels take for grad_input or grad_weight alone.
+_DEPTHWISE_FUSED_KERNELS = (
     nchw_depthwise.backward_nchw_depthwise,
     nchw_depthwise.backward_nchw_depthwise_strided,
+    depthwise_tiles.backward_depthwise_tiles,
 )
 
 

@@ -25,8 +25,9 @@ from .kernels.nchw_flat import all_finite
 # channel pairs, long planes; run again with a NaN for their exact fallback),
 # the fused flat backward (few input channels; stride 1 on shifted planes,
 # stride 2 on phase planes; big enough to run in parallel blocks of images),
-# the depthwise kernels (NCHW: one fused backward, on phase planes at stride
-# 2) and the BLAS products (1x1). The other problems
+# the depthwise kernels (one fused backward: tiles on small images, NCHW's
+# planes on larger ones, on phase planes at stride 2) and the BLAS products
+# (1x1). The other problems
 # are tiny: conv2d_backward runs the serial fused kernel on them (on phase
 # planes for tiny_strided, on shifted planes for the rest). Between them
 # they also run both relayout copies, both grad_bias kernels and the forward
@@ -41,6 +42,7 @@ PROBLEMS = {
     "fused_strided": (2, 8, 96, 3, 1, 2),
     "tiny_strided": (2, 8, 12, 3, 1, 2),
     "depthwise": (4, 4, 6, 3, 4, 1),
+    "depthwise_planes": (4, 4, 16, 3, 4, 1),
     "depthwise_strided": (4, 4, 7, 3, 4, 2),
     "gemm": (4, 4, 4, 1, 1, 1),
 }
@@ -102,7 +104,7 @@ def warmup(
     --------
     >>> import convgrad
     >>> convgrad.warmup(dtypes=["float32"], layouts=["NHWC"], forward=False)
-    11
+    12
     """
     chosen_dtypes = [_dtype(d) for d in _listed("dtypes", dtypes)]
     chosen_layouts = [_layout(name) for name in _listed("layouts", layouts)]

@@ -3,7 +3,9 @@
 Any kernel size, padding and dilation: at stride 1 the taps in threes and one
 by one, the 3 x 3 kernel's one-pass paths, and planes longer than one float32
 dot product (``DOT_TERMS``); at any stride the phase-plane kernel. The dispatch
-sends NCHW depthwise problems to them through ``conv2d_backward``.
+sends NCHW depthwise problems to them through ``conv2d_backward`` (images of
+more than 14 x 14 pixels at stride 1: smaller ones, and kernels of more than
+nine taps, take the tiles of ``test_depthwise_tiles.py``).
 """
 
 import naive
@@ -124,9 +126,10 @@ def test_dispatch_sends_nchw_depthwise_at_stride_1_here():
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_api_result_matches_the_naive_loops_and_keeps_nan_exact(stride):
+    """16 x 17 images: the planes kernels' (stride 1) and phase planes' (stride 2)."""
     rng = np.random.default_rng(3)
     pads, dilation, strides = (1, 1, 1, 1), (1, 1), (stride, stride)
-    g, x, w = random_problem(rng, 2, 6, 9, 10, (3, 3), pads, dilation, strides)
+    g, x, w = random_problem(rng, 2, 6, 16, 17, (3, 3), pads, dilation, strides)
     options = {"padding": 1, "groups": 6, "stride": stride}
     got = convgrad.conv2d_backward(g, x, w, **options)
     for a, b in zip(got, expected_gradients(g, x, w, pads, dilation, strides), strict=True):
@@ -174,7 +177,7 @@ def test_api_keeps_nan_exact_for_a_non_finite_input_or_weight(where, layout):
     NHWC backward, exact for any input, must give the same answer as its own gradients."""
     rng = np.random.default_rng(5)
     pads, dilation = (1, 1, 1, 1), (1, 1)
-    g, x, w = random_problem(rng, 2, 6, 9, 10, (3, 3), pads, dilation)
+    g, x, w = random_problem(rng, 2, 6, 16, 17, (3, 3), pads, dilation)
     if where == "input":
         x[1, 2, 0, 0] = np.inf
     else:

@@ -6,7 +6,15 @@ import pytest
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import im2col, nchw, nchw_depthwise, nchw_flat, nhwc, nhwc_depthwise
+from convgrad.kernels import (
+    depthwise_tiles,
+    im2col,
+    nchw,
+    nchw_depthwise,
+    nchw_flat,
+    nhwc,
+    nhwc_depthwise,
+)
 
 
 def problem(layout=NCHW, n=2, c_in=4, c_out=6, size=8, k=3, dtype=np.float32, groups=1, **opts):
@@ -282,12 +290,19 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     assert choice(2, 8, 8, 10, stride=2) is nchw_flat.backward_padded_serial  # phase planes
     assert choice(1, 1, 1, 60) is serial  # one channel alone is not depthwise
     depthwise = nchw_depthwise.backward_nchw_depthwise
-    assert choice(2, 32, 32, 8, groups=32) is depthwise  # NCHW depthwise: its own fused kernel
+    assert choice(2, 32, 32, 16, groups=32) is depthwise  # NCHW depthwise: its own fused kernel
     # NHWC depthwise: grad_input, then grad_weight and grad_bias in one pass over grad_output
     nhwc_depthwise_backward = nhwc_depthwise.backward_nhwc_depthwise
     assert choice(2, 32, 32, 8, groups=32, layout=NHWC) is nhwc_depthwise_backward
     strided = nchw_depthwise.backward_nchw_depthwise_strided
     assert choice(2, 32, 32, 8, groups=32, stride=2) is strided  # on phase planes
+    # small images, or kernels of more than nine taps: tiles of channel blocks
+    tiles = depthwise_tiles.backward_depthwise_tiles
+    assert choice(2, 32, 32, 8, groups=32) is tiles
+    assert choice(2, 32, 32, 7, groups=32, layout=NHWC) is nhwc_depthwise_backward
+    assert choice(2, 32, 32, 56, k=5, padding=2, groups=32) is tiles
+    assert choice(2, 32, 32, 56, k=5, padding=2, groups=32, layout=NHWC) is tiles
+    assert choice(2, 32, 32, 8, k=5, padding=2, groups=32, stride=2) is strided  # stride 1 only
     assert choice(64, 2, 8, 4) is serial  # not flat, tiny (1.5e5 terms)
     assert choice(256, 2, 8, 4) is None  # not flat, not tiny (5.9e5 terms)
     assert choice(8, 3, 64, 14, k=1, padding=0) is None  # 1x1: BLAS

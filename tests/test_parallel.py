@@ -9,7 +9,7 @@ import convgrad
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import im2col
+from convgrad.kernels import depthwise_tiles, im2col
 from convgrad.reference import conv2d_backward_reference, conv2d_reference
 
 # n, c_in, c_out, size, k, stride, padding, dilation, groups
@@ -24,6 +24,10 @@ CASES = {
     "few-channels": (16, 4, 2, 32, 5, 1, 2, 1, 1),
     "depthwise": (4, 32, 64, 24, 3, (1, 2), 1, 1, 32),  # row kernels, channel multiplier 2
     "depthwise-pure": (4, 48, 48, 22, (3, 2), 1, ((0, 2), (1, 1)), 2, 48),
+    # conv2d_backward on depthwise tiles: 3 blocks of channels (the last one partial);
+    # NCHW only for 3 x 3 on 9 x 9 images, both layouts for 5 x 5
+    "depthwise-tiles": (4, 40, 40, 9, 3, 1, 1, 1, 40),
+    "depthwise-tiles-5x5": (4, 40, 40, 9, 5, 1, ((2, 1), (0, 2)), (1, 2), 40),
     # BLAS matrix products, small enough for one gemm task each (larger 1x1 products are
     # cut into a task per thread, and then the bits may differ: see test_blas.py)
     "pointwise-grouped": (4, 32, 48, 12, 1, 1, 0, 1, 2),
@@ -63,6 +67,8 @@ FAMILIES = {  # which kernels each case runs on, for NCHW and NHWC arrays
     "few-channels": ("rows", "rows"),
     "depthwise": ("rows", "rows"),
     "depthwise-pure": ("rows", "depthwise"),
+    "depthwise-tiles": ("rows", "depthwise"),
+    "depthwise-tiles-5x5": ("rows", "depthwise"),
     "pointwise-grouped": ("gemm", "gemm"),
     "fused": ("flat", "flat"),
     "fused-grouped": ("flat", "flat"),
@@ -92,9 +98,11 @@ def test_cases_cover_every_kernel_family(name, layout):
     fused = _dispatch.select_backward_kernel(problem)
     # the depthwise backward is fused too (NHWC: grad_weight with grad_bias), and so
     # are NCHW groups of few channels (a channel multiplier)
-    fuses = name.startswith("fused") or name == "depthwise-pure" or name in UNFOLDED
+    fuses = name.startswith(("fused", "depthwise-")) or name in UNFOLDED
     fuses |= name == "depthwise" and layout == "NCHW"
     assert (fused is not None) == fuses
+    tiles = fused is not None and fused.kernel is depthwise_tiles.backward_depthwise_tiles
+    assert tiles == (name == "depthwise-tiles-5x5" or (name, layout) == ("depthwise-tiles", "NCHW"))
     unfolded = fused is not None and fused.kernel is im2col.backward_im2col
     assert unfolded == (name in UNFOLDED)
     if name == "unfolded-rows":

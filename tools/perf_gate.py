@@ -57,6 +57,8 @@ GATE_CASES = [
     ("pointwise_narrow", "NHWC"),  # gemm, grad_weight cut along the input channels
     ("stem_224", "NHWC"),  # the fused backward in bands of rows, phase planes
     ("strided_narrow", "NHWC"),  # unfolded products on 32 output channels; flat grad_input
+    ("depthwise_late", "NCHW"),  # depthwise tiles (backward) on 7 x 7, NCHW's gathers
+    ("depthwise_5x5", "NHWC"),  # depthwise tiles, NHWC, 25 taps
 ]
 GATE_BENCHMARKS = [
     "grad_input.GradInput.time_grad_input",
