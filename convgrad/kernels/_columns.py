@@ -15,7 +15,12 @@ weight broadcast from memory.
 Written as LLVM IR because numba's loops vectorise only the innermost loop,
 which would put the sum over output channels (or the pixels) in memory. The
 loop over output channels is a plain counted loop; one copy of it per count
-(a ``switch``), since the registers must be named when the code is built.
+(a ``switch``, ``switch_on_count``), since the registers must be named when
+the code is built.
+
+The kernels that call into this file (``nchw_flat.py``; through ``_lanes.py``,
+``depthwise_tiles.py``) are cached on disk by their own source: after editing
+this file, delete their cached code in ``kernels/__pycache__``.
 """
 
 import llvmlite.binding as llvm
@@ -41,7 +46,24 @@ VECTOR_BYTES, _REGISTERS = _vector_registers()
 COLUMNS_MAX = _REGISTERS - 5
 
 
-def _c_arrays(*arrays) -> bool:
+def switch_on_count(builder, count, most, name, body) -> None:
+    """Emit ``body(n)`` for the run-time ``count`` == n, 1 <= n <= most; other counts do nothing.
+
+    One copy of the code per count: its registers must be named when it is built.
+    """
+    done = builder.append_basic_block(f"{name}.done")
+    switch = builder.switch(count, done)
+    for n in range(1, most + 1):
+        case = builder.append_basic_block(f"{name}.{n}")
+        switch.add_case(ir.Constant(count.type, n), case)
+        builder.position_at_end(case)
+        body(n)
+        builder.branch(done)
+    builder.position_at_end(done)
+
+
+def c_float_arrays(*arrays) -> bool:
+    """Whether every argument type is a C-contiguous float32 or float64 array, all of one dtype."""
     return all(
         isinstance(a, types.Array)
         and a.layout == "C"
@@ -63,7 +85,7 @@ def weighted_columns(
     write nothing). C-contiguous float arrays of one dtype; the caller keeps
     every index in bounds.
     """
-    if not _c_arrays(w, g, cols):
+    if not c_float_arrays(w, g, cols):
         return None
     signature = types.void(
         w, types.intp, types.intp, types.intp, g, types.intp, types.intp, types.intp, cols,
@@ -116,15 +138,7 @@ def weighted_columns(
                 at = builder.add(c_at, builder.mul(ir.Constant(c_at.type, j), c_stride))
                 builder.store(builder.load(sums[j]), vector_at(columns, at), align=width)
 
-        done = builder.append_basic_block("columns.done")
-        switch = builder.switch(count, done)
-        for n in range(1, COLUMNS_MAX + 1):
-            case = builder.append_basic_block(f"columns.{n}")
-            switch.add_case(ir.Constant(count.type, n), case)
-            builder.position_at_end(case)
-            columns_of(n)
-            builder.branch(done)
-        builder.position_at_end(done)
+        switch_on_count(builder, count, COLUMNS_MAX, "columns", columns_of)
         return context.get_dummy_value()
 
     return signature, codegen

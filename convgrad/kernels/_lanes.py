@@ -34,21 +34,11 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._columns import VECTOR_BYTES
+from ._columns import VECTOR_BYTES, c_float_arrays, switch_on_count
 
 # Taps of one call: a kernel row of at most this many taps (wider rows are
 # split by the caller). Sums, weights and loads fit the 32 registers of AVX-512.
 TAPS_MAX = 8
-
-
-def _float_arrays(*arrays) -> bool:
-    return all(
-        isinstance(a, types.Array)
-        and a.layout == "C"
-        and a.dtype in (types.float32, types.float64)
-        and a.dtype == arrays[0].dtype
-        for a in arrays
-    )
 
 
 class _Vectors:
@@ -82,19 +72,6 @@ def _data(context, builder, array_type, value):
     return context.make_array(array_type)(context, builder, value).data
 
 
-def _switch_on_taps(builder, taps, name, body):
-    """Run ``body(n)`` for n == taps (1 <= n <= TAPS_MAX); other counts do nothing."""
-    done = builder.append_basic_block(f"{name}.done")
-    switch = builder.switch(taps, done)
-    for n in range(1, TAPS_MAX + 1):
-        case = builder.append_basic_block(f"{name}.{n}")
-        switch.add_case(ir.Constant(taps.type, n), case)
-        builder.position_at_end(case)
-        body(n)
-        builder.branch(done)
-    builder.position_at_end(done)
-
-
 @intrinsic
 def lanes_of(typingctx, array):
     """L, the lanes of one vector register of ``array``'s dtype, as a compile-time constant.
@@ -103,7 +80,7 @@ def lanes_of(typingctx, array):
     known only at run time (``VECTOR_BYTES // x.itemsize`` in numba) took the
     tiles kernel 1.3-1.5x the time.
     """
-    if not _float_arrays(array):
+    if not c_float_arrays(array):
         return None
 
     def codegen(context, builder, sig, args):
@@ -123,7 +100,7 @@ def tap_sums(typingctx, acc, acc_at, x, x_at, x_step, tap_step, taps, g, g_at, g
     for every tap t < taps (1..TAPS_MAX) and lane l < L; the ``taps`` sums stay
     in registers over the ``count`` pixels and are added into ``acc`` once.
     """
-    if not _float_arrays(acc, x, g):
+    if not c_float_arrays(acc, x, g):
         return None
     intp = types.intp
     signature = types.void(acc, intp, x, intp, intp, intp, intp, g, intp, intp, intp)
@@ -151,7 +128,7 @@ def tap_sums(typingctx, acc, acc_at, x, x_at, x_step, tap_step, taps, g, g_at, g
                 at = builder.add(acc_at, ir.Constant(acc_at.type, t * v.lanes))
                 v.store(builder.fadd(v.load(sums_data, at), builder.load(sums[t])), sums_data, at)
 
-        _switch_on_taps(builder, taps, "tap_sums", sums_of)
+        switch_on_count(builder, taps, TAPS_MAX, "tap_sums", sums_of)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -169,7 +146,7 @@ def tap_gather(
     for every pixel k < count and lane l < L; the taps' weights are loaded
     into registers once. ``add`` False overwrites ``dst``, True adds into it.
     """
-    if not _float_arrays(dst, w, g) or not isinstance(add, types.Boolean):
+    if not c_float_arrays(dst, w, g) or not isinstance(add, types.Boolean):
         return None
     intp = types.intp
     signature = types.void(dst, intp, intp, w, intp, intp, g, intp, intp, intp, intp, add)
@@ -199,7 +176,7 @@ def tap_gather(
                 before = builder.select(add, v.load(d_data, at), v.zero)
                 v.store(builder.fadd(before, total), d_data, at)
 
-        _switch_on_taps(builder, taps, "tap_gather", gather_of)
+        switch_on_count(builder, taps, TAPS_MAX, "tap_gather", gather_of)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -211,7 +188,7 @@ def lanes_move(typingctx, dst, dst_at, dst_stride, src, src_at, src_stride):
 
     A stride of 1 is a plain vector load or store; any other a gather or scatter.
     """
-    if not _float_arrays(dst, src):
+    if not c_float_arrays(dst, src):
         return None
     intp = types.intp
     signature = types.void(dst, intp, intp, src, intp, intp)

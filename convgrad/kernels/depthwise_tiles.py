@@ -64,6 +64,16 @@ def tile_values(height, width, out_h, out_w, kh, kw, pt, pb, pl, pr, dh, dw, blo
     return (padded + margined + height * width + kh * kw + 1) * block + 3 * sums
 
 
+@njit(cache=CACHE, inline="always")
+def _pixel_block(images, n, c0, y, z, nhwc):
+    """(flat offset, stride) of image n's channels c0, c0 + 1, ... at pixel (y, z) in ``images``."""
+    if nhwc:
+        _, height, width, channels = images.shape
+        return ((n * height + y) * width + z) * channels + c0, 1
+    _, channels, height, width = images.shape
+    return ((n * channels + c0) * height + y) * width + z, height * width
+
+
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _fill_tile(tile, at, pitch, images, n, c0, count, nhwc):
     """tile[at + (y*pitch + z)*L + c] = block channel c of image n at pixel (y, z), c < count.
@@ -71,18 +81,12 @@ def _fill_tile(tile, at, pitch, images, n, c0, count, nhwc):
     ``images`` is x or g (NCHW or NHWC). A whole block moves a vector per pixel.
     """
     block = lanes_of(tile)
-    if nhwc:
-        _, height, width, channels = images.shape
-    else:
-        _, channels, height, width = images.shape
+    height, width = (images.shape[1], images.shape[2]) if nhwc else images.shape[2:]
     flat = images.reshape(images.size)
     for y in range(height):
         for z in range(width):
             to = at + (y * pitch + z) * block
-            if nhwc:
-                start, stride = ((n * height + y) * width + z) * channels + c0, 1
-            else:
-                start, stride = ((n * channels + c0) * height + y) * width + z, height * width
+            start, stride = _pixel_block(images, n, c0, y, z, nhwc)
             if count == block:
                 lanes_move(tile, to, 1, flat, start, stride)
             else:
@@ -94,18 +98,12 @@ def _fill_tile(tile, at, pitch, images, n, c0, count, nhwc):
 def _empty_tile(images, tile, n, c0, count, nhwc):
     """images[n, block channel c, y, z] = tile[(y*W + z)*L + c]: ``_fill_tile`` undone (pitch W)."""
     block = lanes_of(tile)
-    if nhwc:
-        _, height, width, channels = images.shape
-    else:
-        _, channels, height, width = images.shape
+    height, width = (images.shape[1], images.shape[2]) if nhwc else images.shape[2:]
     flat = images.reshape(images.size)
     for y in range(height):
         for z in range(width):
             source = (y * width + z) * block
-            if nhwc:
-                start, stride = ((n * height + y) * width + z) * channels + c0, 1
-            else:
-                start, stride = ((n * channels + c0) * height + y) * width + z, height * width
+            start, stride = _pixel_block(images, n, c0, y, z, nhwc)
             if count == block:
                 lanes_move(flat, start, stride, tile, source, 1)
             else:
