@@ -21,7 +21,7 @@ from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
 from convgrad.kernels import depthwise_tiles
 from convgrad.kernels._columns import VECTOR_BYTES
-from convgrad.kernels._lanes import TAPS_MAX, lanes_move, tap_gather, tap_sums
+from convgrad.kernels._lanes import TAPS_MAX, lanes_move, lanes_transpose, tap_gather, tap_sums
 
 TO_NHWC, WEIGHT_TO_HWIO = (0, 2, 3, 1), (2, 3, 1, 0)
 
@@ -76,18 +76,22 @@ def run_tiles(g, x, w, pads, dilation, layout):
     return gi, gw - 1, gb - 1
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     problem=depthwise_problems(),
     layout=st.sampled_from(["NCHW", "NHWC"]),
+    dtype=st.sampled_from([np.float64, np.float32]),
     seed=st.integers(0, 2**16),
 )
-def test_matches_the_naive_loops(problem, layout, seed):
+def test_matches_the_naive_loops(problem, layout, dtype, seed):
+    """float64 to 1e-12; float32 (NCHW's transposed planes) against float64 sums of its inputs."""
     *_, pads, dilation = problem
-    g, x, w = random_problem(np.random.default_rng(seed), *problem, np.float64)
+    g, x, w = random_problem(np.random.default_rng(seed), *problem, dtype)
     got = run_tiles(g, x, w, pads, dilation, layout)
-    for a, b in zip(got, expected_gradients(g, x, w, pads, dilation), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    wide = [a.astype(np.float64) for a in (g, x, w)]
+    tolerance = 1e-12 if dtype == np.float64 else 1e-4
+    for a, b in zip(got, expected_gradients(*wide, pads, dilation), strict=True):
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -130,13 +134,17 @@ def test_refuses_other_strides():
 
 
 @njit(cache=False)
-def _sums(acc, acc_at, x, x_at, x_step, tap_step, taps, g, g_at, g_step, count):
-    tap_sums(acc, acc_at, x, x_at, x_step, tap_step, taps, g, g_at, g_step, count)
+def _sums(acc, acc_at, x, x_at, x_step, row_step, col_step, cols, taps, g, g_at, g_step, count):
+    tap_sums(acc, acc_at, x, x_at, x_step, row_step, col_step, cols, taps, g, g_at, g_step, count)
 
 
 @njit(cache=False)
-def _gather(dst, dst_at, dst_step, w, w_at, taps, g, g_at, g_step, tap_step, count, add):
-    tap_gather(dst, dst_at, dst_step, w, w_at, taps, g, g_at, g_step, tap_step, count, add)
+def _gather(dst, dst_at, dst_step, w, w_at, taps, g, g_at, g_step, steps, cols, count, add):
+    row_step, col_step = steps
+    tap_gather(
+        dst, dst_at, dst_step, w, w_at, taps, g, g_at, g_step, row_step, col_step, cols,
+        count, add,
+    )  # fmt: skip
 
 
 @njit(cache=False)
@@ -144,23 +152,35 @@ def _move(dst, dst_at, dst_stride, src, src_at, src_stride):
     lanes_move(dst, dst_at, dst_stride, src, src_at, src_stride)
 
 
+@njit(cache=False)
+def _transpose(dst, dst_at, dst_step, src, src_at, src_step):
+    lanes_transpose(dst, dst_at, dst_step, src, src_at, src_step)
+
+
 def _lanes(dtype):
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
+def _offset(t, cols, row_step, col_step):
+    return (t // cols) * row_step + (t % cols) * col_step
+
+
+@pytest.mark.parametrize("cols", [1, 3, TAPS_MAX])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tap_sums_adds_each_taps_sum_and_writes_nothing_else(dtype):
+def test_tap_sums_adds_each_taps_sum_and_writes_nothing_else(dtype, cols):
     rng = np.random.default_rng(2)
-    lanes, count, x_step, tap_step, g_step = _lanes(dtype), 5, 3 * _lanes(dtype) + 1, 2, 7
-    x = rng.standard_normal(3 + count * x_step + TAPS_MAX * tap_step + lanes).astype(dtype)
+    lanes, count = _lanes(dtype), 5
+    x_step, row_step, col_step, g_step = 3 * lanes + 1, 4 * lanes + 5, 2, 7
+    reach = _offset(TAPS_MAX - 1, cols, row_step, col_step)
+    x = rng.standard_normal(3 + count * x_step + reach + lanes).astype(dtype)
     g = rng.standard_normal(4 + count * g_step + lanes).astype(dtype)
     for taps in range(TAPS_MAX + 2):
         acc = np.full(6 + (TAPS_MAX + 1) * lanes, 0.5, dtype)
-        _sums(acc, 6, x, 3, x_step, tap_step, taps, g, 4, g_step, count)
+        _sums(acc, 6, x, 3, x_step, row_step, col_step, cols, taps, g, 4, g_step, count)
         expected = np.full_like(acc, 0.5)
         for t in range(taps if taps <= TAPS_MAX else 0):  # other counts do nothing
             for k in range(count):
-                at = 3 + k * x_step + t * tap_step
+                at = 3 + k * x_step + _offset(t, cols, row_step, col_step)
                 expected[6 + t * lanes : 6 + (t + 1) * lanes] += (
                     x[at : at + lanes] * g[4 + k * g_step : 4 + k * g_step + lanes]
                 )
@@ -168,23 +188,25 @@ def test_tap_sums_adds_each_taps_sum_and_writes_nothing_else(dtype):
 
 
 @pytest.mark.parametrize("add", [False, True])
+@pytest.mark.parametrize("cols", [1, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tap_gather_sets_or_adds_each_pixel_and_writes_nothing_else(dtype, add):
+def test_tap_gather_sets_or_adds_each_pixel_and_writes_nothing_else(dtype, cols, add):
     rng = np.random.default_rng(3)
     lanes = _lanes(dtype)
-    count, dst_step, g_step, tap_step = 4, lanes + 3, 5, 3
-    first = TAPS_MAX * tap_step + 2  # the farthest tap reads back this far
+    count, dst_step, g_step, row_step, col_step = 4, lanes + 3, 5, 2 * lanes + 3, 3
+    first = _offset(TAPS_MAX - 1, cols, row_step, col_step) + 2  # the farthest tap reads back
     w = rng.standard_normal(1 + TAPS_MAX * lanes).astype(dtype)
     g = rng.standard_normal(first + count * g_step + lanes).astype(dtype)
     for taps in range(TAPS_MAX + 2):
         dst = np.full(5 + count * dst_step + lanes, 0.25, dtype)
-        _gather(dst, 5, dst_step, w, 1, taps, g, first, g_step, tap_step, count, add)
+        steps = (row_step, col_step)
+        _gather(dst, 5, dst_step, w, 1, taps, g, first, g_step, steps, cols, count, add)
         expected = np.full_like(dst, 0.25)
         for k in range(count if 1 <= taps <= TAPS_MAX else 0):  # other counts do nothing
             at = 5 + k * dst_step
             total = np.zeros(lanes, dtype)
             for t in range(taps):
-                source = first + k * g_step - t * tap_step
+                source = first + k * g_step - _offset(t, cols, row_step, col_step)
                 total += w[1 + t * lanes : 1 + (t + 1) * lanes] * g[source : source + lanes]
             expected[at : at + lanes] = (expected[at : at + lanes] if add else 0) + total
         np.testing.assert_allclose(dst, expected, rtol=1e-5, atol=1e-5)
@@ -199,6 +221,19 @@ def test_lanes_move_copies_one_vector_of_lanes(dtype, dst_stride, src_stride):
     _move(dst, 3, dst_stride, src, 2, src_stride)
     expected = np.full_like(dst, -1)
     expected[3 : 3 + lanes * dst_stride : dst_stride] = src[2 : 2 + lanes * src_stride : src_stride]
+    np.testing.assert_array_equal(dst, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lanes_transpose_turns_rows_into_columns(dtype):
+    lanes, src_step, dst_step = _lanes(dtype), 21, 19
+    src = np.arange(3 + lanes * src_step, dtype=dtype)
+    dst = np.full(5 + lanes * dst_step, -1, dtype)
+    _transpose(dst, 5, dst_step, src, 3, src_step)
+    expected = np.full_like(dst, -1)
+    for r in range(lanes):
+        for k in range(lanes):
+            expected[5 + k * dst_step + r] = src[3 + r * src_step + k]
     np.testing.assert_array_equal(dst, expected)
 
 
