@@ -58,11 +58,11 @@ def lanes(item_size: int) -> int:
     return VECTOR_BYTES // item_size
 
 
-@njit(cache=CACHE)
-def tile_values(height, width, out_h, out_w, kh, kw, pt, pb, pl, pr, dh, dw, block):
+def tile_values(height, width, out_h, out_w, kh, kw, pt, pb, pl, pr, dh, dw, block) -> int:
     """Values of one task's tiles and sums, as ``backward_depthwise_tiles`` allocates them.
 
-    All counted in the dtype (the float64 totals are the caller's to add).
+    All counted in the dtype (the float64 totals are the caller's to add). Plain
+    Python: the dispatch's arithmetic, not worth a compiled call.
     """
     padded = (height + pt + pb) * (width + pl + pr)
     top, left = (kh - 1) * dh, (kw - 1) * dw
@@ -81,6 +81,12 @@ def _pixel_block(images, n, c0, y, z, nhwc):
         return ((n * height + y) * width + z) * channels + c0, 1
     _, channels, height, width = images.shape
     return ((n * channels + c0) * height + y) * width + z, height * width
+
+
+@njit(cache=CACHE, inline="always")
+def _transposes(tile, count, nhwc):
+    """Whether a block moves by transposes: a whole NCHW float32 block (float64 gathers)."""
+    return count == lanes_of(tile) and not nhwc and tile.itemsize == 4
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -116,7 +122,7 @@ def _fill_tile(tile, at, pitch, images, n, c0, count, nhwc, staging):
     block = lanes_of(tile)
     height, width = (images.shape[1], images.shape[2]) if nhwc else images.shape[2:]
     flat = images.reshape(images.size)
-    transposed = count == block and not nhwc and tile.itemsize == 4
+    transposed = _transposes(tile, count, nhwc)
     if transposed:
         start, _ = _pixel_block(images, n, c0, 0, 0, nhwc)
         _transpose_planes(staging, flat, start, height * width, False)
@@ -140,7 +146,7 @@ def _empty_tile(images, tile, n, c0, count, nhwc):
     block = lanes_of(tile)
     height, width = (images.shape[1], images.shape[2]) if nhwc else images.shape[2:]
     flat = images.reshape(images.size)
-    if count == block and not nhwc and tile.itemsize == 4:
+    if _transposes(tile, count, nhwc):
         start, _ = _pixel_block(images, n, c0, 0, 0, nhwc)
         _transpose_planes(tile, flat, start, height * width, True)
         return
