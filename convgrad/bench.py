@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from . import __version__, conv2d_backward
+from ._blas import blas_kernels
 from .reference import conv2d_backward_reference
 from .suite import SUITE, Shape
 
@@ -213,6 +214,7 @@ def _run(
         "threads": threads,
         "rounds": rounds,
         "gemm_peak_gflops": peaks,
+        "blas": blas_kernels(),
         "rows": rows,
     }
 
@@ -247,10 +249,11 @@ def format_table(result: dict) -> str:
             ]
         lines.append("| " + " | ".join(cells) + " |")
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["gemm_peak_gflops"].items())
+    blas = f"NumPy BLAS: {result['blas']}" if result.get("blas") else "NumPy BLAS"
     lines.append("")
     lines.append(
         f"{result['machine']}; median of {result['rounds']} interleaved rounds; "
-        f"GEMM peak (NumPy BLAS) GFLOP/s: {peaks}; convgrad {result['convgrad']}, "
+        f"GEMM peak ({blas}) GFLOP/s: {peaks}; convgrad {result['convgrad']}, "
         f"numba {result['numba']}, numpy {result['numpy']}"
     )
     return "\n".join(lines)

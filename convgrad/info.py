@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from . import __version__
-from ._blas import blas_info
+from ._blas import blas_info, blas_kernels
 
 # SIMD features worth naming, in the order printed (those the CPU has).
 SIMD_FEATURES = (
@@ -214,6 +214,7 @@ def cache_info() -> dict[str, Any]:
 
 def collect() -> dict[str, Any]:
     """Everything ``convgrad info`` reports, as plain data."""
+    blas = blas_info() | {"kernels": blas_kernels()}
     return {
         "versions": {
             "convgrad": __version__,
@@ -226,7 +227,7 @@ def collect() -> dict[str, Any]:
         "cpu": cpu_info(),
         "threading": threading_info(),
         "cache": cache_info(),
-        "blas": blas_info(),
+        "blas": blas,
     }
 
 
@@ -258,6 +259,8 @@ def format_report(info: dict[str, Any]) -> str:
         if blas["numba_threads"]
         else f"1x1 products  np.matmul, threaded by the BLAS library ({blas['why']})"
     )
+    if blas["kernels"]:
+        lines.append(f"blas kernels  {blas['kernels']}")
     source = cache["numba_cache_dir"]
     lines.append(
         "kernel cache  " + (f"NUMBA_CACHE_DIR={source}" if source else "NUMBA_CACHE_DIR not set")

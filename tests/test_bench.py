@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from convgrad import bench, cli
+from convgrad import _blas, bench, cli
 from convgrad.suite import SUITE
 
 
@@ -35,6 +35,7 @@ def test_bench_json_without_torch(capsys):
     assert row["shape"] == "seed" and row["convgrad_us"] > 0 and row["gflops"] > 0
     assert set(row["times_us"]) == {"convgrad NCHW", "convgrad NHWC"}
     assert "torch_us" not in row
+    assert result["blas"] == _blas.blas_kernels()  # the kernels behind the GEMM peak
 
 
 def test_peak_is_the_better_of_two_measurements(monkeypatch):
@@ -61,6 +62,9 @@ def test_bench_with_the_numpy_reference(capsys):
     header, _, row = table.splitlines()[:3]
     assert "NumPy reference µs" in header and row.startswith("| lenet2 |")
     assert header.count("|") == row.count("|")
+    kernels = _blas.blas_kernels()
+    footer = table.splitlines()[-1]
+    assert (f"GEMM peak (NumPy BLAS: {kernels})" if kernels else "GEMM peak (NumPy BLAS)") in footer
 
 
 def test_unknown_shape_is_refused(capsys):

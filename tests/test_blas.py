@@ -204,3 +204,22 @@ def test_library_threading_when_asked():
     fallback, info, error = json.loads(done.stdout)
     assert fallback and not info["numba_threads"] and "CONVGRAD_BLAS_THREADS" in info["why"]
     assert error < 1e-4
+
+
+def test_the_kernels_openblas_runs_are_named_and_a_pinned_core_type_says_so():
+    # OPENBLAS_CORETYPE is read when OpenBLAS loads: each case in its own process
+    script = """
+        import json, numpy as np
+        from convgrad import _blas
+        print(json.dumps([_blas.blas_info(), _blas.blas_kernels()]))
+        """
+    unset = run_python(script, env={"OPENBLAS_CORETYPE": None})
+    pinned = run_python(script, env={"OPENBLAS_CORETYPE": "Sandybridge"})
+    assert unset.returncode == 0 and pinned.returncode == 0, unset.stderr + pinned.stderr
+    (info, kernels), (pinned_info, pinned_kernels) = map(json.loads, (unset.stdout, pinned.stdout))
+    if not info["numba_threads"]:
+        pytest.skip("no OpenBLAS with cblas gemm loaded: " + info["why"])
+    assert info["core"] and kernels == f"OpenBLAS {info['core']}"
+    # the core asked for is the core reported: the name comes from the library
+    assert pinned_info["core"].lower() == "sandybridge"
+    assert pinned_kernels == f"OpenBLAS {pinned_info['core']}, OPENBLAS_CORETYPE=Sandybridge"

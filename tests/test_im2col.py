@@ -89,8 +89,11 @@ def test_kernel_adds_into_grad_weight_and_grad_bias(layout):
     g, x, w = arrays(p)
     _, gw, gb = run(p, g, x, w, 2, 2, 1)
     _, gw2, gb2 = run(p, g, x, w, 2, 2, 1, gw=np.ones_like(gw), gb=np.ones_like(gb))
-    np.testing.assert_allclose(gw2, gw + 1, rtol=1e-6)
-    np.testing.assert_allclose(gb2, gb + 1, rtol=1e-6)
+    # 1 + sum is rounded once, (sum rounded) + 1 twice: a few units of gw's last
+    # place apart, which near gw = -1 is far more than gw + 1's own relative 1e-6
+    eps = np.finfo(gw.dtype).eps
+    for added, alone in ((gw2, gw), (gb2, gb)):
+        assert np.all(np.abs(added - (alone + 1)) <= 2 * eps * (np.abs(alone) + 1))
 
 
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
@@ -107,13 +110,28 @@ def test_without_blas_the_products_go_through_matmul(layout, monkeypatch):
 
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
 def test_same_bits_for_any_tile_span_split(layout):
-    """Spans of the products' columns and of the folded channels split the work, not the sums."""
+    """Spans of the products' columns and of the folded channels split the work, not the sums.
+
+    The folding is ours: the same bits for any spans. A product cut into spans
+    is as many gemm calls, and OpenBLAS may sum an entry in another order for
+    another shape of call (its Haswell kernels did, for spans of 7-64 columns,
+    on a 2-core AMD EPYC with ``OPENBLAS_CORETYPE=Haswell``; its SkylakeX
+    kernels did not): those agree to rounding. The dispatch fixes the spans
+    by the problem, so the thread count never changes them.
+    """
     p = problem(layout, 2, 64, 64, 7)
     g, x, w = arrays(p)
     first = run(p, g, x, w, 2, 1, 1)
+    for fold_spans in (2, 3, 8):
+        gi, _, gb = run(p, g, x, w, 2, 1, fold_spans)
+        assert gi.tobytes() == first[0].tobytes() and gb.tobytes() == first[2].tobytes()
+    scale = np.abs(first[0]).max()
     for parts, fold_spans in ((2, 2), (9, 3), (16, 8)):
         gi, _, gb = run(p, g, x, w, 2, parts, fold_spans)
-        assert gi.tobytes() == first[0].tobytes() and gb.tobytes() == first[2].tobytes()
+        np.testing.assert_allclose(gi, first[0], rtol=1e-5, atol=1e-6 * scale)
+        assert gb.tobytes() == first[2].tobytes()
+        again = run(p, g, x, w, 2, parts, fold_spans)[0]
+        assert again.tobytes() == gi.tobytes()  # the same spans: the same bits
 
 
 @pytest.mark.parametrize("layout", [NCHW, NHWC])

@@ -94,6 +94,8 @@ def test_text_and_json_reports():
     for word in ("convgrad", "numba", "numpy", "python", "cpu", "simd", "threading", "threads"):
         assert word in text
     assert "kernel cache" in text and "kernels compiled and cached" in text
+    kernels = info.collect()["blas"]["kernels"]
+    assert (f"blas kernels  {kernels}" in text) if kernels else ("blas kernels" not in text)
     out = io.StringIO()
     assert info.run(as_json=True, stdout=out) == 0
     assert set(json.loads(out.getvalue())) == {"versions", "cpu", "threading", "cache", "blas"}
