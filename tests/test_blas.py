@@ -154,7 +154,7 @@ def test_one_blas_thread_holds_one_and_gives_back_the_count_after_the_last_holde
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
 def test_backward_runs_the_products_at_one_blas_thread_on_numbas_threads(layout, monkeypatch):
     """The API's 1x1 products go to the numba kernels, with OpenBLAS at one thread inside and
-    its count unchanged after; the cut follows numba's thread count."""
+    its count unchanged after; the cut follows numba's pool, not the threads in use."""
     seen = []
     name = layout.name.lower()
     for what in ("input", "weight"):
@@ -179,9 +179,28 @@ def test_backward_runs_the_products_at_one_blas_thread_on_numbas_threads(layout,
     assert [(what, blas) for what, blas, _, _ in seen] == [("input", 1), ("weight", 1)] * len(
         {1, threads}
     )
-    # parts (the kernels' 6th argument) is numba's thread count here
-    for _, _, count, args in seen:
-        assert args[5] == count
+    # parts (the kernels' 6th argument) is numba's pool size at any thread count
+    for _, _, _, args in seen:
+        assert args[5] == numba.config.NUMBA_NUM_THREADS
+
+
+@needs_openblas
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_products_cut_into_tasks_give_the_same_bits_at_any_thread_count(layout):
+    # 4 x 128 -> 128 @ 16 x 16: 33.5e6 multiply-adds, a task per thread of the pool
+    x, w, g, opts = make(layout, np.float32, (4, 128, 128, 16, 16, 1), True, 0)
+    threads = numba.get_num_threads()
+    results = {}
+    try:
+        for count in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+            results[count] = convgrad.conv2d_backward(g, x, w, **opts)
+    finally:
+        numba.set_num_threads(threads)
+    first = results[1]
+    for count, gradients in results.items():
+        for got, want in zip(gradients, first, strict=True):
+            assert got.tobytes() == want.tobytes(), count
 
 
 def test_library_threading_when_asked():

@@ -26,13 +26,21 @@ from .._blas import gemm_for, one_blas_thread
 from . import gemm_blas
 
 # Multiply-adds a task keeps at least (a product is cut into at most one task
-# per thread): smaller gemm calls run below BLAS's efficient sizes.
+# per thread of numba's pool): smaller gemm calls run below BLAS's efficient sizes.
 TASK_MULTIPLY_ADDS = 2**22
 
 
 def _parts(multiply_adds, groups):
-    """Tasks per group: numba's threads shared by the groups, each with enough work."""
-    parts = min(numba.get_num_threads(), multiply_adds // TASK_MULTIPLY_ADDS)
+    """Tasks per group: numba's pool of threads shared by the groups, each with enough work.
+
+    The pool's size (``NUMBA_NUM_THREADS``, fixed for the process), not the
+    threads in use: the cut must not follow ``numba.set_num_threads``, because
+    OpenBLAS may sum an entry in another order for another shape of call (its
+    Haswell kernels on a 2-core AMD EPYC gave other bits for pointwise at 1
+    and 2 threads when the cut followed the threads in use). Cut by the pool,
+    the same tasks run at any thread count, so the bits are the same.
+    """
+    parts = min(numba.config.NUMBA_NUM_THREADS, multiply_adds // TASK_MULTIPLY_ADDS)
     return max(1, parts // groups)
 
 
