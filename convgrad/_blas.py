@@ -167,6 +167,27 @@ def blas_info() -> dict[str, object]:
     return {"numba_threads": True, "library": _openblas.path, "ilp64": ilp64, "core": core}
 
 
+# Vector width of OpenBLAS's x86-64 cores' kernels (``OPENBLAS_CORETYPE`` names, lower case).
+_CORE_VECTOR_BYTES = {
+    **dict.fromkeys(("skylakex", "cooperlake", "sapphirerapids"), 64),
+    **dict.fromkeys(
+        ("haswell", "zen", "sandybridge", "excavator", "steamroller", "piledriver", "bulldozer"),
+        32,
+    ),
+}
+
+
+def blas_vector_bytes() -> int | None:
+    """Bytes per vector of the kernels OpenBLAS runs (64: AVX-512, 32: AVX2), None if unknown.
+
+    Unknown: no OpenBLAS found, or a core that is not in the table (another
+    architecture's, or an older x86's).
+    """
+    if _openblas is None or _openblas.core is None:
+        return None
+    return _CORE_VECTOR_BYTES.get(_openblas.core.lower())
+
+
 def blas_kernels() -> str | None:
     """The kernels NumPy's OpenBLAS runs, as "OpenBLAS <core>" (and ``OPENBLAS_CORETYPE`` if set).
 

@@ -39,11 +39,13 @@ from typing import NamedTuple
 
 import numba
 
+from ._blas import blas_vector_bytes
 from ._layouts import NCHW, NHWC, Layout
 from ._problem import Problem
 from .kernels import (
     depthwise_tiles,
     gemm,
+    gemm_tiles,
     im2col,
     nchw,
     nchw_depthwise,
@@ -51,6 +53,7 @@ from .kernels import (
     nhwc,
     nhwc_depthwise,
 )
+from .kernels._columns import VECTOR_BYTES
 
 _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NCHW"): nchw.forward_nchw,
@@ -66,6 +69,32 @@ _GEMM_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("grad_input", "NHWC"): gemm.grad_input_gemm_nhwc,
     ("grad_weight", "NHWC"): gemm.grad_weight_gemm_nhwc,
 }
+# The 1x1 products by register tiles (``kernels/gemm_tiles.py``) where NumPy's
+# OpenBLAS runs kernels narrower than the CPU's vectors: AVX2 kernels on an
+# AVX-512 CPU run at half its rate. Seen on a 2-core AMD EPYC (Zen 5) with
+# ``OPENBLAS_CORETYPE=Haswell`` set in the environment: pointwise's products
+# by tiles 0.6-0.7x the time of OpenBLAS's. Where OpenBLAS runs AVX-512 kernels
+# (or its kernels are unknown) the products stay with it. NCHW grad_weight,
+# whose operands both run along the pixels (a transposed copy the tiles would
+# need), stays with BLAS either way. Fixed for the process, as the CPU is.
+GEMM_BY_TILES = (blas_vector_bytes() or VECTOR_BYTES) < VECTOR_BYTES
+_GEMM_TILES_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
+    ("grad_input", "NCHW"): gemm_tiles.grad_input_tiles_nchw,
+    ("grad_input", "NHWC"): gemm_tiles.grad_input_tiles_nhwc,
+    ("grad_weight", "NHWC"): gemm_tiles.grad_weight_tiles_nhwc,
+}
+
+
+def gemm_kernel(operation: str, layout: Layout, by_tiles: bool | None = None) -> Callable:
+    """The 1x1 kernel for ``operation`` in ``layout``: by tiles if ``by_tiles``, else BLAS.
+
+    ``by_tiles`` None: GEMM_BY_TILES.
+    """
+    by_tiles = GEMM_BY_TILES if by_tiles is None else by_tiles
+    tiles = _GEMM_TILES_KERNELS.get((operation, layout.name)) if by_tiles else None
+    return tiles or _GEMM_KERNELS[operation, layout.name]
+
+
 _DEPTHWISE_NHWC_KERNELS: dict[str, Callable[..., None]] = {
     "forward": nhwc_depthwise.forward_nhwc_depthwise,
     "grad_input": nhwc_depthwise.grad_input_nhwc_depthwise,
@@ -393,9 +422,7 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     if operation != "forward" and gemm_suits(problem):
         args = (problem.geometry.groups, gemm_rows_per_tile(problem))
         writes = operation == "grad_input"
-        return KernelChoice(
-            _GEMM_KERNELS[operation, layout.name], layout, args, writes_input=writes
-        )
+        return KernelChoice(gemm_kernel(operation, layout), layout, args, writes_input=writes)
     if is_depthwise(problem) and layout is NHWC:
         kernel = _DEPTHWISE_NHWC_KERNELS[operation]
         chunks = (weight_chunks(problem),) if operation == "grad_weight" else ()

@@ -42,6 +42,7 @@ from .reference import conv2d_backward_reference, conv2d_reference
 # Kernel family by the module its kernel lives in.
 FAMILIES = {
     "gemm": "gemm",
+    "gemm_tiles": "gemm",  # the 1x1 products by register tiles (``_dispatch.GEMM_BY_TILES``)
     "nchw_flat": "flat",
     "nchw": "rows",
     "nhwc": "channels",

@@ -12,7 +12,7 @@ from subprocess_helpers import run_python
 from test_gemm import make
 
 import convgrad
-from convgrad import _blas
+from convgrad import _blas, _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad.kernels import gemm, gemm_blas
 from convgrad.reference import conv2d_backward_reference
@@ -150,9 +150,21 @@ def test_one_blas_thread_holds_one_and_gives_back_the_count_after_the_last_holde
     assert _blas._openblas.get_threads() == before
 
 
+@pytest.fixture
+def through_blas(monkeypatch):
+    """The 1x1 products through BLAS, whatever this machine's BLAS kernels (``GEMM_BY_TILES``)."""
+    monkeypatch.setattr(_dispatch, "GEMM_BY_TILES", False)
+    _dispatch.select_kernel.cache_clear()
+    yield
+    monkeypatch.undo()
+    _dispatch.select_kernel.cache_clear()
+
+
 @needs_openblas
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
-def test_backward_runs_the_products_at_one_blas_thread_on_numbas_threads(layout, monkeypatch):
+def test_backward_runs_the_products_at_one_blas_thread_on_numbas_threads(
+    layout, monkeypatch, through_blas
+):
     """The API's 1x1 products go to the numba kernels, with OpenBLAS at one thread inside and
     its count unchanged after; the cut follows numba's pool, not the threads in use."""
     seen = []
@@ -186,7 +198,7 @@ def test_backward_runs_the_products_at_one_blas_thread_on_numbas_threads(layout,
 
 @needs_openblas
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
-def test_products_cut_into_tasks_give_the_same_bits_at_any_thread_count(layout):
+def test_products_cut_into_tasks_give_the_same_bits_at_any_thread_count(layout, through_blas):
     # 4 x 128 -> 128 @ 16 x 16: 33.5e6 multiply-adds, a task per thread of the pool
     x, w, g, opts = make(layout, np.float32, (4, 128, 128, 16, 16, 1), True, 0)
     threads = numba.get_num_threads()
@@ -207,7 +219,7 @@ def test_library_threading_when_asked():
     done = run_python(
         """
         import json, numpy as np, convgrad
-        from convgrad import _blas
+        from convgrad import _blas, _dispatch
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 16, 5, 5)).astype(np.float32)
         w = rng.standard_normal((8, 16, 1, 1)).astype(np.float32)
@@ -229,7 +241,7 @@ def test_the_kernels_openblas_runs_are_named_and_a_pinned_core_type_says_so():
     # OPENBLAS_CORETYPE is read when OpenBLAS loads: each case in its own process
     script = """
         import json, numpy as np
-        from convgrad import _blas
+        from convgrad import _blas, _dispatch
         print(json.dumps([_blas.blas_info(), _blas.blas_kernels()]))
         """
     unset = run_python(script, env={"OPENBLAS_CORETYPE": None})

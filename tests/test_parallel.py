@@ -91,6 +91,7 @@ def test_cases_cover_every_kernel_family(name, layout):
         "nhwc": "channels",
         "nhwc_depthwise": "depthwise",
         "gemm": "gemm",
+        "gemm_tiles": "gemm",
         "im2col": "unfolded",
     }[getattr(choice.kernel, "py_func", choice.kernel).__module__.rsplit(".", 1)[1]]
     assert family == FAMILIES[name][layout == "NHWC"]

@@ -40,10 +40,10 @@ def _vector_registers() -> tuple[int, int]:
     return 16, 16 if llvm.get_process_triple().startswith("x86") else 32
 
 
-VECTOR_BYTES, _REGISTERS = _vector_registers()
+VECTOR_BYTES, VECTOR_REGISTERS = _vector_registers()
 # The columns' accumulators, leaving registers for grad_output's vector, a
 # broadcast weight and the loop (27: a 3 x 3 kernel on RGB in one pass).
-COLUMNS_MAX = _REGISTERS - 5
+COLUMNS_MAX = VECTOR_REGISTERS - 5
 
 
 def switch_on_count(builder, count, most, name, body) -> None:

@@ -1,0 +1,163 @@
+"""1x1 gradients by register tiles (kernels/gemm_tiles.py, kernels/_tile.py) and their dispatch."""
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+from test_gemm import make
+
+import convgrad
+from convgrad import _blas, _dispatch
+from convgrad._layouts import NCHW, NHWC
+from convgrad._problem import describe
+from convgrad.kernels import gemm, gemm_tiles
+from convgrad.kernels._columns import VECTOR_BYTES
+from convgrad.kernels._tile import TILE_ROWS, TILE_VECTORS, tile_columns, tile_product
+from convgrad.reference import conv2d_backward_reference
+
+TILES = {
+    NHWC: (gemm_tiles.grad_input_nhwc, gemm_tiles.grad_weight_nhwc),
+    NCHW: (gemm_tiles.grad_input_nchw, None),  # NCHW grad_weight stays with BLAS
+}
+
+
+@njit
+def _tile_of(a, a_at, a_row, a_step, b, b_at, b_row, count):
+    tile = np.full(TILE_ROWS * tile_columns(b), np.nan, b.dtype)
+    tile_product(tile, a, a_at, a_row, a_step, b, b_at, b_row, count)
+    return tile
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [0, 1, 5, 130])
+@pytest.mark.parametrize("a_row, a_step", [(1, TILE_ROWS), (300, 1), (1, 7)])
+def test_the_register_tile_is_the_product_it_says(dtype, count, a_row, a_step):
+    nr = TILE_VECTORS * VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(count)
+    a = rng.standard_normal(3 + TILE_ROWS * 300 + 7 * 140).astype(dtype)
+    b_row = nr + 3  # rows apart by more than the tile's columns
+    b = rng.standard_normal(2 + (count + 1) * b_row).astype(dtype)
+    tile = _tile_of(a, 3, a_row, a_step, b, 2, b_row, count).reshape(TILE_ROWS, nr)
+    rows, terms = np.arange(TILE_ROWS)[:, None], np.arange(count)[None, :]
+    a_tile = a[3 + rows * a_row + terms * a_step].astype(np.float64)  # (MR, count)
+    b_tile = b[2 + np.arange(count)[:, None] * b_row + np.arange(nr)[None, :]].astype(np.float64)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(tile, a_tile @ b_tile, rtol=rtol, atol=rtol * max(count, 1))
+    assert _columns_of(np.zeros(1, dtype)) == nr
+
+
+@njit
+def _columns_of(array):
+    return tile_columns(array)
+
+
+@st.composite
+def tiles_cases(draw):
+    """Sizes around the tiles and blocks: rows and columns past whole tiles, groups, many pixels."""
+    groups = draw(st.integers(1, 3))
+    cin_g = draw(st.sampled_from([1, 5, 6, 7, 13, 48, 49, 70]))
+    cout_g = draw(st.sampled_from([1, 3, 16, 33, 64, 65, 130]))
+    n, height, width = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    layout = draw(st.sampled_from([NCHW, NHWC]))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    dims = (n, groups * cin_g, groups * cout_g, height, width, groups)
+    return layout, dtype, dims, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(deadline=None, max_examples=80)
+@given(tiles_cases())
+def test_tiles_match_the_reference(case):
+    layout, dtype, dims, seed = case
+    x, w, g, opts = make(layout, dtype, dims, True, seed)
+    expected = conv2d_backward_reference(*(a.astype(np.float64) for a in (g, x, w)), **opts)
+    rtol = 1e-4 if dtype == np.float32 else 1e-12
+    grad_input, grad_weight = TILES[layout]
+    gi = np.full_like(x, np.nan)  # written: every value
+    grad_input(g, w, gi, opts["groups"])
+    np.testing.assert_allclose(gi, expected[0], rtol=rtol, atol=rtol)
+    if grad_weight is not None:
+        gw = np.ones_like(w)  # added into
+        grad_weight(x, g, gw, opts["groups"])
+        np.testing.assert_allclose(gw - 1, expected[1], rtol=rtol, atol=rtol * (1 + x.shape[0]))
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_tiles_through_the_api_and_the_same_bits_at_any_thread_count(layout, monkeypatch):
+    monkeypatch.setattr(_dispatch, "GEMM_BY_TILES", True)  # whatever this machine's BLAS
+    _dispatch.select_kernel.cache_clear()  # choices remembered with the other setting
+    try:
+        _api_on_tiles(layout)
+    finally:
+        monkeypatch.undo()
+        _dispatch.select_kernel.cache_clear()
+
+
+def _api_on_tiles(layout):
+    # 3 x 100 -> 70 @ 19 x 19: many grad_input blocks, weight blocks past whole tiles
+    x, w, g, opts = make(layout, np.float32, (3, 100, 70, 19, 19, 1), True, 1)
+    problem = describe(layout, x.dtype, x.shape, w.shape, stride=1, padding=0, dilation=1, groups=1)
+    assert _dispatch.select_kernel("grad_input", problem).kernel is _dispatch.gemm_kernel(
+        "grad_input", layout, True
+    )
+    expected = conv2d_backward_reference(*(a.astype(np.float64) for a in (g, x, w)), **opts)
+    threads = numba.get_num_threads()
+    results = []
+    try:
+        for count in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+            results.append(convgrad.conv2d_backward(g, x, w, **opts))
+    finally:
+        numba.set_num_threads(threads)
+    for got, want in zip(results[0], expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    for gradients in results[1:]:
+        for got, first in zip(gradients, results[0], strict=True):
+            assert got.tobytes() == first.tobytes()
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_nan_and_inf_reach_exactly_their_dependants(layout):
+    x, w, g, opts = make(layout, np.float64, (2, 13, 70, 5, 6, 1), True, 3)
+    g[(1, 2, 3, 4) if layout is NHWC else (1, 4, 2, 3)] = np.inf
+    x[(0, 1, 1, 7) if layout is NHWC else (0, 7, 1, 1)] = np.nan
+    w[(0, 0, 2, 5) if layout is NHWC else (5, 2, 0, 0)] = -np.inf
+    expected = conv2d_backward_reference(g, x, w, **opts)
+    grad_input, grad_weight = TILES[layout]
+    gi = np.zeros_like(x)
+    with np.errstate(invalid="ignore"):
+        grad_input(g, w, gi, opts["groups"])
+    np.testing.assert_array_equal(np.isnan(gi), np.isnan(expected[0]))
+    np.testing.assert_array_equal(np.isinf(gi), np.isinf(expected[0]))
+    finite = np.isfinite(expected[0])
+    np.testing.assert_allclose(gi[finite], expected[0][finite], rtol=1e-12, atol=1e-12)
+    if grad_weight is not None:
+        gw = np.zeros_like(w)
+        grad_weight(x, g, gw, opts["groups"])
+        np.testing.assert_array_equal(np.isnan(gw), np.isnan(expected[1]))
+        np.testing.assert_array_equal(np.isinf(gw), np.isinf(expected[1]))
+
+
+def test_arrays_that_are_not_c_contiguous_go_to_blas():
+    x, w, g, opts = make(NHWC, np.float32, (2, 16, 24, 5, 5, 1), True, 4)
+    expected = conv2d_backward_reference(*(a.astype(np.float64) for a in (g, x, w)), **opts)
+    gi = np.zeros((*x.shape[:3], 2 * x.shape[3]), np.float32)[..., ::2]  # strided out
+    gemm_tiles.grad_input_tiles_nhwc(g, w, gi, 1, 64)
+    np.testing.assert_allclose(gi, expected[0], rtol=1e-4, atol=1e-4)
+    gw = np.zeros((1, 1, 16, 48), np.float32)[..., ::2]
+    gemm_tiles.grad_weight_tiles_nhwc(x, g, gw, 1, 64)
+    np.testing.assert_allclose(gw, expected[1], rtol=1e-4, atol=1e-3)
+
+
+def test_tiles_where_blas_runs_narrower_kernels_than_the_cpu():
+    narrower = (_blas.blas_vector_bytes() or VECTOR_BYTES) < VECTOR_BYTES
+    assert narrower == _dispatch.GEMM_BY_TILES
+    for layout in (NCHW, NHWC):
+        assert _dispatch.gemm_kernel("grad_input", layout, False) is getattr(
+            gemm, f"grad_input_gemm_{layout.name.lower()}"
+        )
+        tiles = _dispatch.gemm_kernel("grad_input", layout, True)
+        assert tiles is getattr(gemm_tiles, f"grad_input_tiles_{layout.name.lower()}")
+    assert _dispatch.gemm_kernel("grad_weight", NHWC, True) is gemm_tiles.grad_weight_tiles_nhwc
+    assert _dispatch.gemm_kernel("grad_weight", NCHW, True) is gemm.grad_weight_gemm_nchw
