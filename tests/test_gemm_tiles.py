@@ -17,8 +17,15 @@ from convgrad.kernels._columns import VECTOR_BYTES
 from convgrad.kernels._tile import TILE_ROWS, TILE_VECTORS, tile_columns, tile_product
 from convgrad.reference import conv2d_backward_reference
 
+
+def _weight_nhwc(x, g, gw, groups, threads, parts=None):
+    pixels = x.size // x.shape[-1]
+    parts = gemm_tiles.weight_pixel_parts(pixels, gw.size) if parts is None else parts
+    gemm_tiles.grad_weight_nhwc(x, g, gw, groups, parts, threads)
+
+
 TILES = {
-    NHWC: (gemm_tiles.grad_input_nhwc, gemm_tiles.grad_weight_nhwc),
+    NHWC: (gemm_tiles.grad_input_nhwc, _weight_nhwc),
     NCHW: (gemm_tiles.grad_input_nchw, None),  # NCHW grad_weight stays with BLAS
 }
 
@@ -63,24 +70,34 @@ def tiles_cases(draw):
     layout = draw(st.sampled_from([NCHW, NHWC]))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     dims = (n, groups * cin_g, groups * cout_g, height, width, groups)
-    return layout, dtype, dims, draw(st.integers(0, 2**32 - 1))
+    threads = draw(st.integers(1, 16))  # how C is cut for the tasks
+    parts = draw(st.integers(1, 4))  # grad_weight's pixels, their totals apart
+    return layout, dtype, dims, draw(st.integers(0, 2**32 - 1)), threads, parts
 
 
 @settings(deadline=None, max_examples=80)
 @given(tiles_cases())
 def test_tiles_match_the_reference(case):
-    layout, dtype, dims, seed = case
+    layout, dtype, dims, seed, threads, parts = case
     x, w, g, opts = make(layout, dtype, dims, True, seed)
     expected = conv2d_backward_reference(*(a.astype(np.float64) for a in (g, x, w)), **opts)
     rtol = 1e-4 if dtype == np.float32 else 1e-12
     grad_input, grad_weight = TILES[layout]
     gi = np.full_like(x, np.nan)  # written: every value
-    grad_input(g, w, gi, opts["groups"])
+    grad_input(g, w, gi, opts["groups"], threads)
     np.testing.assert_allclose(gi, expected[0], rtol=rtol, atol=rtol)
     if grad_weight is not None:
         gw = np.ones_like(w)  # added into
-        grad_weight(x, g, gw, opts["groups"])
+        grad_weight(x, g, gw, opts["groups"], threads, parts)
         np.testing.assert_allclose(gw - 1, expected[1], rtol=rtol, atol=rtol * (1 + x.shape[0]))
+    # C cut for another thread count: the same values, bit for bit
+    again = np.full_like(x, np.nan)
+    grad_input(g, w, again, opts["groups"], 1 + threads % 7)
+    assert again.tobytes() == gi.tobytes()
+    if grad_weight is not None:
+        gw_again = np.ones_like(w)
+        grad_weight(x, g, gw_again, opts["groups"], 1 + threads % 7, parts)
+        assert gw_again.tobytes() == gw.tobytes()
 
 
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
@@ -127,14 +144,14 @@ def test_nan_and_inf_reach_exactly_their_dependants(layout):
     grad_input, grad_weight = TILES[layout]
     gi = np.zeros_like(x)
     with np.errstate(invalid="ignore"):
-        grad_input(g, w, gi, opts["groups"])
+        grad_input(g, w, gi, opts["groups"], 2)
     np.testing.assert_array_equal(np.isnan(gi), np.isnan(expected[0]))
     np.testing.assert_array_equal(np.isinf(gi), np.isinf(expected[0]))
     finite = np.isfinite(expected[0])
     np.testing.assert_allclose(gi[finite], expected[0][finite], rtol=1e-12, atol=1e-12)
     if grad_weight is not None:
         gw = np.zeros_like(w)
-        grad_weight(x, g, gw, opts["groups"])
+        grad_weight(x, g, gw, opts["groups"], 2)
         np.testing.assert_array_equal(np.isnan(gw), np.isnan(expected[1]))
         np.testing.assert_array_equal(np.isinf(gw), np.isinf(expected[1]))
 
@@ -161,3 +178,13 @@ def test_tiles_where_blas_runs_narrower_kernels_than_the_cpu():
         assert tiles is getattr(gemm_tiles, f"grad_input_tiles_{layout.name.lower()}")
     assert _dispatch.gemm_kernel("grad_weight", NHWC, True) is gemm_tiles.grad_weight_tiles_nhwc
     assert _dispatch.gemm_kernel("grad_weight", NCHW, True) is gemm.grad_weight_gemm_nchw
+
+
+def test_pixel_parts_are_fixed_by_the_problem_and_bound_the_totals():
+    parts = gemm_tiles.weight_pixel_parts
+    assert parts(1, 64) == 1 and parts(gemm_tiles.WEIGHT_PART_PIXELS, 64) == 1
+    assert parts(gemm_tiles.WEIGHT_PART_PIXELS + 1, 64) == 2
+    assert parts(25088, 64 * 256) == 7  # 8 x 64 -> 256 @ 56 x 56
+    weights = 2048 * 2048  # 32 MiB of totals per part: over PARTIALS_BYTES, one part
+    assert parts(10**6, weights) == 1
+    assert parts(10**6, 256 * 256) * 8 * 256 * 256 <= gemm_tiles.PARTIALS_BYTES

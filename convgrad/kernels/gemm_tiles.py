@@ -21,6 +21,7 @@ BLAS does; grad_weight: into float64 totals, rounded once into gw). Blocks and
 KC are fixed by the problem, so the same bits at any thread count.
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -28,21 +29,49 @@ from . import gemm
 from ._cache import CACHE
 from ._flags import FASTMATH
 from ._tile import TILE_ROWS, tile_columns, tile_product
+from .nchw_flat import _copy_items
 
-# Terms per tile pass: a tile's B rows (KC x NR: 32 KB for float32's 64
-# columns) stay in L1 while the block's row tiles go through them.
-KC = 128
-# C rows per grad_input task (pixels): 16 tiles.
-INPUT_BLOCK_ROWS = 16 * TILE_ROWS
-# C block per grad_weight task: its rows (input channels) and columns (output channels).
-WEIGHT_BLOCK_ROWS = 8 * TILE_ROWS
-WEIGHT_BLOCK_COLUMNS = 128
+# Terms per tile pass, summed in the dtype before they are added into C.
+KC = 256
+# Blocks of C per task, in register tiles (MR rows) and panels (NR columns):
+# NHWC grad_input's pixels INPUT_BLOCK_TILES tiles at most; grad_weight's input
+# channels WEIGHT_BLOCK_TILES tiles by output channels WEIGHT_BLOCK_PANELS
+# panels at most. Smaller blocks, down to the LEAST_ sizes, where that makes
+# TASKS_PER_THREAD tasks per thread: the threads then finish close together.
+# How C is cut never changes a value (each entry is one task's, summed in the
+# same order), so the cut may follow the thread count.
+INPUT_BLOCK_TILES = 16
+WEIGHT_BLOCK_TILES = 64
+WEIGHT_BLOCK_PANELS = 1
+INPUT_BLOCK_PANELS = 4  # NCHW grad_input's pixels (C's columns there)
+LEAST_BLOCK_TILES = 2
+# grad_weight's pixels in parts of this many (each part's totals apart), their
+# float64 totals at most PARTIALS_BYTES in all.
+WEIGHT_PART_PIXELS = 4096
+PARTIALS_BYTES = 4 * 2**20
+TASKS_PER_THREAD = 4
+
+
+@njit(cache=CACHE)
+def _cuts(units, most, least, tasks):
+    """How many blocks to cut ``units`` into: of at most ``most`` units, or toward ``tasks``."""
+    blocks = (units + most - 1) // most
+    if blocks < tasks:
+        blocks = max(blocks, min(tasks, units // least))
+    return max(1, blocks)
+
+
+@njit(cache=CACHE)
+def _span(part, parts, units, unit, length):
+    """[start, stop) of part ``part`` of ``parts`` even parts of ``units`` units of ``unit``."""
+    start, stop = part * units // parts * unit, (part + 1) * units // parts * unit
+    return min(length, start), min(length, stop)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _block(
     a, a_at, a_row, a_step, b, b_at, b_row, m, n, k, out, out_at, out_row, add, tile, a_edge,
-    panel,
+    panel, packed,
 ):  # fmt: skip
     """out[out_at + i*out_row + j] (=, or += with ``add``) sum over t < k of A[i, t] * B[t, j].
 
@@ -50,6 +79,7 @@ def _block(
     i < m, j < n; ``a``, ``b`` and ``out`` flat. ``tile`` holds MR x NR values,
     ``a_edge`` MR x KC (the last rows' A, zero-padded) and ``panel`` KC x NR. KC
     terms summed in the dtype at a time, then added into ``out`` (any float dtype).
+    ``packed``: ``b`` from ``b_at`` holds B already in panels (``_pack_panels``).
     """
     mr, nr = TILE_ROWS, tile_columns(tile)
     whole_rows = m - m % mr
@@ -63,21 +93,41 @@ def _block(
                     a_edge[(i - whole_rows) * kc + t] = a[a_at + i * a_row + (t0 + t) * a_step]
         for j0 in range(0, n, nr):
             width = min(nr, n - j0)
-            # B's rows for this tile column, packed (zero-padded past n): rows a
-            # power of two apart would share a few L1 sets and evict each other
-            for t in range(kc):
-                at = b_at + (t0 + t) * b_row + j0
-                _copy_padded(panel[t * nr : (t + 1) * nr], b[at : at + width])
+            source, at = b, b_at + (j0 // nr * k + t0) * nr
+            if not packed:  # this tile column's B rows, packed
+                _pack_rows(b, b_at + t0 * b_row + j0, b_row, kc, width, panel)
+                source, at = panel, 0
             for i0 in range(0, m, mr):
                 if i0 < whole_rows:
-                    tile_product(
-                        tile, a, a_at + i0 * a_row + t0 * a_step, a_row, a_step, panel, 0, nr, kc
-                    )
+                    a_at_i = a_at + i0 * a_row + t0 * a_step
+                    tile_product(tile, a, a_at_i, a_row, a_step, source, at, nr, kc)
                 else:
-                    tile_product(tile, a_edge, 0, kc, 1, panel, 0, nr, kc)
+                    tile_product(tile, a_edge, 0, kc, 1, source, at, nr, kc)
                 for i in range(min(mr, m - i0)):
                     row = out_at + (i0 + i) * out_row + j0
                     _put(out[row : row + width], tile[i * nr : i * nr + width], write)
+
+
+# B's rows go into panels of NR columns (zero-padded past B's last column),
+# each panel's rows contiguous: rows a power of two apart, as B's are on
+# power-of-two channel counts, would share a few L1 sets and evict each other.
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _pack_rows(b, b_at, b_row, rows, width, target):
+    """target[t*NR + j] = b[b_at + t*b_row + j] for t < rows, j < width; 0 for width <= j < NR."""
+    nr = tile_columns(target)
+    for t in range(rows):
+        _copy_items(target, t * nr, b, b_at + t * b_row, width)
+    if width < nr:
+        for t in range(rows):
+            target[t * nr + width : (t + 1) * nr] = 0
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _pack_panels(b, b_at, b_row, k, n, target):
+    """All of B (k x n) as ``_block``'s packed panels: panel p's k rows from target[p*k*NR]."""
+    nr = tile_columns(target)
+    for j0 in range(0, n, nr):
+        _pack_rows(b, b_at + j0, b_row, k, min(nr, n - j0), target[j0 // nr * k * nr :])
 
 
 # The two loops below index from 0 within slices: LLVM vectorises them only
@@ -122,105 +172,136 @@ def grad_input_tiles_nhwc(g, w, gi, groups, rows_per_tile):
     """
     if not _contiguous(g, w, gi):
         return gemm.grad_input_gemm_nhwc(g, w, gi, groups, rows_per_tile)
-    return grad_input_nhwc(g, w, gi, groups)
+    return grad_input_nhwc(g, w, gi, groups, numba.get_num_threads())
 
 
 def grad_weight_tiles_nhwc(x, g, gw, groups, rows_per_tile):
     """``gemm.grad_weight_gemm_nhwc`` by register tiles (as ``grad_input_tiles_nhwc``)."""
     if not _contiguous(x, g, gw):
         return gemm.grad_weight_gemm_nhwc(x, g, gw, groups, rows_per_tile)
-    return grad_weight_nhwc(x, g, gw, groups)
+    parts = weight_pixel_parts(x.size // max(1, x.shape[-1]), gw.size)
+    return grad_weight_nhwc(x, g, gw, groups, parts, numba.get_num_threads())
+
+
+def weight_pixel_parts(pixels, weights):
+    """Parts of the pixels whose grad_weight sums are kept apart (fixed by the problem).
+
+    One per WEIGHT_PART_PIXELS pixels, as long as their float64 totals stay
+    within PARTIALS_BYTES: each task then reads its rows of x and g once (on
+    big images with few channels, blocks of channels over all pixels read
+    both arrays once per block, from memory).
+    """
+    most = max(1, PARTIALS_BYTES // (8 * max(1, weights)))
+    return max(1, min(-(-pixels // WEIGHT_PART_PIXELS), most))
 
 
 def grad_input_tiles_nchw(g, w, gi, groups, rows_per_tile):
     """``gemm.grad_input_gemm_nchw`` by register tiles (as ``grad_input_tiles_nhwc``)."""
     if not _contiguous(g, w, gi):
         return gemm.grad_input_gemm_nchw(g, w, gi, groups, rows_per_tile)
-    return grad_input_nchw(g, w, gi, groups)
+    return grad_input_nchw(g, w, gi, groups, numba.get_num_threads())
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_input_nhwc(g, w, gi, groups):
+def grad_input_nhwc(g, w, gi, groups, threads):
     """gi[p, ins] = g[p, outs] @ w[0, 0, :, outs].T per group (written).
 
     g (N, H, W, C_out), w (1, 1, C_in/g, C_out), gi (N, H, W, C_in); a block
-    of INPUT_BLOCK_ROWS pixels of one group per task.
+    of pixels of one group per task, cut for ``threads`` threads.
     """
     c_out, c_in = g.shape[3], gi.shape[3]
     cin_g, cout_g = c_in // groups, c_out // groups
     pixels = g.size // max(1, c_out)
     g_flat, gi_flat = g.reshape(g.size), gi.reshape(gi.size)
-    w_t = np.ascontiguousarray(w[0, 0].T)  # (C_out, C_in/g): B's rows contiguous
-    w_flat = w_t.reshape(w_t.size)
-    blocks = (pixels + INPUT_BLOCK_ROWS - 1) // INPUT_BLOCK_ROWS
+    # B = the weight transposed, (C_out/g, C_in/g) per group, packed once for all tasks
+    w_t = np.ascontiguousarray(w[0, 0].T)
+    nr = tile_columns(gi_flat)
+    per_group = (cin_g + nr - 1) // nr * nr * cout_g
+    w_panels = np.empty(groups * per_group, gi.dtype)
+    for group in range(groups):
+        source = w_t.reshape(w_t.size)
+        _pack_panels(
+            source, group * cout_g * cin_g, cin_g, cout_g, cin_g, w_panels[group * per_group :]
+        )
+    tiles = (pixels + TILE_ROWS - 1) // TILE_ROWS
+    wanted = max(1, TASKS_PER_THREAD * threads // groups)
+    blocks = _cuts(tiles, INPUT_BLOCK_TILES, LEAST_BLOCK_TILES, wanted)
     for task in prange(groups * blocks):
         group, block = task // blocks, task % blocks
-        p0 = block * INPUT_BLOCK_ROWS
-        rows = min(INPUT_BLOCK_ROWS, pixels - p0)
+        p0, p1 = _span(block, blocks, tiles, TILE_ROWS, pixels)
         tile, a_edge, panel = _workspaces(gi_flat)
         _block(
             g_flat, p0 * c_out + group * cout_g, c_out, 1,
-            w_flat, group * cout_g * cin_g, cin_g,
-            rows, cin_g, cout_g, gi_flat, p0 * c_in + group * cin_g, c_in, False,
-            tile, a_edge, panel,
+            w_panels, group * per_group, 0,
+            p1 - p0, cin_g, cout_g, gi_flat, p0 * c_in + group * cin_g, c_in, False,
+            tile, a_edge, panel, True,
         )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_weight_nhwc(x, g, gw, groups):
+def grad_weight_nhwc(x, g, gw, groups, pixel_parts, threads):
     """gw[0, 0, ins, outs] += x[p, ins].T @ g[p, outs] per group.
 
-    x (N, H, W, C_in), g (N, H, W, C_out), gw (1, 1, C_in/g, C_out); a block
-    of WEIGHT_BLOCK_ROWS input by WEIGHT_BLOCK_COLUMNS output channels per
-    task, its float64 totals over all pixels rounded once into gw.
+    x (N, H, W, C_in), g (N, H, W, C_out), gw (1, 1, C_in/g, C_out). The
+    pixels in ``pixel_parts`` even parts, each part's float64 totals apart,
+    added in part order and rounded once into gw; per part, blocks of input
+    by output channels, cut for ``threads`` threads.
     """
     c_in, c_out = x.shape[3], g.shape[3]
     cin_g, cout_g = c_in // groups, c_out // groups
     pixels = x.size // max(1, c_in)
     x_flat, g_flat, gw_flat = x.reshape(x.size), g.reshape(g.size), gw.reshape(gw.size)
-    row_blocks = (cin_g + WEIGHT_BLOCK_ROWS - 1) // WEIGHT_BLOCK_ROWS
-    column_blocks = (cout_g + WEIGHT_BLOCK_COLUMNS - 1) // WEIGHT_BLOCK_COLUMNS
-    per_group = row_blocks * column_blocks
-    for task in prange(groups * per_group):
-        group, rest = task // per_group, task % per_group
-        i0 = (rest // column_blocks) * WEIGHT_BLOCK_ROWS
-        j0 = (rest % column_blocks) * WEIGHT_BLOCK_COLUMNS
-        rows, columns = min(WEIGHT_BLOCK_ROWS, cin_g - i0), min(WEIGHT_BLOCK_COLUMNS, cout_g - j0)
-        totals = np.zeros(rows * columns)
+    nr = tile_columns(gw_flat)
+    tiles, panels = (cin_g + TILE_ROWS - 1) // TILE_ROWS, (cout_g + nr - 1) // nr
+    wanted = max(1, TASKS_PER_THREAD * threads // (groups * pixel_parts))
+    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, 1)
+    column_blocks = _cuts(panels, WEIGHT_BLOCK_PANELS, 1, -(-wanted // row_blocks))
+    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, -(-wanted // column_blocks))
+    per_part = groups * row_blocks * column_blocks
+    totals = np.zeros((pixel_parts, cin_g * c_out))  # gw's (C_in/g, C_out) per part
+    for task in prange(pixel_parts * per_part):
+        part, rest = task // per_part, task % per_part
+        group, block = rest // (row_blocks * column_blocks), rest % (row_blocks * column_blocks)
+        p0, p1 = _span(part, pixel_parts, pixels, 1, pixels)
+        i0, i1 = _span(block // column_blocks, row_blocks, tiles, TILE_ROWS, cin_g)
+        j0, j1 = _span(block % column_blocks, column_blocks, panels, nr, cout_g)
         tile, a_edge, panel = _workspaces(gw_flat)
         _block(
-            x_flat, group * cin_g + i0, 1, c_in,
-            g_flat, group * cout_g + j0, c_out,
-            rows, columns, pixels, totals, 0, columns, True,
-            tile, a_edge, panel,
+            x_flat, p0 * c_in + group * cin_g + i0, 1, c_in,
+            g_flat, p0 * c_out + group * cout_g + j0, c_out,
+            i1 - i0, j1 - j0, p1 - p0, totals[part], i0 * c_out + group * cout_g + j0, c_out,
+            True, tile, a_edge, panel, False,
         )  # fmt: skip
-        for i in range(rows):
-            for j in range(columns):
-                gw_flat[(i0 + i) * c_out + group * cout_g + j0 + j] += totals[i * columns + j]
+    for part in range(1, pixel_parts):
+        totals[0] += totals[part]
+    for k in range(gw_flat.shape[0]):
+        gw_flat[k] += totals[0, k]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_input_nchw(g, w, gi, groups):
+def grad_input_nchw(g, w, gi, groups, threads):
     """gi[n, ins] = w[outs, :, 0, 0].T @ g[n, outs] per group (written).
 
     g (N, C_out, H, W), w (C_out, C_in/g, 1, 1), gi (N, C_in, H, W); a block of
-    the image's pixels (INPUT_BLOCK_ROWS tiles' columns wide) per task.
+    the image's pixels per task (INPUT_BLOCK_PANELS panels at most), cut for
+    ``threads`` threads.
     """
     n_batch, c_out, c_in = g.shape[0], g.shape[1], gi.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
     pixels = g.shape[2] * g.shape[3]
     g_flat, gi_flat, w_flat = g.reshape(g.size), gi.reshape(gi.size), w.reshape(w.size)
-    block_columns = 4 * tile_columns(gi_flat)
-    blocks = (pixels + block_columns - 1) // block_columns
+    nr = tile_columns(gi_flat)
+    panels = (pixels + nr - 1) // nr
+    wanted = max(1, TASKS_PER_THREAD * threads // (n_batch * groups))
+    blocks = _cuts(panels, INPUT_BLOCK_PANELS, 1, wanted)
     for task in prange(n_batch * groups * blocks):
         n, rest = task // (groups * blocks), task % (groups * blocks)
         group, block = rest // blocks, rest % blocks
-        p0 = block * block_columns
-        columns = min(block_columns, pixels - p0)
+        p0, p1 = _span(block, blocks, panels, nr, pixels)
         tile, a_edge, panel = _workspaces(gi_flat)
         _block(
             w_flat, group * cout_g * cin_g, 1, cin_g,
             g_flat, (n * c_out + group * cout_g) * pixels + p0, pixels,
-            cin_g, columns, cout_g, gi_flat, (n * c_in + group * cin_g) * pixels + p0, pixels,
-            False, tile, a_edge, panel,
+            cin_g, p1 - p0, cout_g, gi_flat, (n * c_in + group * cin_g) * pixels + p0, pixels,
+            False, tile, a_edge, panel, False,
         )  # fmt: skip
