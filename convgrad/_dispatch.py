@@ -73,15 +73,16 @@ _GEMM_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
 # OpenBLAS runs kernels narrower than the CPU's vectors: AVX2 kernels on an
 # AVX-512 CPU run at half its rate. Seen on a 2-core AMD EPYC (Zen 5) with
 # ``OPENBLAS_CORETYPE=Haswell`` set in the environment: pointwise's products
-# by tiles 0.6-0.7x the time of OpenBLAS's. Where OpenBLAS runs AVX-512 kernels
-# (or its kernels are unknown) the products stay with it. NCHW grad_weight,
-# whose operands both run along the pixels (a transposed copy the tiles would
-# need), stays with BLAS either way. Fixed for the process, as the CPU is.
+# by tiles 0.6-0.7x the time of OpenBLAS's (NCHW grad_weight 0.57-0.73x, the
+# input's planes transposed into the tiles' panels). Where OpenBLAS runs
+# AVX-512 kernels (or its kernels are unknown) the products stay with it.
+# Fixed for the process, as the CPU is.
 GEMM_BY_TILES = (blas_vector_bytes() or VECTOR_BYTES) < VECTOR_BYTES
 _GEMM_TILES_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("grad_input", "NCHW"): gemm_tiles.grad_input_tiles_nchw,
     ("grad_input", "NHWC"): gemm_tiles.grad_input_tiles_nhwc,
     ("grad_weight", "NHWC"): gemm_tiles.grad_weight_tiles_nhwc,
+    ("grad_weight", "NCHW"): gemm_tiles.grad_weight_tiles_nchw,
 }
 
 

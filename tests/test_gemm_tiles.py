@@ -24,9 +24,15 @@ def _weight_nhwc(x, g, gw, groups, threads, parts=None):
     gemm_tiles.grad_weight_nhwc(x, g, gw, groups, parts, threads)
 
 
+def _weight_nchw(x, g, gw, groups, threads, parts=None):
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    parts = gemm_tiles.weight_pixel_parts(pixels, gw.size) if parts is None else parts
+    gemm_tiles.grad_weight_nchw(x, g, gw, groups, parts, threads)
+
+
 TILES = {
     NHWC: (gemm_tiles.grad_input_nhwc, _weight_nhwc),
-    NCHW: (gemm_tiles.grad_input_nchw, None),  # NCHW grad_weight stays with BLAS
+    NCHW: (gemm_tiles.grad_input_nchw, _weight_nchw),
 }
 
 
@@ -86,18 +92,16 @@ def test_tiles_match_the_reference(case):
     gi = np.full_like(x, np.nan)  # written: every value
     grad_input(g, w, gi, opts["groups"], threads)
     np.testing.assert_allclose(gi, expected[0], rtol=rtol, atol=rtol)
-    if grad_weight is not None:
-        gw = np.ones_like(w)  # added into
-        grad_weight(x, g, gw, opts["groups"], threads, parts)
-        np.testing.assert_allclose(gw - 1, expected[1], rtol=rtol, atol=rtol * (1 + x.shape[0]))
+    gw = np.ones_like(w)  # added into
+    grad_weight(x, g, gw, opts["groups"], threads, parts)
+    np.testing.assert_allclose(gw - 1, expected[1], rtol=rtol, atol=rtol * (1 + x.shape[0]))
     # C cut for another thread count: the same values, bit for bit
     again = np.full_like(x, np.nan)
     grad_input(g, w, again, opts["groups"], 1 + threads % 7)
     assert again.tobytes() == gi.tobytes()
-    if grad_weight is not None:
-        gw_again = np.ones_like(w)
-        grad_weight(x, g, gw_again, opts["groups"], 1 + threads % 7, parts)
-        assert gw_again.tobytes() == gw.tobytes()
+    gw_again = np.ones_like(w)
+    grad_weight(x, g, gw_again, opts["groups"], 1 + threads % 7, parts)
+    assert gw_again.tobytes() == gw.tobytes()
 
 
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
@@ -149,11 +153,10 @@ def test_nan_and_inf_reach_exactly_their_dependants(layout):
     np.testing.assert_array_equal(np.isinf(gi), np.isinf(expected[0]))
     finite = np.isfinite(expected[0])
     np.testing.assert_allclose(gi[finite], expected[0][finite], rtol=1e-12, atol=1e-12)
-    if grad_weight is not None:
-        gw = np.zeros_like(w)
-        grad_weight(x, g, gw, opts["groups"], 2)
-        np.testing.assert_array_equal(np.isnan(gw), np.isnan(expected[1]))
-        np.testing.assert_array_equal(np.isinf(gw), np.isinf(expected[1]))
+    gw = np.zeros_like(w)
+    grad_weight(x, g, gw, opts["groups"], 2)
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(expected[1]))
+    np.testing.assert_array_equal(np.isinf(gw), np.isinf(expected[1]))
 
 
 def test_arrays_that_are_not_c_contiguous_go_to_blas():
@@ -176,8 +179,8 @@ def test_tiles_where_blas_runs_narrower_kernels_than_the_cpu():
         )
         tiles = _dispatch.gemm_kernel("grad_input", layout, True)
         assert tiles is getattr(gemm_tiles, f"grad_input_tiles_{layout.name.lower()}")
-    assert _dispatch.gemm_kernel("grad_weight", NHWC, True) is gemm_tiles.grad_weight_tiles_nhwc
-    assert _dispatch.gemm_kernel("grad_weight", NCHW, True) is gemm.grad_weight_gemm_nchw
+        weight = _dispatch.gemm_kernel("grad_weight", layout, True)
+        assert weight is getattr(gemm_tiles, f"grad_weight_tiles_{layout.name.lower()}")
 
 
 def test_pixel_parts_are_fixed_by_the_problem_and_bound_the_totals():

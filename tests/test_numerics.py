@@ -28,7 +28,7 @@ LONG = {
 MODULES = {"rows": "nchw", "flat": "nchw_flat", "channels": "nhwc"}
 MODULES |= {"depthwise": "nhwc_depthwise", "gemm": "gemm", "gemm_nchw": "gemm"}
 # the 1x1 products by register tiles where NumPy's BLAS runs narrower kernels
-MODULES["gemm"] = "gemm_tiles" if _dispatch.GEMM_BY_TILES else "gemm"
+MODULES["gemm"] = MODULES["gemm_nchw"] = "gemm_tiles" if _dispatch.GEMM_BY_TILES else "gemm"
 
 
 def arrays(case, draw):

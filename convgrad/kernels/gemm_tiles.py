@@ -29,7 +29,7 @@ from . import gemm
 from ._cache import CACHE
 from ._flags import FASTMATH
 from ._tile import TILE_ROWS, tile_columns, tile_product
-from .nchw_flat import _copy_items
+from .nchw_flat import TILE_BYTES, _copy_items, _transpose_tile
 
 # Terms per tile pass, summed in the dtype before they are added into C.
 KC = 256
@@ -195,6 +195,15 @@ def weight_pixel_parts(pixels, weights):
     return max(1, min(-(-pixels // WEIGHT_PART_PIXELS), most))
 
 
+def grad_weight_tiles_nchw(x, g, gw, groups, rows_per_tile):
+    """``gemm.grad_weight_gemm_nchw`` by register tiles (as ``grad_input_tiles_nhwc``)."""
+    if not _contiguous(x, g, gw):
+        return gemm.grad_weight_gemm_nchw(x, g, gw, groups, rows_per_tile)
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    parts = weight_pixel_parts(pixels, gw.size)
+    return grad_weight_nchw(x, g, gw, groups, parts, numba.get_num_threads())
+
+
 def grad_input_tiles_nchw(g, w, gi, groups, rows_per_tile):
     """``gemm.grad_input_gemm_nchw`` by register tiles (as ``grad_input_tiles_nhwc``)."""
     if not _contiguous(g, w, gi):
@@ -272,6 +281,78 @@ def grad_weight_nhwc(x, g, gw, groups, pixel_parts, threads):
             i1 - i0, j1 - j0, p1 - p0, totals[part], i0 * c_out + group * cout_g + j0, c_out,
             True, tile, a_edge, panel, False,
         )  # fmt: skip
+    for part in range(1, pixel_parts):
+        totals[0] += totals[part]
+    for k in range(gw_flat.shape[0]):
+        gw_flat[k] += totals[0, k]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _pack_transposed(x, at, plane, width, kc, target):
+    """target[t*NR + j] = x[at + j*plane + t] for t < kc, j < width; 0 for width <= j < NR.
+
+    B's rows from NCHW channel planes (``plane`` values apart): squares of one
+    register's width go through ``_transpose_tile``, the rest value by value.
+    """
+    nr, lanes = tile_columns(target), TILE_BYTES // target.itemsize
+    whole_t, whole_j = kc - kc % lanes, width - width % lanes
+    for t0 in range(0, whole_t, lanes):
+        for j0 in range(0, whole_j, lanes):
+            _transpose_tile(x, at + j0 * plane + t0, plane, target, t0 * nr + j0, nr)
+    for t in range(kc):
+        first = whole_j if t < whole_t else 0
+        for j in range(first, width):
+            target[t * nr + j] = x[at + j * plane + t]
+        for j in range(width, nr):
+            target[t * nr + j] = 0
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def grad_weight_nchw(x, g, gw, groups, pixel_parts, threads):
+    """gw[outs, ins, 0, 0] += sum over n of g[n, outs] @ x[n, ins].T per group.
+
+    x (N, C_in, H, W), g (N, C_out, H, W), gw (C_out, C_in/g, 1, 1). C = gw's
+    (C_out/g, C_in/g) per group: A is grad_output's planes, B the input's
+    planes transposed into panels a KC-pixel piece of one image at a time
+    (``_pack_transposed``). The images' pixels, in order, in ``pixel_parts``
+    even parts with their float64 totals apart, as ``grad_weight_nhwc``.
+    """
+    n_batch, c_in, c_out = x.shape[0], x.shape[1], g.shape[1]
+    cin_g, cout_g = c_in // groups, c_out // groups
+    plane = x.shape[2] * x.shape[3]
+    x_flat, g_flat, gw_flat = x.reshape(x.size), g.reshape(g.size), gw.reshape(gw.size)
+    nr = tile_columns(gw_flat)
+    tiles, panels = (cout_g + TILE_ROWS - 1) // TILE_ROWS, (cin_g + nr - 1) // nr
+    wanted = max(1, TASKS_PER_THREAD * threads // (groups * pixel_parts))
+    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, 1)
+    column_blocks = _cuts(panels, WEIGHT_BLOCK_PANELS, 1, -(-wanted // row_blocks))
+    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, -(-wanted // column_blocks))
+    per_part = groups * row_blocks * column_blocks
+    totals = np.zeros((pixel_parts, c_out * cin_g))  # gw's (C_out, C_in/g) per part
+    pixels = n_batch * plane
+    for task in prange(pixel_parts * per_part):
+        part, rest = task // per_part, task % per_part
+        group, block = rest // (row_blocks * column_blocks), rest % (row_blocks * column_blocks)
+        q0, q1 = _span(part, pixel_parts, pixels, 1, pixels)
+        i0, i1 = _span(block // column_blocks, row_blocks, tiles, TILE_ROWS, cout_g)
+        j0, j1 = _span(block % column_blocks, column_blocks, panels, nr, cin_g)
+        tile, a_edge, panel = _workspaces(gw_flat)
+        packed = np.empty((j1 - j0 + nr - 1) // nr * KC * nr, gw.dtype)
+        out_at = (group * cout_g + i0) * cin_g + j0
+        q = q0
+        while q < q1:  # a piece of KC pixels or fewer, within one image
+            n, p = q // plane, q % plane
+            kc = min(KC, q1 - q, plane - p)
+            for jp in range(j0, j1, nr):
+                x_at = (n * c_in + group * cin_g + jp) * plane + p
+                to = packed[(jp - j0) // nr * kc * nr :]
+                _pack_transposed(x_flat, x_at, plane, min(nr, j1 - jp), kc, to)
+            _block(
+                g_flat, (n * c_out + group * cout_g + i0) * plane + p, plane, 1,
+                packed, 0, 0, i1 - i0, j1 - j0, kc, totals[part], out_at, cin_g, True,
+                tile, a_edge, panel, True,
+            )  # fmt: skip
+            q += kc
     for part in range(1, pixel_parts):
         totals[0] += totals[part]
     for k in range(gw_flat.shape[0]):
