@@ -702,8 +702,25 @@ def im2col_tile_images(problem: Problem) -> int:
         problem.c_in, problem.c_out, problem.kh, problem.kw, problem.out_h, problem.out_w,
         int(problem.layout is NHWC),
     )  # fmt: skip
-    budget = _workspace_budget(problem)
+    budget = _workspace_budget(problem) - im2col_products_bytes(problem)
     return max(0, min(problem.n, budget // (per_image * problem.dtype.itemsize)))
+
+
+def im2col_parts(problem: Problem) -> int:
+    """Tasks per product of the unfolded products: spans of IM2COL_SPAN_COLUMNS columns or more."""
+    columns = problem.c_in * problem.kh * problem.kw
+    return max(1, min(IM2COL_MAX_PARTS, columns // IM2COL_SPAN_COLUMNS))
+
+
+def im2col_products_bytes(problem: Problem) -> int:
+    """Bytes the unfolded products take beside their tile (by BLAS: none).
+
+    By tiles: their tasks' workspaces (``im2col_parts`` tasks at once at most).
+    """
+    if not GEMM_BY_TILES:
+        return 0
+    item = problem.dtype.itemsize
+    return im2col_parts(problem) * gemm_tiles.task_workspace_values(item) * item
 
 
 @lru_cache(maxsize=512)  # pure, and kernel_layout asks on every call
@@ -751,14 +768,14 @@ def _im2col_choice(problem: Problem, operation: str = "backward") -> KernelChoic
     never meet grad_output); the caller gives grad_weight alone its ``exact``.
     """
     (sh, sw), padding, (dh, dw), _ = problem.geometry
-    columns = problem.c_in * problem.kh * problem.kw
-    parts = max(1, min(IM2COL_MAX_PARTS, columns // IM2COL_SPAN_COLUMNS))
+    parts = im2col_parts(problem)
     fold_spans = max(1, min(IM2COL_MAX_FOLD_SPANS, problem.c_in // IM2COL_FOLD_CHANNELS))
     layout, tile = problem.layout, im2col_tile_images(problem)
     copies_tile = _im2col_nhwc_copies_tile(problem) if operation == "backward" else 0
     if copies_tile >= 1:
         layout, tile = NHWC, copies_tile
     args = (sh, sw, *padding, dh, dw, tile, parts, fold_spans, int(layout is NHWC))
+    args = (*args, int(GEMM_BY_TILES))  # the products by register tiles, as the 1x1 ones
     kernel = _IM2COL_KERNELS[operation]
     finite_only = operation == "backward"
     writes = operation != "grad_weight"
@@ -791,7 +808,8 @@ def _im2col_nhwc_copies_tile(problem: Problem) -> int:
     per_image = item * im2col.tile_values(
         problem.c_in, problem.c_out, problem.kh, problem.kw, problem.out_h, problem.out_w, 1
     )
-    return max(0, min(problem.n, (_workspace_budget(problem) - copies) // per_image))
+    budget = _workspace_budget(problem) - copies - im2col_products_bytes(problem)
+    return max(0, min(problem.n, budget // per_image))
 
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer

@@ -29,14 +29,17 @@ def arrays(p, seed=0):
     )
 
 
-def run(p, g, x, w, images_per_tile, parts, fold_spans, gw=None, gb=None):
-    """The kernel's three results; grad_input starts as garbage (the kernel writes it)."""
+def run(p, g, x, w, images_per_tile, parts, fold_spans, gw=None, gb=None, by_tiles=0):
+    """The kernel's three results; grad_input starts as garbage (the kernel writes it).
+
+    ``by_tiles``: the products by register tiles (``gemm_tiles``), else by BLAS.
+    """
     gi = np.full(p.input_shape, np.nan, p.dtype)
     gw = np.zeros(p.weight_shape, p.dtype) if gw is None else gw
     gb = np.zeros(p.c_out, p.dtype) if gb is None else gb
     (sh, sw), padding, (dh, dw), _ = p.geometry
     nhwc = int(p.layout is NHWC)
-    args = (sh, sw, *padding, dh, dw, images_per_tile, parts, fold_spans, nhwc)
+    args = (sh, sw, *padding, dh, dw, images_per_tile, parts, fold_spans, nhwc, by_tiles)
     assert im2col.backward_im2col(x, g, w, gi, gw, gb, *args) is None
     return gi, gw, gb
 
@@ -70,15 +73,17 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("by_tiles", [0, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("tiling", [(1, 1, 1), (2, 3, 2), (8, 16, 8)])
-def test_kernel_matches_the_reference(case, dtype, tiling):
+def test_kernel_matches_the_reference(case, dtype, tiling, by_tiles):
     layout, n, c_in, c_out, size, k, opts = CASES[case]
     p = problem(layout, n, c_in, c_out, size, k, dtype, **opts)
     g, x, w = arrays(p)
     before = tuple(a.copy() for a in (g, x, w))
-    assert_matches_reference(p, run(p, g, x, w, *tiling), g, x, w)
+    got = run(p, g, x, w, *tiling, by_tiles=by_tiles)
+    assert_matches_reference(p, got, g, x, w)
     for a, b in zip((g, x, w), before, strict=True):
         assert np.array_equal(a, b)  # inputs untouched
 
@@ -234,19 +239,21 @@ def test_workspace_estimate_matches_the_kernel(layout):
     tracemalloc.stop()
     nhwc = int(layout is NHWC)
     per_image = im2col.tile_values(p.c_in, p.c_out, p.kh, p.kw, p.out_h, p.out_w, nhwc)
-    estimate = choice.args[8] * per_image * p.dtype.itemsize
+    products = _dispatch.im2col_products_bytes(p)  # by tiles: their workspaces
+    estimate = choice.args[8] * per_image * p.dtype.itemsize + products
     assert 0.9 * peak <= estimate <= 1.1 * peak + 4096, (peak, estimate)
     assert estimate <= _dispatch._workspace_budget(p)
 
 
+@pytest.mark.parametrize("by_tiles", [0, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_single_gradient_kernels_match_the_reference(case, dtype):
+def test_single_gradient_kernels_match_the_reference(case, dtype, by_tiles):
     layout, n, c_in, c_out, size, k, opts = CASES[case]
     p = problem(layout, n, c_in, c_out, size, k, dtype, **opts)
     g, x, w = arrays(p)
     (sh, sw), padding, (dh, dw), _ = p.geometry
-    args = (sh, sw, *padding, dh, dw, 2, 3, 2, int(layout is NHWC))
+    args = (sh, sw, *padding, dh, dw, 2, 3, 2, int(layout is NHWC), by_tiles)
     gi = np.full(p.input_shape, np.nan, p.dtype)
     assert im2col.grad_input_im2col(g, w, gi, *args) is None
     gw = np.ones(p.weight_shape, p.dtype)  # added into

@@ -27,12 +27,13 @@ from numba import njit, prange
 
 from . import gemm
 from ._cache import CACHE
+from ._columns import VECTOR_BYTES
 from ._flags import FASTMATH
-from ._tile import TILE_ROWS, tile_columns, tile_product
+from ._tile import TILE_ROWS, TILE_VECTORS, tile_columns, tile_product
 from .nchw_flat import TILE_BYTES, _copy_items, _transpose_tile
 
 # Terms per tile pass, summed in the dtype before they are added into C.
-KC = 256
+KC = 128
 # Blocks of C per task, in register tiles (MR rows) and panels (NR columns):
 # NHWC grad_input's pixels INPUT_BLOCK_TILES tiles at most; grad_weight's input
 # channels WEIGHT_BLOCK_TILES tiles by output channels WEIGHT_BLOCK_PANELS
@@ -158,6 +159,12 @@ def _workspaces(dtype_of):
     nr = tile_columns(dtype_of)
     tile = np.empty(TILE_ROWS * nr, dtype_of.dtype)
     return tile, np.empty(TILE_ROWS * KC, dtype_of.dtype), np.empty(KC * nr, dtype_of.dtype)
+
+
+def task_workspace_values(itemsize):
+    """Values of one task's workspaces (``_workspaces``: tile, a_edge and panel)."""
+    nr = TILE_VECTORS * VECTOR_BYTES // itemsize
+    return TILE_ROWS * nr + TILE_ROWS * KC + KC * nr
 
 
 def _contiguous(*arrays):
@@ -307,14 +314,37 @@ def _pack_transposed(x, at, plane, width, kc, target):
             target[t * nr + j] = 0
 
 
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _block_transposed(
+    a, a_at, a_row, a_step, bt, bt_at, bt_row, m, n, k, out, out_at, out_row, add, tile, a_edge,
+    panel,
+):  # fmt: skip
+    """``_block`` with B given transposed: B[t, j] = bt[bt_at + j*bt_row + t].
+
+    A panel of B's rows at a time, KC terms of them, packed into ``panel``
+    (``_pack_transposed``) and multiplied as ``_block``'s packed B; the sums
+    as ``_block``'s.
+    """
+    nr = tile_columns(panel)
+    for t0 in range(0, k, KC):
+        kc = min(KC, k - t0)
+        for j0 in range(0, n, nr):
+            width = min(nr, n - j0)
+            _pack_transposed(bt, bt_at + j0 * bt_row + t0, bt_row, width, kc, panel)
+            _block(
+                a, a_at + t0 * a_step, a_row, a_step, panel, 0, 0, m, width, kc, out,
+                out_at + j0, out_row, add or t0 > 0, tile, a_edge, panel, True,
+            )  # fmt: skip
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nchw(x, g, gw, groups, pixel_parts, threads):
     """gw[outs, ins, 0, 0] += sum over n of g[n, outs] @ x[n, ins].T per group.
 
     x (N, C_in, H, W), g (N, C_out, H, W), gw (C_out, C_in/g, 1, 1). C = gw's
     (C_out/g, C_in/g) per group: A is grad_output's planes, B the input's
-    planes transposed into panels a KC-pixel piece of one image at a time
-    (``_pack_transposed``). The images' pixels, in order, in ``pixel_parts``
+    planes transposed (``_block_transposed``, an image at a time). The
+    images' pixels, in order, in ``pixel_parts``
     even parts with their float64 totals apart, as ``grad_weight_nhwc``.
     """
     n_batch, c_in, c_out = x.shape[0], x.shape[1], g.shape[1]
@@ -337,22 +367,18 @@ def grad_weight_nchw(x, g, gw, groups, pixel_parts, threads):
         i0, i1 = _span(block // column_blocks, row_blocks, tiles, TILE_ROWS, cout_g)
         j0, j1 = _span(block % column_blocks, column_blocks, panels, nr, cin_g)
         tile, a_edge, panel = _workspaces(gw_flat)
-        packed = np.empty((j1 - j0 + nr - 1) // nr * KC * nr, gw.dtype)
         out_at = (group * cout_g + i0) * cin_g + j0
         q = q0
-        while q < q1:  # a piece of KC pixels or fewer, within one image
+        while q < q1:  # the part's pixels an image at a time
             n, p = q // plane, q % plane
-            kc = min(KC, q1 - q, plane - p)
-            for jp in range(j0, j1, nr):
-                x_at = (n * c_in + group * cin_g + jp) * plane + p
-                to = packed[(jp - j0) // nr * kc * nr :]
-                _pack_transposed(x_flat, x_at, plane, min(nr, j1 - jp), kc, to)
-            _block(
+            count = min(q1 - q, plane - p)
+            _block_transposed(
                 g_flat, (n * c_out + group * cout_g + i0) * plane + p, plane, 1,
-                packed, 0, 0, i1 - i0, j1 - j0, kc, totals[part], out_at, cin_g, True,
-                tile, a_edge, panel, True,
+                x_flat, (n * c_in + group * cin_g + j0) * plane + p, plane,
+                i1 - i0, j1 - j0, count, totals[part], out_at, cin_g, True,
+                tile, a_edge, panel,
             )  # fmt: skip
-            q += kc
+            q += count
     for part in range(1, pixel_parts):
         totals[0] += totals[part]
     for k in range(gw_flat.shape[0]):

@@ -40,6 +40,10 @@ from .._blas import gemm_for, one_blas_thread
 from . import im2col_nchw
 from ._cache import CACHE
 from ._cblas import NO_TRANS, TRANS, gemm_call
+from ._flags import FASTMATH
+from .gemm_tiles import _block as tile_block
+from .gemm_tiles import _block_transposed as block_transposed
+from .gemm_tiles import _workspaces as tile_workspaces
 from .nchw import grad_bias_nchw, grad_bias_nchw_serial
 from .nhwc import grad_bias_nhwc
 
@@ -140,6 +144,30 @@ def _products(cols, grads, w, gw, parts, weight_too, input_too, gemm, ilp64):
             )  # fmt: skip
 
 
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _products_tiles(cols, grads, w, gw, parts, weight_too, input_too):
+    """``_products`` by register tiles (``gemm_tiles``), the weight transposed for grad_input's."""
+    pixels, width = cols.shape
+    c_out = grads.shape[1]
+    cols_flat, grads_flat = cols.reshape(cols.size), grads.reshape(grads.size)
+    gw_flat, w_flat = gw.reshape(gw.size), w.reshape(w.size)
+    for part in prange(parts):
+        s0, s1 = _span(part, parts, width)
+        if s1 == s0:
+            continue
+        tile, a_edge, panel = tile_workspaces(cols_flat)
+        if weight_too:  # gw[s0:s1] += cols[:, s0:s1].T @ grads
+            tile_block(
+                cols_flat, s0, 1, width, grads_flat, 0, c_out, s1 - s0, c_out, pixels,
+                gw_flat, s0 * c_out, c_out, True, tile, a_edge, panel, False,
+            )  # fmt: skip
+        if input_too:  # cols[:, s0:s1] = grads @ w[s0:s1].T
+            block_transposed(
+                grads_flat, 0, c_out, 1, w_flat, s0 * c_out, c_out, pixels, s1 - s0, c_out,
+                cols_flat, s0, width, False, tile, a_edge, panel,
+            )  # fmt: skip
+
+
 def _products_matmul(cols, grads, w, gw, weight_too, input_too):
     """``_products``' products through ``np.matmul`` (all columns at once)."""
     if weight_too:
@@ -156,17 +184,20 @@ def tile_values(c_in, c_out, kh, kw, out_h, out_w, nhwc):
 
 
 def backward_im2col(
-    x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc
-):
+    x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc,
+    by_tiles=0,
+):  # fmt: skip
     """All three gradients, groups 1, either layout (``nhwc``), a tile of whole images at a time.
 
     gi is written (every value), gw and gb added into. ``parts`` gemm tasks
     per product, ``fold_spans`` tasks per image folding the columns (spans of
-    channels). Returns None: the caller checks that the results are finite.
+    channels); the products by register tiles if ``by_tiles``, else by BLAS.
+    Returns None: the caller checks that the results are finite.
     """
     _unfolded_products(
-        x, g, w, gi, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc
-    )
+        x, g, w, gi, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc,
+        by_tiles,
+    )  # fmt: skip
     if nhwc:
         grad_bias_nhwc(g, gb)  # one pass along the channels, on the calling thread
     elif gemm_for(g.dtype) is None:  # OpenBLAS's threads may still spin after np.matmul
@@ -176,7 +207,7 @@ def backward_im2col(
 
 
 def grad_input_im2col(
-    g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc
+    g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc, by_tiles=0
 ):
     """grad_input alone (written): grad_output times the weight, folded; no unfolding.
 
@@ -184,24 +215,26 @@ def grad_input_im2col(
     only, and folding drops what lands on padding.
     """
     _unfolded_products(
-        None, g, w, gi, None, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc
-    )
+        None, g, w, gi, None, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc,
+        by_tiles,
+    )  # fmt: skip
 
 
 def grad_weight_im2col(
-    x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc
+    x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, images_per_tile, parts, fold_spans, nhwc, by_tiles=0
 ):
     """grad_weight alone (added into gw): the unfolded input times grad_output; no folding.
 
     Exact for finite inputs only (the padding's zeros meet grad_output).
     """
     _unfolded_products(
-        x, g, None, None, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc
-    )
+        x, g, None, None, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc,
+        by_tiles,
+    )  # fmt: skip
 
 
 def _unfolded_products(
-    x, g, w, gi, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc
+    x, g, w, gi, gw, sh, sw, pt, pl, dh, dw, images_per_tile, parts, fold_spans, nhwc, by_tiles
 ):
     """grad_weight added into gw and grad_input written into gi, a tile of images at a time.
 
@@ -212,7 +245,9 @@ def _unfolded_products(
     with one_blas_thread():
         if not nhwc:
             geometry = (sh, sw, pt, pl, dh, dw)
-            im2col_nchw.unfolded_products(x, g, w, gi, gw, geometry, images_per_tile, parts, blas)
+            im2col_nchw.unfolded_products(
+                x, g, w, gi, gw, geometry, images_per_tile, parts, blas, by_tiles
+            )
             return
         weight_too, input_too = gw is not None, gi is not None
         n_batch = g.shape[0]
@@ -230,7 +265,9 @@ def _unfolded_products(
             if weight_too:
                 _unfold(x[n0:n1], cols, *geometry)
             grads = g[n0:n1].reshape(-1, c_out)
-            if blas is None:
+            if by_tiles:
+                _products_tiles(cols, grads, weights, sums, parts, weight_too, input_too)
+            elif blas is None:
                 _products_matmul(cols, grads, weights, sums, weight_too, input_too)
             else:
                 _products(cols, grads, weights, sums, parts, weight_too, input_too, *blas)

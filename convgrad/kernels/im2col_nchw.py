@@ -28,6 +28,10 @@ from numba import njit, prange
 
 from ._cache import CACHE
 from ._cblas import NO_TRANS, TRANS, gemm_call
+from ._flags import FASTMATH
+from .gemm_tiles import _block as tile_block
+from .gemm_tiles import _block_transposed as block_transposed
+from .gemm_tiles import _workspaces as tile_workspaces
 
 # Small helpers (``_span``) are repeated in each kernel module on purpose:
 # numba's on-disk cache keys a kernel on its own module's source, so an edited
@@ -140,6 +144,30 @@ def _products(rows, grads, w, gw, parts, weight_too, input_too, gemm, ilp64):
             )  # fmt: skip
 
 
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _products_tiles(rows, grads, w, gw, parts, weight_too, input_too):
+    """``_products`` by register tiles (``gemm_tiles``), the rows transposed for grad_weight's."""
+    columns, pixels = rows.shape
+    c_out = grads.shape[0]
+    rows_flat, grads_flat = rows.reshape(rows.size), grads.reshape(grads.size)
+    w_flat, gw_flat = w.reshape(w.size), gw.reshape(gw.size)
+    for part in prange(parts):
+        s0, s1 = _span(part, parts, columns)
+        if s1 == s0:
+            continue
+        tile, a_edge, panel = tile_workspaces(rows_flat)
+        if weight_too:  # gw[:, s0:s1] += grads @ rows[s0:s1].T
+            block_transposed(
+                grads_flat, 0, pixels, 1, rows_flat, s0 * pixels, pixels, c_out, s1 - s0,
+                pixels, gw_flat, s0, columns, True, tile, a_edge, panel,
+            )  # fmt: skip
+        if input_too:  # rows[s0:s1] = w[:, s0:s1].T @ grads
+            tile_block(
+                w_flat, s0, 1, columns, grads_flat, 0, pixels, s1 - s0, pixels, c_out,
+                rows_flat, s0 * pixels, pixels, False, tile, a_edge, panel, False,
+            )  # fmt: skip
+
+
 def _products_matmul(rows, grads, w, gw, weight_too, input_too):
     """``_products``' products through ``np.matmul`` (all rows at once)."""
     if weight_too:
@@ -153,13 +181,13 @@ def tile_values(c_in, c_out, kh, kw, out_h, out_w):
     return out_h * out_w * (c_in * kh * kw + c_out)
 
 
-def unfolded_products(x, g, w, gi, gw, geometry, images_per_tile, parts, blas):
+def unfolded_products(x, g, w, gi, gw, geometry, images_per_tile, parts, blas, by_tiles=0):
     """grad_weight added into gw and grad_input written into gi (NCHW), a tile of images at a time.
 
     ``geometry`` is (sh, sw, pt, pl, dh, dw); gw None (and x): grad_input
     alone; gi None (and w): grad_weight alone. ``blas``: (address, ilp64) of
-    the cblas gemm, or None for ``np.matmul``. The caller holds OpenBLAS at
-    one thread.
+    the cblas gemm, or None for ``np.matmul``; ``by_tiles``: the products by
+    register tiles instead. The caller holds OpenBLAS at one thread.
     """
     weight_too, input_too = gw is not None, gi is not None
     image, weight_like = (x if gi is None else gi), (w if gw is None else gw)
@@ -184,7 +212,9 @@ def unfolded_products(x, g, w, gi, gw, geometry, images_per_tile, parts, blas):
             _gather_grads(g[n0:n1], grads)
         if weight_too:
             _unfold(x[n0:n1], rows, *geometry)
-        if blas is None:
+        if by_tiles:
+            _products_tiles(rows, grads, weights, sums, parts, weight_too, input_too)
+        elif blas is None:
             _products_matmul(rows, grads, weights, sums, weight_too, input_too)
         else:
             _products(rows, grads, weights, sums, parts, weight_too, input_too, *blas)
