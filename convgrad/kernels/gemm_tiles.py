@@ -254,6 +254,47 @@ def grad_input_nhwc(g, w, gi, groups, threads):
         )  # fmt: skip
 
 
+@njit(cache=CACHE)
+def _weight_blocks(rows, columns, nr, tasks):
+    """(row tiles, column panels, row blocks, column blocks) of a grad_weight C toward ``tasks``.
+
+    Whole columns of C first (a task's packed B then serves all its rows),
+    cut into blocks of columns, then of rows, while there are fewer than
+    ``tasks`` tasks.
+    """
+    tiles, panels = (rows + TILE_ROWS - 1) // TILE_ROWS, (columns + nr - 1) // nr
+    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, 1)
+    column_blocks = _cuts(panels, WEIGHT_BLOCK_PANELS, 1, -(-tasks // row_blocks))
+    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, -(-tasks // column_blocks))
+    return tiles, panels, row_blocks, column_blocks
+
+
+@njit(cache=CACHE)
+def _weight_task(task, groups, blocks, nr, rows, columns, pixels, pixel_parts):
+    """(part, group, q0, q1, i0, i1, j0, j1): a grad_weight task's pixels, group and block of C.
+
+    ``blocks``: ``_weight_blocks``' answer for C's ``rows`` x ``columns`` (a
+    group's); tasks run part by part, then group, row block, column block.
+    """
+    tiles, panels, row_blocks, column_blocks = blocks
+    per_group = row_blocks * column_blocks
+    part, rest = task // (groups * per_group), task % (groups * per_group)
+    group, block = rest // per_group, rest % per_group
+    q0, q1 = _span(part, pixel_parts, pixels, 1, pixels)
+    i0, i1 = _span(block // column_blocks, row_blocks, tiles, TILE_ROWS, rows)
+    j0, j1 = _span(block % column_blocks, column_blocks, panels, nr, columns)
+    return part, group, q0, q1, i0, i1, j0, j1
+
+
+@njit(cache=CACHE)
+def _add_totals(gw_flat, totals):
+    """gw += the parts' float64 totals, added in part order, rounded once."""
+    for part in range(1, totals.shape[0]):
+        totals[0] += totals[part]
+    for k in range(gw_flat.shape[0]):
+        gw_flat[k] += totals[0, k]
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nhwc(x, g, gw, groups, pixel_parts, threads):
     """gw[0, 0, ins, outs] += x[p, ins].T @ g[p, outs] per group.
@@ -268,19 +309,13 @@ def grad_weight_nhwc(x, g, gw, groups, pixel_parts, threads):
     pixels = x.size // max(1, c_in)
     x_flat, g_flat, gw_flat = x.reshape(x.size), g.reshape(g.size), gw.reshape(gw.size)
     nr = tile_columns(gw_flat)
-    tiles, panels = (cin_g + TILE_ROWS - 1) // TILE_ROWS, (cout_g + nr - 1) // nr
     wanted = max(1, TASKS_PER_THREAD * threads // (groups * pixel_parts))
-    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, 1)
-    column_blocks = _cuts(panels, WEIGHT_BLOCK_PANELS, 1, -(-wanted // row_blocks))
-    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, -(-wanted // column_blocks))
-    per_part = groups * row_blocks * column_blocks
+    blocks = _weight_blocks(cin_g, cout_g, nr, wanted)
     totals = np.zeros((pixel_parts, cin_g * c_out))  # gw's (C_in/g, C_out) per part
-    for task in prange(pixel_parts * per_part):
-        part, rest = task // per_part, task % per_part
-        group, block = rest // (row_blocks * column_blocks), rest % (row_blocks * column_blocks)
-        p0, p1 = _span(part, pixel_parts, pixels, 1, pixels)
-        i0, i1 = _span(block // column_blocks, row_blocks, tiles, TILE_ROWS, cin_g)
-        j0, j1 = _span(block % column_blocks, column_blocks, panels, nr, cout_g)
+    for task in prange(pixel_parts * groups * blocks[2] * blocks[3]):
+        part, group, p0, p1, i0, i1, j0, j1 = _weight_task(
+            task, groups, blocks, nr, cin_g, cout_g, pixels, pixel_parts
+        )
         tile, a_edge, panel = _workspaces(gw_flat)
         _block(
             x_flat, p0 * c_in + group * cin_g + i0, 1, c_in,
@@ -288,10 +323,7 @@ def grad_weight_nhwc(x, g, gw, groups, pixel_parts, threads):
             i1 - i0, j1 - j0, p1 - p0, totals[part], i0 * c_out + group * cout_g + j0, c_out,
             True, tile, a_edge, panel, False,
         )  # fmt: skip
-    for part in range(1, pixel_parts):
-        totals[0] += totals[part]
-    for k in range(gw_flat.shape[0]):
-        gw_flat[k] += totals[0, k]
+    _add_totals(gw_flat, totals)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -352,20 +384,14 @@ def grad_weight_nchw(x, g, gw, groups, pixel_parts, threads):
     plane = x.shape[2] * x.shape[3]
     x_flat, g_flat, gw_flat = x.reshape(x.size), g.reshape(g.size), gw.reshape(gw.size)
     nr = tile_columns(gw_flat)
-    tiles, panels = (cout_g + TILE_ROWS - 1) // TILE_ROWS, (cin_g + nr - 1) // nr
     wanted = max(1, TASKS_PER_THREAD * threads // (groups * pixel_parts))
-    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, 1)
-    column_blocks = _cuts(panels, WEIGHT_BLOCK_PANELS, 1, -(-wanted // row_blocks))
-    row_blocks = _cuts(tiles, WEIGHT_BLOCK_TILES, LEAST_BLOCK_TILES, -(-wanted // column_blocks))
-    per_part = groups * row_blocks * column_blocks
+    blocks = _weight_blocks(cout_g, cin_g, nr, wanted)
     totals = np.zeros((pixel_parts, c_out * cin_g))  # gw's (C_out, C_in/g) per part
     pixels = n_batch * plane
-    for task in prange(pixel_parts * per_part):
-        part, rest = task // per_part, task % per_part
-        group, block = rest // (row_blocks * column_blocks), rest % (row_blocks * column_blocks)
-        q0, q1 = _span(part, pixel_parts, pixels, 1, pixels)
-        i0, i1 = _span(block // column_blocks, row_blocks, tiles, TILE_ROWS, cout_g)
-        j0, j1 = _span(block % column_blocks, column_blocks, panels, nr, cin_g)
+    for task in prange(pixel_parts * groups * blocks[2] * blocks[3]):
+        part, group, q0, q1, i0, i1, j0, j1 = _weight_task(
+            task, groups, blocks, nr, cout_g, cin_g, pixels, pixel_parts
+        )
         tile, a_edge, panel = _workspaces(gw_flat)
         out_at = (group * cout_g + i0) * cin_g + j0
         q = q0
@@ -379,10 +405,7 @@ def grad_weight_nchw(x, g, gw, groups, pixel_parts, threads):
                 tile, a_edge, panel,
             )  # fmt: skip
             q += count
-    for part in range(1, pixel_parts):
-        totals[0] += totals[part]
-    for k in range(gw_flat.shape[0]):
-        gw_flat[k] += totals[0, k]
+    _add_totals(gw_flat, totals)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
