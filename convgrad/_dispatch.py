@@ -76,8 +76,23 @@ _GEMM_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
 # by tiles 0.6-0.7x the time of OpenBLAS's (NCHW grad_weight 0.57-0.73x, the
 # input's planes transposed into the tiles' panels). Where OpenBLAS runs
 # AVX-512 kernels (or its kernels are unknown) the products stay with it.
-# Fixed for the process, as the CPU is.
+# Fixed for the process, as the CPU is. Nor do groups of fewer channels than
+# half a tile's columns (32 float32, 16 float64 on AVX-512) go by tiles: the
+# products' narrow side fills a quarter of the tile or less (8 x 16 -> 64 @
+# 28 x 28 NCHW took 1.6-2.1x BLAS's time, 8 x 64 -> 16 NHWC 1.1-1.25x, 8 x 64 ->
+# 8 at stride 2 unfolded 1.0-1.4x); from 32 (8 x 128 -> 32 at stride 2
+# unfolded, 0.84-0.89x) they win.
 GEMM_BY_TILES = (blas_vector_bytes() or VECTOR_BYTES) < VECTOR_BYTES
+
+
+def tiles_suit(problem: Problem) -> bool:
+    """Whether ``problem``'s matrix products (1x1 or unfolded) run by register tiles."""
+    groups = problem.geometry.groups
+    narrowest = min(problem.c_in // groups, problem.c_out // groups)
+    half_tile = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize // 2
+    return GEMM_BY_TILES and narrowest >= half_tile
+
+
 _GEMM_TILES_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("grad_input", "NCHW"): gemm_tiles.grad_input_tiles_nchw,
     ("grad_input", "NHWC"): gemm_tiles.grad_input_tiles_nhwc,
@@ -86,12 +101,8 @@ _GEMM_TILES_KERNELS: dict[tuple[str, str], Callable[..., None]] = {
 }
 
 
-def gemm_kernel(operation: str, layout: Layout, by_tiles: bool | None = None) -> Callable:
-    """The 1x1 kernel for ``operation`` in ``layout``: by tiles if ``by_tiles``, else BLAS.
-
-    ``by_tiles`` None: GEMM_BY_TILES.
-    """
-    by_tiles = GEMM_BY_TILES if by_tiles is None else by_tiles
+def gemm_kernel(operation: str, layout: Layout, by_tiles: bool) -> Callable:
+    """The 1x1 kernel for ``operation`` in ``layout``: by tiles if ``by_tiles``, else BLAS."""
     tiles = _GEMM_TILES_KERNELS.get((operation, layout.name)) if by_tiles else None
     return tiles or _GEMM_KERNELS[operation, layout.name]
 
@@ -423,7 +434,8 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     if operation != "forward" and gemm_suits(problem):
         args = (problem.geometry.groups, gemm_rows_per_tile(problem))
         writes = operation == "grad_input"
-        return KernelChoice(gemm_kernel(operation, layout), layout, args, writes_input=writes)
+        kernel = gemm_kernel(operation, layout, tiles_suit(problem))
+        return KernelChoice(kernel, layout, args, writes_input=writes)
     if is_depthwise(problem) and layout is NHWC:
         kernel = _DEPTHWISE_NHWC_KERNELS[operation]
         chunks = (weight_chunks(problem),) if operation == "grad_weight" else ()
@@ -717,7 +729,7 @@ def im2col_products_bytes(problem: Problem) -> int:
 
     By tiles: their tasks' workspaces (``im2col_parts`` tasks at once at most).
     """
-    if not GEMM_BY_TILES:
+    if not tiles_suit(problem):
         return 0
     item = problem.dtype.itemsize
     return im2col_parts(problem) * gemm_tiles.task_workspace_values(item) * item
@@ -775,7 +787,7 @@ def _im2col_choice(problem: Problem, operation: str = "backward") -> KernelChoic
     if copies_tile >= 1:
         layout, tile = NHWC, copies_tile
     args = (sh, sw, *padding, dh, dw, tile, parts, fold_spans, int(layout is NHWC))
-    args = (*args, int(GEMM_BY_TILES))  # the products by register tiles, as the 1x1 ones
+    args = (*args, int(tiles_suit(problem)))  # the products by register tiles, as 1x1 ones
     kernel = _IM2COL_KERNELS[operation]
     finite_only = operation == "backward"
     writes = operation != "grad_weight"

@@ -142,8 +142,8 @@ def _sizes(target: str, rng: np.random.Generator, quick: bool) -> tuple[int, int
         return 1, int(r(2, 9)), int(r(8, 33)), 3, 8 if quick else 12
     if target == "flat":
         return 1, int(r(4, 9)), int(r(4, 9)), 8, 14 if quick else 28
-    if target == "gemm":
-        return 1, int(r(4, 17)), int(r(4, 17)), 2, 8 if quick else 16
+    if target == "gemm":  # from 32 channels also the register tiles (``_dispatch.tiles_suit``)
+        return 1, int(r(4, 80)), int(r(4, 80)), 2, 8 if quick else 16
     if target == "unfolded":  # enough channels on short planes
         return 1, int(r(16, 25)), int(r(64, 73)), 3, 8 if quick else 12
     if target == "depthwise":

@@ -101,7 +101,10 @@ def test_gemm_only_for_plain_products(k, stride, padding, c, suits):
         )
         assert _dispatch.gemm_suits(problem) is suits
         choice = _dispatch.select_kernel("grad_weight", problem)
-        assert (choice.kernel is _dispatch.gemm_kernel("grad_weight", layout)) is suits
+        assert (
+            choice.kernel
+            is _dispatch.gemm_kernel("grad_weight", layout, _dispatch.tiles_suit(problem))
+        ) is suits
         if suits:
             assert choice.layout is layout  # no relayout
             assert choice.args == (1, _dispatch.gemm_rows_per_tile(problem))

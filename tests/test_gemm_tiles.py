@@ -170,9 +170,26 @@ def test_arrays_that_are_not_c_contiguous_go_to_blas():
     np.testing.assert_allclose(gw, expected[1], rtol=1e-4, atol=1e-3)
 
 
-def test_tiles_where_blas_runs_narrower_kernels_than_the_cpu():
+def test_tiles_where_blas_runs_narrower_kernels_than_the_cpu(monkeypatch):
     narrower = (_blas.blas_vector_bytes() or VECTOR_BYTES) < VECTOR_BYTES
     assert narrower == _dispatch.GEMM_BY_TILES
+    # and only for groups of at least half a tile's columns (32 float32, 16 float64)
+    monkeypatch.setattr(_dispatch, "GEMM_BY_TILES", True)
+    for dtype, fewest in ((np.float32, 32), (np.float64, 16)):
+        half = TILE_VECTORS * VECTOR_BYTES // np.dtype(dtype).itemsize // 2
+        assert half == fewest or VECTOR_BYTES < 64
+        for c_in, c_out, groups, suits in (
+            (half, 4 * half, 1, True),
+            (4 * half, half, 1, True),
+            (half - 1, 4 * half, 1, False),
+            (4 * half, 2 * half - 2, 2, False),
+            (4 * half, 4 * half, 2, True),
+        ):
+            p = describe(NHWC, np.dtype(dtype), (2, 5, 5, c_in), (1, 1, c_in // groups, c_out),
+                         stride=1, padding=0, dilation=1, groups=groups)  # fmt: skip
+            assert _dispatch.tiles_suit(p) is suits, (c_in, c_out, groups)
+    monkeypatch.setattr(_dispatch, "GEMM_BY_TILES", False)
+    assert not _dispatch.tiles_suit(p)
     for layout in (NCHW, NHWC):
         assert _dispatch.gemm_kernel("grad_input", layout, False) is getattr(
             gemm, f"grad_input_gemm_{layout.name.lower()}"

@@ -26,9 +26,8 @@ LONG = {
     "gemm_nchw": (16, 4, 4, 256, 1, 1, 1, "NCHW"),
 }
 MODULES = {"rows": "nchw", "flat": "nchw_flat", "channels": "nhwc"}
+# (4 channels: BLAS's products whatever its kernels, never the register tiles)
 MODULES |= {"depthwise": "nhwc_depthwise", "gemm": "gemm", "gemm_nchw": "gemm"}
-# the 1x1 products by register tiles where NumPy's BLAS runs narrower kernels
-MODULES["gemm"] = MODULES["gemm_nchw"] = "gemm_tiles" if _dispatch.GEMM_BY_TILES else "gemm"
 
 
 def arrays(case, draw):

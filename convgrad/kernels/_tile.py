@@ -27,11 +27,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._columns import VECTOR_REGISTERS, c_float_arrays
+from ._columns import VECTOR_BYTES, VECTOR_REGISTERS, c_float_arrays
 from ._lanes import _data, _Vectors
 
 TILE_ROWS = 6  # MR
 TILE_VECTORS = 4 if VECTOR_REGISTERS >= 32 else 2  # NV
+TILE_COLUMNS_BYTES = TILE_VECTORS * VECTOR_BYTES  # NR values of any dtype
 
 
 @intrinsic

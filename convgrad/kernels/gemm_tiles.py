@@ -27,9 +27,8 @@ from numba import njit, prange
 
 from . import gemm
 from ._cache import CACHE
-from ._columns import VECTOR_BYTES
 from ._flags import FASTMATH
-from ._tile import TILE_ROWS, TILE_VECTORS, tile_columns, tile_product
+from ._tile import TILE_COLUMNS_BYTES, TILE_ROWS, tile_columns, tile_product
 from .nchw_flat import TILE_BYTES, _copy_items, _transpose_tile
 
 # Terms per tile pass, summed in the dtype before they are added into C.
@@ -163,7 +162,7 @@ def _workspaces(dtype_of):
 
 def task_workspace_values(itemsize):
     """Values of one task's workspaces (``_workspaces``: tile, a_edge and panel)."""
-    nr = TILE_VECTORS * VECTOR_BYTES // itemsize
+    nr = TILE_COLUMNS_BYTES // itemsize
     return TILE_ROWS * nr + TILE_ROWS * KC + KC * nr
 
 
