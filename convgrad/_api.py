@@ -25,6 +25,7 @@ from ._dispatch import (
     select_bias_kernel,
     select_kernel,
     select_partial_kernel,
+    tiles_suit,
 )
 from ._layouts import Layout, convert_weight, get_layout, relayout_image
 from ._plans import ALL_GRADIENTS, plan_key, remember, run_plan
@@ -215,7 +216,8 @@ def conv2d_backward(
     # without OpenBLAS's controls, see _blas.py) OpenBLAS's threads spin for a
     # while, and a numba kernel started then competes with them for the cores.
     if mask[2]:
-        beside_blas = gemm_suits(problem) and (mask[0] or mask[1])
+        # (products by register tiles run on numba's threads alone)
+        beside_blas = gemm_suits(problem) and not tiles_suit(problem) and (mask[0] or mask[1])
         bias_kernel = select_bias_kernel(family, beside_blas, grad_output.size)
         results[2] = _grad_bias(
             bias_kernel, g, problem.c_out, dtype, outs[2], accumulate, originals

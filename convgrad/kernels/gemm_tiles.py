@@ -79,7 +79,7 @@ def _block(
     i < m, j < n; ``a``, ``b`` and ``out`` flat. ``tile`` holds MR x NR values,
     ``a_edge`` MR x KC (the last rows' A, zero-padded) and ``panel`` KC x NR. KC
     terms summed in the dtype at a time, then added into ``out`` (any float dtype).
-    ``packed``: ``b`` from ``b_at`` holds B already in panels (``_pack_panels``).
+    ``packed``: ``b`` from ``b_at`` holds B already in panels, each one's k rows in turn.
     """
     mr, nr = TILE_ROWS, tile_columns(tile)
     whole_rows = m - m % mr
@@ -120,14 +120,6 @@ def _pack_rows(b, b_at, b_row, rows, width, target):
     if width < nr:
         for t in range(rows):
             target[t * nr + width : (t + 1) * nr] = 0
-
-
-@njit(cache=CACHE, fastmath=FASTMATH)
-def _pack_panels(b, b_at, b_row, k, n, target):
-    """All of B (k x n) as ``_block``'s packed panels: panel p's k rows from target[p*k*NR]."""
-    nr = tile_columns(target)
-    for j0 in range(0, n, nr):
-        _pack_rows(b, b_at + j0, b_row, k, min(nr, n - j0), target[j0 // nr * k * nr :])
 
 
 # The two loops below index from 0 within slices: LLVM vectorises them only
@@ -228,15 +220,17 @@ def grad_input_nhwc(g, w, gi, groups, threads):
     cin_g, cout_g = c_in // groups, c_out // groups
     pixels = g.size // max(1, c_out)
     g_flat, gi_flat = g.reshape(g.size), gi.reshape(gi.size)
-    # B = the weight transposed, (C_out/g, C_in/g) per group, packed once for all tasks
-    w_t = np.ascontiguousarray(w[0, 0].T)
-    nr = tile_columns(gi_flat)
-    per_group = (cin_g + nr - 1) // nr * nr * cout_g
+    # B = the weight transposed, (C_out/g, C_in/g) per group: packed once for all
+    # tasks, a panel per task (``_pack_transposed``: B's columns are w's rows)
+    w_flat, nr = w.reshape(w.size), tile_columns(gi_flat)
+    panels = (cin_g + nr - 1) // nr
+    per_group = panels * nr * cout_g
     w_panels = np.empty(groups * per_group, gi.dtype)
-    for group in range(groups):
-        source = w_t.reshape(w_t.size)
-        _pack_panels(
-            source, group * cout_g * cin_g, cin_g, cout_g, cin_g, w_panels[group * per_group :]
+    for task in prange(groups * panels):
+        group, j0 = task // panels, task % panels * nr
+        to = w_panels[group * per_group + j0 * cout_g :]
+        _pack_transposed(
+            w_flat, j0 * c_out + group * cout_g, c_out, min(nr, cin_g - j0), cout_g, to
         )
     tiles = (pixels + TILE_ROWS - 1) // TILE_ROWS
     wanted = max(1, TASKS_PER_THREAD * threads // groups)
