@@ -10,15 +10,18 @@ With a 1x1 kernel, stride 1 and no padding, per group (as ``gemm.py``)
 per task and, inside it, a register tile of MR rows by NR columns at a time
 (``_tile.tile_product``): the tile's sums stay in registers over KC terms of
 the inner dimension. A is read where it lies, through its strides (a row of C's
-tile broadcasts one value of A per term); B's rows must have their columns
-contiguous, which holds for all but NHWC grad_input's weight (copied
-transposed once per call, C_out x C_in/g values). A tile past C's last row or
-column works on a zero-padded copy of the part of A or B it reads (no read
-outside the arrays); its extra entries are dropped.
+tile broadcasts one value of A per term); B's rows are packed into panels of
+NR contiguous columns, transposed in registers where B is given column-major
+(NHWC grad_input's weight, packed once per call; NCHW grad_weight's input
+planes). A tile past C's last row or column works on a zero-padded copy of the
+part of A or B it reads (no read outside the arrays); its extra entries are
+dropped.
 
 Sums: KC terms in the dtype, then added into C (grad_input: in the dtype, as
-BLAS does; grad_weight: into float64 totals, rounded once into gw). Blocks and
-KC are fixed by the problem, so the same bits at any thread count.
+BLAS does; grad_weight: into float64 totals, rounded once into gw). KC and
+grad_weight's pixel parts are fixed by the problem; how C is cut into blocks
+follows the thread count but never changes a value: the same bits at any
+thread count.
 """
 
 import numba
@@ -122,17 +125,8 @@ def _pack_rows(b, b_at, b_row, rows, width, target):
             target[t * nr + width : (t + 1) * nr] = 0
 
 
-# The two loops below index from 0 within slices: LLVM vectorises them only
-# when it can see the index is never negative (numba wraps negative indices).
-@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _copy_padded(target, source):
-    """target[:len(source)] = source, the rest of target 0."""
-    for j in range(source.shape[0]):
-        target[j] = source[j]
-    for j in range(source.shape[0], target.shape[0]):
-        target[j] = 0
-
-
+# The loops below index from 0 within slices: LLVM vectorises them only when
+# it can see the index is never negative (numba wraps negative indices).
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
 def _put(target, sums, write):
     """target = sums (``write``), else target += sums."""
