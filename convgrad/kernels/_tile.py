@@ -48,6 +48,54 @@ def tile_columns(typingctx, array):
     return types.intp(array), codegen
 
 
+def _splat(builder, v, value):
+    """A vector of ``value`` in every lane."""
+    one = builder.insert_element(
+        ir.Constant(v.vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0)
+    )
+    return builder.shuffle_vector(
+        one,
+        ir.Constant(v.vector, ir.Undefined),
+        ir.Constant(ir.VectorType(ir.IntType(32), v.lanes), [0] * v.lanes),
+    )
+
+
+def _sum_terms(builder, v, sums, a_data, a_first, a_row, a_step, b_data, b_first, b_row, count):
+    """sums[i][j] += a[a_first + i*a_row + k*a_step] * b[b_first + k*b_row + vector j]."""
+    vectors = len(sums[0])
+
+    def constant(value):
+        return ir.Constant(a_first.type, value)
+
+    with cgutils.for_range(builder, count) as loop:
+        k = loop.index
+        b_at = builder.add(b_first, builder.mul(k, b_row))
+        b_vectors = [
+            v.load(b_data, builder.add(b_at, constant(j * v.lanes))) for j in range(vectors)
+        ]
+        a_at = builder.add(a_first, builder.mul(k, a_step))
+        for i, row in enumerate(sums):
+            at = builder.add(a_at, builder.mul(constant(i), a_row))
+            splat = _splat(builder, v, builder.load(builder.gep(a_data, [at])))
+            for j in range(vectors):
+                builder.store(
+                    builder.call(v.fma, [splat, b_vectors[j], builder.load(row[j])]), row[j]
+                )
+
+
+def _tile_sums(builder, v, initial):
+    """TILE_ROWS x TILE_VECTORS vector variables, each holding ``initial(i, j)``."""
+    return [
+        [cgutils.alloca_once_value(builder, initial(i, j)) for j in range(TILE_VECTORS)]
+        for i in range(TILE_ROWS)
+    ]
+
+
+def _tile_offset(v, tile_at, i, j):
+    """Flat offset of row i's vector j in a tile stored from ``tile_at``."""
+    return ir.Constant(tile_at.type, i * TILE_VECTORS * v.lanes + j * v.lanes)
+
+
 @intrinsic
 def tile_product(typingctx, tile, a, a_at, a_row, a_step, b, b_at, b_row, count):
     """tile[i*NR + j] = sum over k < count of a[a_at + i*a_row + k*a_step] * b[b_at + k*b_row + j].
@@ -67,40 +115,58 @@ def tile_product(typingctx, tile, a, a_at, a_row, a_step, b, b_at, b_row, count)
         tile_data = _data(context, builder, sig.args[0], tile_value)
         a_data = _data(context, builder, sig.args[1], a_value)
         b_data = _data(context, builder, sig.args[5], b_value)
-        rows, vectors = TILE_ROWS, TILE_VECTORS
-        columns = vectors * v.lanes
+        sums = _tile_sums(builder, v, lambda i, j: v.zero)
+        _sum_terms(builder, v, sums, a_data, a_at, a_row, a_step, b_data, b_at, b_row, count)
+        zero = ir.Constant(a_at.type, 0)
+        for i, row in enumerate(sums):
+            for j, total in enumerate(row):
+                v.store(builder.load(total), tile_data, _tile_offset(v, zero, i, j))
+        return context.get_dummy_value()
 
-        def constant(value):
-            return ir.Constant(a_at.type, value)
+    return signature, codegen
 
-        sums = [
-            [cgutils.alloca_once_value(builder, v.zero) for _ in range(vectors)]
-            for _ in range(rows)
-        ]
-        with cgutils.for_range(builder, count) as loop:
-            k = loop.index
-            b_first = builder.add(b_at, builder.mul(k, b_row))
-            b_vectors = [
-                v.load(b_data, builder.add(b_first, constant(j * v.lanes))) for j in range(vectors)
-            ]
-            a_first = builder.add(a_at, builder.mul(k, a_step))
-            for i in range(rows):
-                at = builder.add(a_first, builder.mul(constant(i), a_row))
-                value = builder.load(builder.gep(a_data, [at]))
-                splat = builder.insert_element(
-                    ir.Constant(v.vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0)
-                )
-                splat = builder.shuffle_vector(
-                    splat,
-                    ir.Constant(v.vector, ir.Undefined),
-                    ir.Constant(ir.VectorType(ir.IntType(32), v.lanes), [0] * v.lanes),
-                )
-                for j in range(vectors):
-                    total = builder.call(v.fma, [splat, b_vectors[j], builder.load(sums[i][j])])
-                    builder.store(total, sums[i][j])
-        for i in range(rows):
-            for j in range(vectors):
-                v.store(builder.load(sums[i][j]), tile_data, constant(i * columns + j * v.lanes))
+
+@intrinsic
+def tile_add_taps(typingctx, tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count):
+    """tile[tile_at + i*NR + j] += sum over s, k of A_s[i, k] * b[b_at + (s*count + k)*b_row + j].
+
+    A_s[i, k] = a[a_at + taps[s] + i*a_row + k*a_step], s < len(taps), k <
+    ``count``: one product whose terms run through several windows of ``a``
+    (a convolution's taps) against consecutive rows of B, its MR x NR sums in
+    registers from the first term to the last. ``taps`` a C-contiguous intp
+    array; the others as ``tile_product``'s.
+    """
+    if not c_float_arrays(tile, a, b):
+        return None
+    if not (isinstance(taps, types.Array) and taps.dtype == types.intp and taps.layout == "C"):
+        return None
+    intp = types.intp
+    signature = types.void(tile, intp, a, intp, intp, intp, taps, b, intp, intp, intp)
+
+    def codegen(context, builder, sig, args):
+        tile_value, tile_at, a_value, a_at, a_row, a_step, taps_value = args[:7]
+        b_value, b_at, b_row, count = args[7:]
+        v = _Vectors(context, builder, sig.args[0].dtype)
+        tile_data = _data(context, builder, sig.args[0], tile_value)
+        a_data = _data(context, builder, sig.args[2], a_value)
+        taps_array = context.make_array(sig.args[6])(context, builder, taps_value)
+        b_data = _data(context, builder, sig.args[7], b_value)
+
+        def offset(i, j):
+            return builder.add(tile_at, _tile_offset(v, tile_at, i, j))
+
+        sums = _tile_sums(builder, v, lambda i, j: v.load(tile_data, offset(i, j)))
+        n_taps = builder.extract_value(taps_array.shape, 0)
+        with cgutils.for_range(builder, n_taps) as loop:
+            s = loop.index
+            a_first = builder.add(a_at, builder.load(builder.gep(taps_array.data, [s])))
+            b_first = builder.add(b_at, builder.mul(builder.mul(s, count), b_row))
+            _sum_terms(
+                builder, v, sums, a_data, a_first, a_row, a_step, b_data, b_first, b_row, count
+            )
+        for i, row in enumerate(sums):
+            for j, total in enumerate(row):
+                v.store(builder.load(total), tile_data, offset(i, j))
         return context.get_dummy_value()
 
     return signature, codegen

@@ -1,0 +1,293 @@
+"""Stride-1 NHWC convolution gradients as direct products by register tiles.
+
+Both gradients are matrix products whose terms run over the kernel's taps
+(a, b), read straight from zero-padded bands of the images (no unfolding):
+
+    grad_input   gi[y, x, ci]     = sum over a, b, co of
+                                    gpad[y + a*dh, x + b*dw, co] * w[KH-1-a, KW-1-b, ci, co]
+    grad_weight  gw[a, b, ci, co] += sum over y, x of xpad[y + a*dh, x + b*dw, ci] * g[y, x, co]
+
+(per group; gpad is grad_output padded by the kernel's reach less the
+convolution's padding, xpad the input padded by the padding). A band of rows
+is copied into a buffer PITCH pixels a row; its pixels are then one flat run,
+a tap a fixed offset into it, so a register tile of MR consecutive pixels
+(``_tile.tile_add_taps``) reads every tap's window the same way. Pixels of
+the run past a row's end (PITCH - width of them) are computed and dropped
+(grad_input) or read as zeros (grad_weight's packed grad_output).
+
+grad_input: a tile of MR pixels by NR input channels sums all KH*KW*C_out/g
+terms in registers, then is written; B is the weight, packed once per call
+as panels of NR input channels with rows (tap, co). A band of images' rows
+per task.
+
+grad_weight: C is (ci, co) per tap with the band's pixels as terms, KC at a
+time; A is the padded input read at the tap's offset, B grad_output's band
+packed in panels of NR channels. Tiles accumulate in the dtype over at most
+BLOCK_TERMS pixels, then fold into float64 totals per part of the images'
+bands; the parts (fixed by the problem) are added in order and rounded once.
+
+Both multiply the zero padding by the data: exact only for finite inputs
+(the dispatch names the kernels to run otherwise). Every value's sum runs in
+an order fixed by the problem: the same bits at any thread count.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._cache import CACHE
+from ._flags import FASTMATH
+from ._tile import TILE_ROWS, tile_add_taps, tile_columns
+from .nchw_flat import _copy_items
+
+# Terms (pixels) of grad_weight's tiles per pass over the taps: KC pixels of
+# the packed grad_output panel (KC x NR values) stay in L1 while every tap and
+# every row tile of input channels uses them.
+KC = 128
+# grad_weight's tiles fold into their float64 totals after this many pixels
+# (a float32 sum of many more terms drifts; see ``nhwc.BLOCK_TERMS``).
+BLOCK_TERMS = 4096
+
+
+@njit(cache=CACHE)
+def _pack_weight(w, groups, nr):
+    """grad_input's B: [group, panel, tap (a, b), co, j] = w[KH-1-a, KW-1-b, panel*NR + j, co].
+
+    Zeros past the group's last input channel.
+    """
+    kh, kw, cin_g, c_out = w.shape
+    cout_g = c_out // groups
+    panels = (cin_g + nr - 1) // nr
+    packed = np.zeros(groups * panels * kh * kw * cout_g * nr, w.dtype)
+    at = 0
+    for group in range(groups):
+        for panel in range(panels):
+            for a in range(kh):
+                for b in range(kw):
+                    for co in range(group * cout_g, (group + 1) * cout_g):
+                        for j in range(min(nr, cin_g - panel * nr)):
+                            packed[at + j] = w[kh - 1 - a, kw - 1 - b, panel * nr + j, co]
+                        at += nr
+    return packed
+
+
+@njit(cache=CACHE)
+def _tap_offsets(kh, kw, dh, dw, pitch, scale):
+    """Each tap's offset into a band PITCH pixels a row, in units of ``scale`` values."""
+    taps = np.empty(kh * kw, np.intp)
+    for a in range(kh):
+        for b in range(kw):
+            taps[a * kw + b] = (a * dh * pitch + b * dw) * scale
+    return taps
+
+
+@njit(cache=CACHE)
+def _pad_rows(source, n, first, rows, top, left, target, pitch):
+    """target's pixel rows r < ``rows`` = source[n, first + r - top] from column ``left``; else 0.
+
+    ``source`` C-contiguous (N, H, W, C); zeros past the rows too, to the end
+    of ``target`` (the tiles read a little beyond).
+    """
+    height, width, channels = source.shape[1], source.shape[2], source.shape[3]
+    flat = source.reshape(source.size)
+    row_values, before = pitch * channels, left * channels
+    after = row_values - before - width * channels
+    for r in range(rows):
+        row, start = first + r - top, r * row_values
+        if 0 <= row < height:
+            _zero(target, start, before)
+            at = ((n * height + row) * width) * channels
+            _copy_items(target, start + before, flat, at, width * channels)
+            _zero(target, start + before + width * channels, after)
+        else:
+            _zero(target, start, row_values)
+    _zero(target, rows * row_values, target.shape[0] - rows * row_values)
+
+
+@njit(cache=CACHE, inline="always")
+def _zero(target, start, count):
+    """target[start:start + count] = 0."""
+    part = target[start : start + count]
+    for k in range(part.shape[0]):
+        part[k] = 0
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows):
+    """gi = the input gradient, written; g (N, OH, OW, C_out), w (KH, KW, C_in/g, C_out).
+
+    Stride 1, each padding at most the kernel's reach. A band of ``band_rows``
+    rows of one image per task.
+    """
+    n_batch, height, width, c_in = gi.shape
+    c_out = g.shape[3]
+    kh, kw = w.shape[0], w.shape[1]
+    cin_g, cout_g = c_in // groups, c_out // groups
+    nr = tile_columns(gi)
+    gi_flat = gi.reshape(gi.size)
+    panels = (cin_g + nr - 1) // nr
+    top, left = (kh - 1) * dh - pt, (kw - 1) * dw - pl
+    pitch, reach = width + (kw - 1) * dw, (kh - 1) * dh
+    taps = _tap_offsets(kh, kw, dh, dw, pitch, c_out)
+    panel_values = kh * kw * cout_g * nr
+    w_panels = _pack_weight(w, groups, nr)
+    bands = (height + band_rows - 1) // band_rows
+    slack = TILE_ROWS + (kw - 1) * dw  # pixels the last tile's taps read past the band
+    for task in prange(n_batch * bands):
+        n, band = task // bands, task % bands
+        y0 = band * band_rows
+        y1 = min(height, y0 + band_rows)
+        padded = np.empty(((y1 - y0 + reach) * pitch + slack) * c_out, g.dtype)
+        _pad_rows(g, n, y0, y1 - y0 + reach, top, left, padded, pitch)
+        tile = np.empty(TILE_ROWS * nr, gi.dtype)
+        pixels = (y1 - y0) * pitch
+        for q0 in range(0, pixels, TILE_ROWS):
+            for group in range(groups):
+                for panel in range(panels):
+                    tile[:] = 0
+                    tile_add_taps(
+                        tile, 0, padded, q0 * c_out + group * cout_g, c_out, 1, taps,
+                        w_panels, (group * panels + panel) * panel_values, nr, cout_g,
+                    )  # fmt: skip
+                    j0 = group * cin_g + panel * nr
+                    columns = min(nr, cin_g - panel * nr)
+                    y, x = y0 + q0 // pitch, q0 % pitch
+                    for i in range(min(TILE_ROWS, pixels - q0)):
+                        if x < width:
+                            at = ((n * height + y) * width + x) * c_in + j0
+                            _copy_items(gi_flat, at, tile, i * nr, columns)
+                        x += 1
+                        if x == pitch:
+                            y, x = y + 1, 0
+
+
+@njit(cache=CACHE)
+def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity):
+    """grad_weight's B: grad_output's rows y0 <= y < y1 in panels of NR channels.
+
+    target[(group*panels + panel)*capacity + q, j] = g[n, y0 + q // PITCH,
+    q % PITCH, group*C_out/g + panel*NR + j]; zeros past a row's OW pixels and
+    past the group's channels.
+    """
+    out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
+    cout_g = c_out // groups
+    panels = (cout_g + nr - 1) // nr
+    flat = g.reshape(g.size)
+    target[:] = 0
+    for group in range(groups):
+        for panel in range(panels):
+            first = group * cout_g + panel * nr
+            columns = min(nr, cout_g - panel * nr)
+            base = (group * panels + panel) * capacity
+            for y in range(y0, y1):
+                for x in range(out_w):
+                    at = (base + (y - y0) * pitch + x) * nr
+                    source = flat[((n * out_h + y) * out_w + x) * c_out + first :]
+                    panel_row = target[at : at + columns]
+                    for j in range(columns):
+                        panel_row[j] = source[j]
+
+
+@njit(cache=CACHE)
+def _fold_tiles(acc, totals, cin_g, c_out, groups, nr):
+    """totals[tap, ci, group*C_out/g + co] += acc's tiles (in the tiles' order), then acc = 0."""
+    cout_g = c_out // groups
+    row_tiles, panels = (cin_g + TILE_ROWS - 1) // TILE_ROWS, (cout_g + nr - 1) // nr
+    taps = totals.shape[0] // (cin_g * c_out)
+    at = 0
+    for tap in range(taps):
+        for group in range(groups):
+            for row_tile in range(row_tiles):
+                for panel in range(panels):
+                    columns = min(nr, cout_g - panel * nr)
+                    for i in range(min(TILE_ROWS, cin_g - row_tile * TILE_ROWS)):
+                        ci = row_tile * TILE_ROWS + i
+                        out = (tap * cin_g + ci) * c_out + group * cout_g + panel * nr
+                        for j in range(columns):
+                            totals[out + j] += acc[at + i * nr + j]
+                    at += TILE_ROWS * nr
+    acc[:] = 0
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
+    """gw += the weight gradient of x (N, H, W, C_in) and g (N, OH, OW, C_out).
+
+    gw (KH, KW, C_in/g, C_out); stride 1. The images' bands of ``band_rows``
+    output rows, in order, in ``parts`` even parts, each summed into its own
+    float64 totals.
+    """
+    n_batch, c_in = x.shape[0], x.shape[3]
+    out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
+    kh, kw = gw.shape[0], gw.shape[1]
+    cin_g, cout_g = c_in // groups, c_out // groups
+    nr = tile_columns(gw)
+    panels, row_tiles = (cout_g + nr - 1) // nr, (cin_g + TILE_ROWS - 1) // TILE_ROWS
+    pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
+    taps = _tap_offsets(kh, kw, dh, dw, pitch, c_in)
+    tap_tiles = groups * row_tiles * panels  # tiles of one tap's C
+    tile_values = TILE_ROWS * nr
+    bands = (out_h + band_rows - 1) // band_rows
+    units = n_batch * bands
+    capacity = band_rows * pitch  # pixels of a band in a packed panel
+    no_offset = np.zeros(1, np.intp)  # a tap's offset goes into a_at
+    totals = np.zeros((parts, kh * kw * cin_g * c_out))
+    for part in prange(parts):
+        acc = np.zeros(kh * kw * tap_tiles * tile_values, gw.dtype)
+        # the padded input band, read TILE_ROWS channels past its end at most
+        padded = np.empty((band_rows + reach + 1) * pitch * c_in + TILE_ROWS, x.dtype)
+        packed = np.empty(groups * panels * capacity * nr, g.dtype)
+        pending = 0
+        for unit in range(part * units // parts, (part + 1) * units // parts):
+            n, band = unit // bands, unit % bands
+            y0 = band * band_rows
+            y1 = min(out_h, y0 + band_rows)
+            _pad_rows(x, n, y0, y1 - y0 + reach, pt, pl, padded, pitch)
+            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity)
+            pixels = (y1 - y0) * pitch
+            for t0 in range(0, pixels, KC):
+                kc = min(KC, pixels - t0)
+                for tap in range(kh * kw):
+                    a_at = t0 * c_in + taps[tap]
+                    for group in range(groups):
+                        for row_tile in range(row_tiles):
+                            ci0 = group * cin_g + row_tile * TILE_ROWS
+                            for panel in range(panels):
+                                b_at = ((group * panels + panel) * capacity + t0) * nr
+                                tile = (tap * tap_tiles + (group * row_tiles + row_tile) * panels
+                                        + panel) * tile_values  # fmt: skip
+                                tile_add_taps(
+                                    acc, tile, padded, a_at + ci0, 1, c_in, no_offset,
+                                    packed, b_at, nr, kc,
+                                )  # fmt: skip
+            pending += pixels
+            if pending >= BLOCK_TERMS:
+                _fold_tiles(acc, totals[part], cin_g, c_out, groups, nr)
+                pending = 0
+        _fold_tiles(acc, totals[part], cin_g, c_out, groups, nr)
+    for part in range(1, parts):
+        totals[0] += totals[part]
+    gw_flat = gw.reshape(gw.size)
+    for k in range(gw_flat.shape[0]):
+        gw_flat[k] += totals[0, k]
+
+
+def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows):
+    """``grad_input_nhwc`` for arrays of any strides (C-contiguous copies where needed)."""
+    g = np.ascontiguousarray(g)
+    if gi.flags.c_contiguous:
+        grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows)
+        return
+    result = np.empty(gi.shape, gi.dtype)
+    grad_input_nhwc(g, w, result, pt, pl, dh, dw, groups, band_rows)
+    gi[...] = result
+
+
+def grad_weight_direct(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
+    """``grad_weight_nhwc`` for arrays of any strides (C-contiguous copies where needed)."""
+    x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
+    if gw.flags.c_contiguous:
+        grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts)
+        return
+    total = np.ascontiguousarray(gw)
+    grad_weight_nhwc(x, g, total, pt, pl, dh, dw, groups, band_rows, parts)
+    gw[...] = total

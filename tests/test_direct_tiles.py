@@ -1,0 +1,231 @@
+"""Stride-1 gradients by direct register tiles (kernels/direct_tiles.py) and their dispatch."""
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+import convgrad
+from convgrad import _dispatch
+from convgrad._layouts import NCHW, NHWC
+from convgrad._problem import describe
+from convgrad.kernels import direct_tiles
+from convgrad.kernels._columns import VECTOR_BYTES, VECTOR_REGISTERS
+from convgrad.kernels._tile import TILE_ROWS, TILE_VECTORS, tile_add_taps
+from convgrad.reference import conv2d_backward_reference
+
+AVX512 = pytest.mark.skipif(VECTOR_REGISTERS < 32, reason="the direct tiles run on 32 registers")
+
+
+@njit
+def _taps_into(tile, a, a_at, a_row, a_step, taps, b, b_at, b_row, count):
+    tile_add_taps(tile, 0, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("taps, count", [([0], 0), ([0], 7), ([5, 0, 301], 4), ([9, 70], 65)])
+def test_tile_add_taps_adds_each_windows_product(dtype, taps, count):
+    nr = TILE_VECTORS * VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(count)
+    a = rng.standard_normal(2000).astype(dtype)
+    b_row = nr + 5
+    b = rng.standard_normal(3 + len(taps) * count * b_row + nr).astype(dtype)
+    start = rng.standard_normal(TILE_ROWS * nr).astype(dtype)
+    tile = start.copy()
+    a_row, a_step = 11, 2
+    _taps_into(tile, a, 4, a_row, a_step, np.array(taps, np.intp), b, 3, b_row, count)
+    expected = start.astype(np.float64).reshape(TILE_ROWS, nr)
+    rows, terms = np.arange(TILE_ROWS)[:, None], np.arange(count)[None, :]
+    for s, offset in enumerate(taps):
+        a_part = a[4 + offset + rows * a_row + terms * a_step].astype(np.float64)
+        first = 3 + s * count * b_row
+        b_rows = first + np.arange(count)[:, None] * b_row + np.arange(nr)[None, :]
+        expected += a_part @ b[b_rows].astype(np.float64)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(tile.reshape(TILE_ROWS, nr), expected, rtol=rtol, atol=rtol * 10)
+
+
+@st.composite
+def direct_cases(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cin_g, cout_g = draw(st.integers(1, 70)), draw(st.integers(1, 70))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = [draw(st.integers(0, (kh - 1) * dh)) for _ in range(2)]
+    pads += [draw(st.integers(0, (kw - 1) * dw)) for _ in range(2)]
+    height = draw(st.integers((kh - 1) * dh + 1 - pads[0] - pads[1], 13))
+    width = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[2] - pads[3]), 13))
+    n = draw(st.integers(1, 3))
+    band_rows, parts, seed = (
+        draw(st.integers(1, 6)),
+        draw(st.integers(1, 4)),
+        draw(st.integers(0, 99)),
+    )
+    dims = (n, groups * cin_g, groups * cout_g, max(height, 1), width, kh, kw)
+    return dtype, groups, dims, (dh, dw), tuple(pads), band_rows, parts, seed
+
+
+def _case_arrays(dtype, groups, dims, seed):
+    n, c_in, c_out, height, width, kh, kw = dims
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, height, width, c_in)).astype(dtype)
+    w = rng.standard_normal((kh, kw, c_in // groups, c_out)).astype(dtype)
+    return x, w, rng
+
+
+def _run_direct(x, w, g, pads, dilation, groups, band_rows, parts):
+    top, _, left, _ = pads
+    gi = np.full(x.shape, np.nan, x.dtype)  # every value must be written
+    direct_tiles.grad_input_nhwc(g, w, gi, top, left, *dilation, groups, band_rows)
+    gw = np.zeros(w.shape, w.dtype)
+    direct_tiles.grad_weight_nhwc(x, g, gw, top, left, *dilation, groups, band_rows, parts)
+    return gi, gw
+
+
+@settings(deadline=None, max_examples=60)
+@given(direct_cases())
+def test_direct_kernels_match_the_reference(case):
+    dtype, groups, dims, dilation, pads, band_rows, parts, seed = case
+    x, w, rng = _case_arrays(dtype, groups, dims, seed)
+    top, bottom, left, right = pads
+    out_h = x.shape[1] + top + bottom - (w.shape[0] - 1) * dilation[0]
+    out_w = x.shape[2] + left + right - (w.shape[1] - 1) * dilation[1]
+    g = rng.standard_normal((x.shape[0], out_h, out_w, w.shape[3])).astype(dtype)
+    gi, gw = _run_direct(x, w, g, pads, dilation, groups, band_rows, parts)
+    padding = ((top, bottom), (left, right))
+    gi_ref, gw_ref, _ = conv2d_backward_reference(
+        g, x, w, padding=padding, dilation=dilation, groups=groups, layout="NHWC"
+    )
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    scale_i, scale_w = np.abs(gi_ref).max() + 1, np.abs(gw_ref).max() + 1
+    np.testing.assert_allclose(gi, gi_ref, rtol=rtol, atol=rtol * scale_i)
+    np.testing.assert_allclose(gw, gw_ref, rtol=rtol, atol=rtol * scale_w)
+
+
+def test_direct_kernels_give_the_same_bits_at_any_thread_count():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 17, 19, 64)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 64, 70)).astype(np.float32)
+    g = rng.standard_normal((3, 17, 19, 70)).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results.append(_run_direct(x, w, g, (1, 1, 1, 1), (1, 1), 1, 4, 3))
+    finally:
+        numba.set_num_threads(before)
+    for gi, gw in results[1:]:
+        assert np.array_equal(gi, results[0][0]) and np.array_equal(gw, results[0][1])
+
+
+def test_grad_weight_adds_into_what_is_there():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 9, 9, 64)).astype(np.float64)
+    w = rng.standard_normal((3, 3, 64, 64)).astype(np.float64)
+    g = rng.standard_normal((2, 9, 9, 64)).astype(np.float64)
+    start = rng.standard_normal(w.shape)
+    gw = start.copy()
+    direct_tiles.grad_weight_nhwc(x, g, gw, 1, 1, 1, 1, 1, 3, 2)
+    _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
+    np.testing.assert_allclose(gw, start + gw_ref, rtol=1e-12, atol=1e-11)
+
+
+def test_the_wrappers_take_arrays_of_any_strides():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 8, 64)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+    g = rng.standard_normal((2, 8, 8, 128)).astype(np.float32)[..., ::2]  # strided
+    gi = np.zeros((2, 8, 8, 128), np.float32)[..., ::2]
+    gw = np.zeros((3, 3, 64, 128), np.float32)[..., ::2]
+    direct_tiles.grad_input_direct(g, w, gi, 1, 1, 1, 1, 1, 3)
+    direct_tiles.grad_weight_direct(x, g, gw, 1, 1, 1, 1, 1, 3, 2)
+    gi_ref, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
+    np.testing.assert_allclose(gi, gi_ref, rtol=2e-5, atol=1e-4)
+    np.testing.assert_allclose(gw, gw_ref, rtol=2e-5, atol=1e-4)
+
+
+def _problem(layout, n, c_in, c_out, size, k=3, padding=1, stride=1, dtype=np.float32, groups=1):
+    image = layout.image_shape(n, c_in, size, size)
+    weight = layout.weight_shape(c_out, c_in // groups, k, k)
+    return describe(
+        layout, np.dtype(dtype), image, weight,
+        stride=stride, padding=padding, dilation=1, groups=groups,
+    )  # fmt: skip
+
+
+@AVX512
+@pytest.mark.parametrize("layout", [NHWC, NCHW])
+@pytest.mark.parametrize("operation", ["grad_input", "grad_weight"])
+def test_dense_stride_1_problems_take_the_direct_tiles_in_nhwc(layout, operation):
+    problem = _problem(layout, 8, 64, 64, 56)  # the suite's resnet_3x3
+    choice = _dispatch.select_kernel(operation, problem)
+    assert choice.kernel in (direct_tiles.grad_input_direct, direct_tiles.grad_weight_direct)
+    assert choice.layout is NHWC and choice.exact is not None
+    assert _dispatch.select_backward_kernel(problem) is None
+    assert _dispatch.direct_suits(_problem(layout, 8, 64, 64, 56, dtype=np.float64))
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        _problem(NHWC, 8, 32, 64, 56),  # a tile's columns half empty
+        _problem(NHWC, 8, 64, 64, 56, stride=2),
+        _problem(NHWC, 8, 64, 64, 56, padding=3),  # past the kernel's reach
+        _problem(NHWC, 8, 64, 64, 56, k=1, padding=0),  # a matrix product
+        _problem(NHWC, 1, 64, 64, 3),  # tiny: the serial fused kernel
+        _problem(NHWC, 2, 128, 128, 28, groups=128),  # depthwise
+        _problem(NHWC, 8, 512, 512, 7),  # its float64 totals pass the budget
+    ],
+)
+def test_other_problems_keep_their_kernels(problem):
+    assert not _dispatch.direct_suits(problem)
+
+
+@AVX512
+def test_the_direct_workspaces_fit_the_budget():
+    for problem in (_problem(NHWC, 8, 64, 64, 56), _problem(NCHW, 4, 64, 128, 28, k=5, padding=2)):
+        rows = _dispatch.direct_band_rows(problem)
+        tasks = numba.config.NUMBA_NUM_THREADS * _dispatch._direct_task_bytes(problem, rows)
+        totals = _dispatch.direct_weight_parts(problem) * 8 * _dispatch._weight_values(problem)
+        assert rows >= 1 and tasks + totals <= _dispatch._workspace_budget(problem)
+
+
+@AVX512
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_non_finite_values_reach_only_their_dependants(layout):
+    rng = np.random.default_rng(6)
+    problem_shape = (2, 64, 20, 20) if layout == "NCHW" else (2, 20, 20, 64)
+    x = rng.standard_normal(problem_shape).astype(np.float32)
+    w_shape = (64, 64, 3, 3) if layout == "NCHW" else (3, 3, 64, 64)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    g = rng.standard_normal(problem_shape).astype(np.float32)
+    x[(0, 0, 0, 0)] = np.inf  # a corner: the padding's zeros must not meet it
+    w[(1, 1, 1, 1)] = np.nan
+    problem = describe(
+        getattr(convgrad._layouts, layout), np.dtype(np.float32), x.shape, w.shape,
+        stride=1, padding=1, dilation=1, groups=1,
+    )  # fmt: skip
+    assert _dispatch.direct_suits(problem)
+    got = convgrad.conv2d_backward(g, x, w, padding=1, layout=layout)
+    expected = conv2d_backward_reference(g, x, w, padding=1, layout=layout)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        finite = np.isfinite(b)
+        np.testing.assert_allclose(a[finite], b[finite], rtol=2e-5, atol=2e-4)
+
+
+def test_grad_weight_folds_long_parts_into_their_totals():
+    # one part of 72 x 74 pixels: its tiles fold into the totals mid-part (BLOCK_TERMS)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 72, 72, 7)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 7, 9)).astype(np.float32)
+    g = rng.standard_normal((1, 72, 72, 9)).astype(np.float32)
+    assert direct_tiles.BLOCK_TERMS < 72 * 74
+    gw = np.zeros(w.shape, np.float32)
+    direct_tiles.grad_weight_nhwc(x, g, gw, 1, 1, 1, 1, 1, 5, 1)
+    _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
+    np.testing.assert_allclose(gw, gw_ref, rtol=1e-5, atol=1e-4)
