@@ -55,6 +55,7 @@ from .kernels import (
     nhwc_depthwise,
 )
 from .kernels._columns import VECTOR_BYTES, VECTOR_REGISTERS
+from .kernels._tile import TAP_TILE_ROWS
 
 _KERNELS: dict[tuple[str, str], Callable[..., None]] = {
     ("forward", "NCHW"): nchw.forward_nchw,
@@ -458,15 +459,24 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
 
 # Dense stride-1 problems run the direct products by register tiles
 # (``kernels/direct_tiles.py``, NHWC; NCHW arrays are converted) where every
-# group has at least half a tile's columns of input and output channels (32
-# float32, 16 float64 with AVX-512's 32 registers: the 6 x 4-vector tile; CPUs
-# with 16 registers keep the flat kernels, the direct ones unmeasured there)
-# and no padding passes the kernel's reach. Their tasks take bands of about
-# DIRECT_BAND_PIXELS pixels (shorter where the workspaces of one task per
-# thread would pass half the budget); grad_weight's parts take the rest.
-# Measured on a 2-core AMD EPYC (Zen 5), 8 x 64 -> 64 @ 56 x 56, 3 x 3, 2
-# threads: grad_input 3.8-3.9 ms (475-488 GFLOP/s), grad_weight 4.3-4.4 ms
-# (417-427), against 11-12 ms for the whole backward by the flat kernels.
+# group has at least DIRECT_MIN_VECTORS vector registers' worth of input and
+# of output channels (32 float32, 16 float64 on AVX-512), no padding passes
+# the kernel's reach and the unfolded products do not take them (short planes,
+# measured there). CPUs with 16 vector registers keep the flat kernels (the
+# direct ones are unmeasured there). Tasks take bands of about
+# DIRECT_BAND_PIXELS pixels (shorter where one task's workspaces per thread
+# would pass half the budget); grad_weight's parts get the rest of it, at
+# least one per thread. Whole backward, NHWC, 2 threads, direct / flat time on
+# a 2-core AMD EPYC (Zen 5): 8 x 64 -> 64 @ 56 x 56 0.70, 4 x 32 -> 32 @ 64 x
+# 64 dilation 2 0.84, 16 x 32 -> 64 @ 32 x 32 0.65, 8 x 32 -> 32 @ 56 x 56
+# 0.78, 8 x 48 -> 48 0.91, 8 x 64 -> 128 @ 28 x 28 0.60, 4 x 64 -> 64 @ 32 x
+# 32 5 x 5 0.75; with 16 channels (one vector: 24 x 1 tiles) 1.01 (4 x 16 ->
+# 16 @ 64 x 64 7 x 7) and 1.10 (8 x 16 -> 32 @ 56 x 56): left to the flat ones.
+DIRECT_TILES = VECTOR_REGISTERS >= 32
+DIRECT_MIN_VECTORS = 2
+# Rows of C past an output row's end (the kernel's reach of them) are computed
+# and dropped: output rows at least this many times the reach long.
+DIRECT_MIN_WIDTH_PER_REACH = 3
 DIRECT_BAND_PIXELS = 512
 
 
@@ -478,14 +488,29 @@ def _direct_pitch(problem: Problem) -> int:
 
 
 def _direct_task_bytes(problem: Problem, rows: int) -> int:
-    """One direct task's workspaces for bands of ``rows`` rows (the larger gradient's)."""
+    """One direct task's workspaces at most, for bands of ``rows`` rows.
+
+    Padded bands of the input and grad_output (grad_input's task holds only
+    the latter, grad_weight's both) and grad_weight's tiles of sums.
+    """
     reach_h = (problem.kh - 1) * problem.geometry.dilation[0]
-    pixels = (rows + reach_h + 1) * _direct_pitch(problem) + TILE_ROWS_SLACK
-    tiles = _weight_values(problem) + problem.kh * problem.kw * gemm_tiles.TILE_COLUMNS_BYTES
+    pixels = (rows + reach_h + 1) * _direct_pitch(problem) + DIRECT_SLACK_PIXELS
+    tiles = _direct_padded_weights(problem, TAP_TILE_ROWS_MAX, 1)
     return (pixels * (problem.c_in + problem.c_out) + tiles) * problem.dtype.itemsize
 
 
-TILE_ROWS_SLACK = 16  # pixels the tiles may read past a band
+DIRECT_SLACK_PIXELS = 32  # pixels the tiles may read past a band
+TAP_TILE_ROWS_MAX = max(TAP_TILE_ROWS.values())
+
+
+def _direct_padded_weights(problem: Problem, extra_rows: int, extra_columns: int) -> int:
+    """Values of a weight whose groups' C_in/g and C_out/g are padded up to whole tiles."""
+    groups = problem.geometry.groups
+    panel = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize
+    cin_g, cout_g = problem.c_in // groups, problem.c_out // groups
+    rows = cin_g + extra_rows
+    columns = -(-cout_g // panel) * panel + extra_columns
+    return groups * problem.kh * problem.kw * rows * columns
 
 
 def _weight_values(problem: Problem) -> int:
@@ -503,9 +528,14 @@ def direct_band_rows(problem: Problem) -> int:
 
 
 def _direct_totals_room(problem: Problem) -> int:
-    """Budget bytes left for grad_weight's float64 totals beside one task per thread."""
+    """Budget bytes left for grad_weight's float64 totals beside one task per thread.
+
+    Less grad_input's packed weight too (its input channels padded to whole panels).
+    """
     tasks = numba.config.NUMBA_NUM_THREADS * _direct_task_bytes(problem, direct_band_rows(problem))
-    return _workspace_budget(problem) - tasks
+    panel = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize
+    packed = _direct_padded_weights(problem, panel, 0)
+    return _workspace_budget(problem) - tasks - packed * problem.dtype.itemsize
 
 
 def direct_weight_parts(problem: Problem) -> int:
@@ -517,7 +547,7 @@ def direct_weight_parts(problem: Problem) -> int:
 def direct_suits(problem: Problem) -> bool:
     """Whether the direct register-tile kernels take ``problem``'s gradients."""
     stride, padding, dilation, groups = problem.geometry
-    if stride != (1, 1) or VECTOR_REGISTERS < 32 or is_depthwise(problem):
+    if stride != (1, 1) or not DIRECT_TILES or is_depthwise(problem):
         return False
     reach_h, reach_w = (problem.kh - 1) * dilation[0], (problem.kw - 1) * dilation[1]
     top, bottom, left, right = padding
@@ -525,9 +555,11 @@ def direct_suits(problem: Problem) -> bool:
         return False
     if im2col_suits(problem):  # short planes: the unfolded products (measured there)
         return False
+    if problem.out_w < DIRECT_MIN_WIDTH_PER_REACH * reach_w:
+        return False  # more than a quarter of the tiles' rows would be dropped
     narrowest = min(problem.c_in // groups, problem.c_out // groups)
-    tile_columns = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize
-    if narrowest < tile_columns or problem.terms <= SERIAL_MAX_TERMS:
+    lanes = VECTOR_BYTES // problem.dtype.itemsize
+    if narrowest < DIRECT_MIN_VECTORS * lanes or problem.terms <= SERIAL_MAX_TERMS:
         return False
     if direct_band_rows(problem) < 1:
         return False

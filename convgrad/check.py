@@ -49,6 +49,8 @@ FAMILIES = {
     "nhwc_depthwise": "depthwise",
     "im2col": "unfolded",
 }
+if dispatch.DIRECT_TILES:  # dense stride-1 gradients by register tiles (AVX-512 only)
+    FAMILIES["direct_tiles"] = "direct"
 # What each case aims at, and the test a draw must pass to count as such.
 TARGETS: dict[str, Callable[[Problem, str], bool]] = {
     "rows": lambda p, family: family == "rows" and p.geometry.groups == 1,
@@ -59,6 +61,8 @@ TARGETS: dict[str, Callable[[Problem, str], bool]] = {
     "depthwise": lambda p, family: dispatch.is_depthwise(p),
     "grouped": lambda p, family: p.geometry.groups > 1 and not dispatch.is_depthwise(p),
 }
+if dispatch.DIRECT_TILES:
+    TARGETS["direct"] = lambda p, family: family == "direct"
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # "backward" is conv2d_backward's three results (it may run a fused kernel for all
@@ -146,6 +150,8 @@ def _sizes(target: str, rng: np.random.Generator, quick: bool) -> tuple[int, int
         return 1, int(r(4, 80)), int(r(4, 80)), 2, 8 if quick else 16
     if target == "unfolded":  # enough channels on short planes
         return 1, int(r(16, 25)), int(r(64, 73)), 3, 8 if quick else 12
+    if target == "direct":  # a vector pair's channels or more (``_dispatch.direct_suits``)
+        return 1, int(r(32, 41)), int(r(32, 41)), 10, 16 if quick else 24
     if target == "depthwise":
         c = int(r(1, 13))
         return c, c, c, 4, 10 if quick else 20

@@ -13,38 +13,40 @@ from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
 from convgrad.kernels import direct_tiles
 from convgrad.kernels._columns import VECTOR_BYTES, VECTOR_REGISTERS
-from convgrad.kernels._tile import TILE_ROWS, TILE_VECTORS, tile_add_taps
+from convgrad.kernels._tile import TAP_TILE_ROWS
 from convgrad.reference import conv2d_backward_reference
 
 AVX512 = pytest.mark.skipif(VECTOR_REGISTERS < 32, reason="the direct tiles run on 32 registers")
 
 
 @njit
-def _taps_into(tile, a, a_at, a_row, a_step, taps, b, b_at, b_row, count):
-    tile_add_taps(tile, 0, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
+def _taps_into(vectors, tile, a, a_at, a_row, a_step, taps, b, b_at, b_row, count):
+    direct_tiles._add_taps(vectors, tile, 0, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
 
 
+@pytest.mark.parametrize("vectors", [4, 2, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("taps, count", [([0], 0), ([0], 7), ([5, 0, 301], 4), ([9, 70], 65)])
-def test_tile_add_taps_adds_each_windows_product(dtype, taps, count):
-    nr = TILE_VECTORS * VECTOR_BYTES // np.dtype(dtype).itemsize
+def test_tile_add_taps_adds_each_windows_product(vectors, dtype, taps, count):
+    nr = vectors * VECTOR_BYTES // np.dtype(dtype).itemsize
+    mr = TAP_TILE_ROWS[vectors]
     rng = np.random.default_rng(count)
     a = rng.standard_normal(2000).astype(dtype)
     b_row = nr + 5
     b = rng.standard_normal(3 + len(taps) * count * b_row + nr).astype(dtype)
-    start = rng.standard_normal(TILE_ROWS * nr).astype(dtype)
+    start = rng.standard_normal(mr * nr).astype(dtype)
     tile = start.copy()
     a_row, a_step = 11, 2
-    _taps_into(tile, a, 4, a_row, a_step, np.array(taps, np.intp), b, 3, b_row, count)
-    expected = start.astype(np.float64).reshape(TILE_ROWS, nr)
-    rows, terms = np.arange(TILE_ROWS)[:, None], np.arange(count)[None, :]
+    _taps_into(vectors, tile, a, 4, a_row, a_step, np.array(taps, np.intp), b, 3, b_row, count)
+    expected = start.astype(np.float64).reshape(mr, nr)
+    rows, terms = np.arange(mr)[:, None], np.arange(count)[None, :]
     for s, offset in enumerate(taps):
         a_part = a[4 + offset + rows * a_row + terms * a_step].astype(np.float64)
         first = 3 + s * count * b_row
         b_rows = first + np.arange(count)[:, None] * b_row + np.arange(nr)[None, :]
         expected += a_part @ b[b_rows].astype(np.float64)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(tile.reshape(TILE_ROWS, nr), expected, rtol=rtol, atol=rtol * 10)
+    np.testing.assert_allclose(tile.reshape(mr, nr), expected, rtol=rtol, atol=rtol * 10)
 
 
 @st.composite
@@ -172,7 +174,7 @@ def test_dense_stride_1_problems_take_the_direct_tiles_in_nhwc(layout, operation
 @pytest.mark.parametrize(
     "problem",
     [
-        _problem(NHWC, 8, 32, 64, 56),  # a tile's columns half empty
+        _problem(NHWC, 8, 16, 64, 56),  # one vector of input channels
         _problem(NHWC, 8, 64, 64, 56, stride=2),
         _problem(NHWC, 8, 64, 64, 56, padding=3),  # past the kernel's reach
         _problem(NHWC, 8, 64, 64, 56, k=1, padding=0),  # a matrix product
@@ -187,7 +189,8 @@ def test_other_problems_keep_their_kernels(problem):
 
 @AVX512
 def test_the_direct_workspaces_fit_the_budget():
-    for problem in (_problem(NHWC, 8, 64, 64, 56), _problem(NCHW, 4, 64, 128, 28, k=5, padding=2)):
+    for problem in (_problem(NHWC, 8, 64, 64, 56), _problem(NCHW, 4, 64, 48, 32, k=5, padding=2)):
+        assert _dispatch.direct_suits(problem)
         rows = _dispatch.direct_band_rows(problem)
         tasks = numba.config.NUMBA_NUM_THREADS * _dispatch._direct_task_bytes(problem, rows)
         totals = _dispatch.direct_weight_parts(problem) * 8 * _dispatch._weight_values(problem)

@@ -11,7 +11,7 @@ Both gradients are matrix products whose terms run over the kernel's taps
 convolution's padding, xpad the input padded by the padding). A band of rows
 is copied into a buffer PITCH pixels a row; its pixels are then one flat run,
 a tap a fixed offset into it, so a register tile of MR consecutive pixels
-(``_tile.tile_add_taps``) reads every tap's window the same way. Pixels of
+(``_tile.tile_add_taps_V``) reads every tap's window the same way. Pixels of
 the run past a row's end (PITCH - width of them) are computed and dropped
 (grad_input) or read as zeros (grad_weight's packed grad_output).
 
@@ -36,7 +36,14 @@ from numba import njit, prange
 
 from ._cache import CACHE
 from ._flags import FASTMATH
-from ._tile import TILE_ROWS, tile_add_taps, tile_columns
+from ._tile import (
+    TAP_TILE_ROWS,
+    TILE_VECTORS,
+    tile_add_taps_1,
+    tile_add_taps_2,
+    tile_add_taps_4,
+    tile_columns,
+)
 from .nchw_flat import _copy_items
 
 # Terms (pixels) of grad_weight's tiles per pass over the taps: KC pixels of
@@ -46,6 +53,55 @@ KC = 128
 # grad_weight's tiles fold into their float64 totals after this many pixels
 # (a float32 sum of many more terms drifts; see ``nhwc.BLOCK_TERMS``).
 BLOCK_TERMS = 4096
+ROWS_4, ROWS_2, ROWS_1 = TAP_TILE_ROWS[4], TAP_TILE_ROWS[2], TAP_TILE_ROWS[1]
+
+
+# numba aligns arrays to 32 bytes: a 64-byte vector load from such a buffer
+# crosses two cache lines half the time. B's panels and the tiles' sums are
+# therefore taken 64 bytes aligned (a register's width at most).
+ALIGN_BYTES = 64
+
+
+@njit(cache=CACHE)
+def _empty_aligned(count, dtype_of):
+    """An uninitialised 1-D array of ``count`` values of dtype_of's dtype, ALIGN_BYTES aligned."""
+    spare = ALIGN_BYTES // dtype_of.itemsize
+    block = np.empty(count + spare, dtype_of.dtype)
+    start = (-block.ctypes.data) % ALIGN_BYTES // dtype_of.itemsize
+    return block[start : start + count]
+
+
+@njit(cache=CACHE)
+def _zeros_aligned(count, dtype_of):
+    """``_empty_aligned``, zeroed."""
+    block = _empty_aligned(count, dtype_of)
+    block[:] = 0
+    return block
+
+
+@njit(cache=CACHE)
+def _tile_shape(columns, like):
+    """(MR, NV): tap tile for C rows ``columns`` wide: the fewest vectors (1, 2, 4) holding them.
+
+    Wider rows take panels of 4 vectors. ``like``: an array of the dtype.
+    """
+    lanes = tile_columns(like) // TILE_VECTORS
+    if columns <= lanes:
+        return ROWS_1, 1
+    if columns <= 2 * lanes:
+        return ROWS_2, 2
+    return ROWS_4, 4
+
+
+@njit(cache=CACHE, inline="always")
+def _add_taps(vectors, tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count):
+    """``_tile.tile_add_taps_V`` for V = ``vectors``."""
+    if vectors == 4:
+        tile_add_taps_4(tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
+    elif vectors == 2:
+        tile_add_taps_2(tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
+    else:
+        tile_add_taps_1(tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
 
 
 @njit(cache=CACHE)
@@ -57,7 +113,7 @@ def _pack_weight(w, groups, nr):
     kh, kw, cin_g, c_out = w.shape
     cout_g = c_out // groups
     panels = (cin_g + nr - 1) // nr
-    packed = np.zeros(groups * panels * kh * kw * cout_g * nr, w.dtype)
+    packed = _zeros_aligned(groups * panels * kh * kw * cout_g * nr, w)
     at = 0
     for group in range(groups):
         for panel in range(panels):
@@ -122,42 +178,56 @@ def grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows):
     c_out = g.shape[3]
     kh, kw = w.shape[0], w.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
-    nr = tile_columns(gi)
+    mr, vectors = _tile_shape(cin_g, gi)
+    nr = vectors * (tile_columns(gi) // TILE_VECTORS)
     gi_flat = gi.reshape(gi.size)
     panels = (cin_g + nr - 1) // nr
     top, left = (kh - 1) * dh - pt, (kw - 1) * dw - pl
     pitch, reach = width + (kw - 1) * dw, (kh - 1) * dh
-    taps = _tap_offsets(kh, kw, dh, dw, pitch, c_out)
+    # a kernel row's taps one run of terms where their windows are adjacent
+    merged = dw == 1 and groups == 1
+    taps = _tap_offsets(kh, 1 if merged else kw, dh, dw, pitch, c_out)
+    count = kw * cout_g if merged else cout_g
     panel_values = kh * kw * cout_g * nr
     w_panels = _pack_weight(w, groups, nr)
     bands = (height + band_rows - 1) // band_rows
-    slack = TILE_ROWS + (kw - 1) * dw  # pixels the last tile's taps read past the band
+    slack = mr + (kw - 1) * dw  # pixels the last tile's taps read past the band
     for task in prange(n_batch * bands):
         n, band = task // bands, task % bands
         y0 = band * band_rows
         y1 = min(height, y0 + band_rows)
         padded = np.empty(((y1 - y0 + reach) * pitch + slack) * c_out, g.dtype)
         _pad_rows(g, n, y0, y1 - y0 + reach, top, left, padded, pitch)
-        tile = np.empty(TILE_ROWS * nr, gi.dtype)
+        tile = _empty_aligned(mr * nr, gi)
         pixels = (y1 - y0) * pitch
-        for q0 in range(0, pixels, TILE_ROWS):
+        for q0 in range(0, pixels, mr):
             for group in range(groups):
                 for panel in range(panels):
                     tile[:] = 0
-                    tile_add_taps(
-                        tile, 0, padded, q0 * c_out + group * cout_g, c_out, 1, taps,
-                        w_panels, (group * panels + panel) * panel_values, nr, cout_g,
+                    _add_taps(
+                        vectors, tile, 0, padded, q0 * c_out + group * cout_g, c_out, 1, taps,
+                        w_panels, (group * panels + panel) * panel_values, nr, count,
                     )  # fmt: skip
                     j0 = group * cin_g + panel * nr
                     columns = min(nr, cin_g - panel * nr)
                     y, x = y0 + q0 // pitch, q0 % pitch
-                    for i in range(min(TILE_ROWS, pixels - q0)):
+                    for i in range(min(mr, pixels - q0)):
                         if x < width:
                             at = ((n * height + y) * width + x) * c_in + j0
-                            _copy_items(gi_flat, at, tile, i * nr, columns)
+                            _copy_row(gi_flat[at : at + columns], tile[i * nr : i * nr + columns])
                         x += 1
                         if x == pitch:
                             y, x = y + 1, 0
+
+
+# Indexed from 0 within slices, so that LLVM sees no negative index (numba
+# wraps those) and vectorises the copy: a memcpy call per tile row took 5-20 %
+# of grad_input's time.
+@njit(cache=CACHE, inline="always")
+def _copy_row(target, source):
+    """target[:] = source, for two slices of one length."""
+    for j in range(target.shape[0]):
+        target[j] = source[j]
 
 
 @njit(cache=CACHE)
@@ -188,23 +258,23 @@ def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity):
 
 
 @njit(cache=CACHE)
-def _fold_tiles(acc, totals, cin_g, c_out, groups, nr):
-    """totals[tap, ci, group*C_out/g + co] += acc's tiles (in the tiles' order), then acc = 0."""
+def _fold_tiles(acc, totals, rows, c_out, groups, mr, nr):
+    """totals[tap, row, group*C_out/g + co] += acc's MR x NR tiles (in their order); acc = 0."""
     cout_g = c_out // groups
-    row_tiles, panels = (cin_g + TILE_ROWS - 1) // TILE_ROWS, (cout_g + nr - 1) // nr
-    taps = totals.shape[0] // (cin_g * c_out)
+    row_tiles, panels = (rows + mr - 1) // mr, (cout_g + nr - 1) // nr
+    taps = totals.shape[0] // (rows * c_out)
     at = 0
     for tap in range(taps):
         for group in range(groups):
             for row_tile in range(row_tiles):
                 for panel in range(panels):
                     columns = min(nr, cout_g - panel * nr)
-                    for i in range(min(TILE_ROWS, cin_g - row_tile * TILE_ROWS)):
-                        ci = row_tile * TILE_ROWS + i
-                        out = (tap * cin_g + ci) * c_out + group * cout_g + panel * nr
+                    for i in range(min(mr, rows - row_tile * mr)):
+                        row = row_tile * mr + i
+                        out = (tap * rows + row) * c_out + group * cout_g + panel * nr
                         for j in range(columns):
                             totals[out + j] += acc[at + i * nr + j]
-                    at += TILE_ROWS * nr
+                    at += mr * nr
     acc[:] = 0
 
 
@@ -220,22 +290,27 @@ def grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
     out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
     kh, kw = gw.shape[0], gw.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
-    nr = tile_columns(gw)
-    panels, row_tiles = (cout_g + nr - 1) // nr, (cin_g + TILE_ROWS - 1) // TILE_ROWS
+    mr, vectors = _tile_shape(cout_g, gw)
+    nr = vectors * (tile_columns(gw) // TILE_VECTORS)
     pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
-    taps = _tap_offsets(kh, kw, dh, dw, pitch, c_in)
+    # a kernel row's taps as one C, its rows (b, ci), where their windows are
+    # adjacent: C's rows are then adjacent values of the band, as gw's are
+    merged = dw == 1 and groups == 1
+    rows = kw * cin_g if merged else cin_g
+    taps = _tap_offsets(kh, 1 if merged else kw, dh, dw, pitch, c_in)
+    panels, row_tiles = (cout_g + nr - 1) // nr, (rows + mr - 1) // mr
     tap_tiles = groups * row_tiles * panels  # tiles of one tap's C
-    tile_values = TILE_ROWS * nr
+    tile_values = mr * nr
     bands = (out_h + band_rows - 1) // band_rows
     units = n_batch * bands
     capacity = band_rows * pitch  # pixels of a band in a packed panel
     no_offset = np.zeros(1, np.intp)  # a tap's offset goes into a_at
     totals = np.zeros((parts, kh * kw * cin_g * c_out))
     for part in prange(parts):
-        acc = np.zeros(kh * kw * tap_tiles * tile_values, gw.dtype)
-        # the padded input band, read TILE_ROWS channels past its end at most
-        padded = np.empty((band_rows + reach + 1) * pitch * c_in + TILE_ROWS, x.dtype)
-        packed = np.empty(groups * panels * capacity * nr, g.dtype)
+        acc = _zeros_aligned(taps.shape[0] * tap_tiles * tile_values, gw)
+        # the padded input band, read MR channels past its end at most
+        padded = np.empty((band_rows + reach + 1) * pitch * c_in + mr, x.dtype)
+        packed = _empty_aligned(groups * panels * capacity * nr, g)
         pending = 0
         for unit in range(part * units // parts, (part + 1) * units // parts):
             n, band = unit // bands, unit % bands
@@ -246,24 +321,24 @@ def grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
             pixels = (y1 - y0) * pitch
             for t0 in range(0, pixels, KC):
                 kc = min(KC, pixels - t0)
-                for tap in range(kh * kw):
+                for tap in range(taps.shape[0]):
                     a_at = t0 * c_in + taps[tap]
                     for group in range(groups):
                         for row_tile in range(row_tiles):
-                            ci0 = group * cin_g + row_tile * TILE_ROWS
+                            ci0 = group * cin_g + row_tile * mr
                             for panel in range(panels):
                                 b_at = ((group * panels + panel) * capacity + t0) * nr
                                 tile = (tap * tap_tiles + (group * row_tiles + row_tile) * panels
                                         + panel) * tile_values  # fmt: skip
-                                tile_add_taps(
-                                    acc, tile, padded, a_at + ci0, 1, c_in, no_offset,
+                                _add_taps(
+                                    vectors, acc, tile, padded, a_at + ci0, 1, c_in, no_offset,
                                     packed, b_at, nr, kc,
                                 )  # fmt: skip
             pending += pixels
             if pending >= BLOCK_TERMS:
-                _fold_tiles(acc, totals[part], cin_g, c_out, groups, nr)
+                _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr)
                 pending = 0
-        _fold_tiles(acc, totals[part], cin_g, c_out, groups, nr)
+        _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr)
     for part in range(1, parts):
         totals[0] += totals[part]
     gw_flat = gw.reshape(gw.size)
