@@ -1,6 +1,6 @@
 """Pick the kernel for a problem: a pure function of layout, dtype, shape and options.
 
-Six kernel families, by what their innermost loop runs along:
+The kernel families, by what their innermost loop runs along:
 
 - "gemm" (``kernels/gemm.py``, both layouts): 1x1 kernels with stride 1 and
   no padding are plain matrix products, run through NumPy's BLAS;
@@ -17,6 +17,9 @@ Six kernel families, by what their innermost loop runs along:
 - "depthwise tiles" (``kernels/depthwise_tiles.py``, both layouts,
   conv2d_backward only, stride 1): a block of channels, one vector register
   wide, in a tile per image, all three gradients in one pass;
+- "direct" (``kernels/direct_tiles.py``, NHWC; NCHW arrays converted):
+  dense stride-1 problems as products whose terms run over the kernel's taps,
+  read from zero-padded bands by register tiles (AVX-512 CPUs only);
 - "unfolded" (``kernels/im2col.py``, both layouts; NCHW in
   ``kernels/im2col_nchw.py``): dense problems on short planes or at strides
   as two BLAS products per tile of images over their unfolded input (im2col).
@@ -539,9 +542,19 @@ def _direct_totals_room(problem: Problem) -> int:
 
 
 def direct_weight_parts(problem: Problem) -> int:
-    """Parts of the bands whose grad_weight float64 totals the direct kernel keeps apart."""
+    """Parts of the bands whose grad_weight float64 totals the direct kernel keeps apart.
+
+    As many as the budget holds, down to a multiple of the pool's threads when
+    there are more (numba hands each thread an even run of the parts: 7 parts
+    on 2 threads made one thread's share 4/3.5 of the mean, grad_weight 4.9 ms
+    where its single-thread time, 8.4 ms, promised 4.2).
+    """
     units = problem.n * -(-problem.out_h // direct_band_rows(problem))
-    return int(max(1, min(units, _direct_totals_room(problem) // (8 * _weight_values(problem)))))
+    parts = min(units, _direct_totals_room(problem) // (8 * _weight_values(problem)))
+    threads = numba.config.NUMBA_NUM_THREADS
+    if parts > threads:
+        parts -= parts % threads
+    return int(max(1, parts))
 
 
 def direct_suits(problem: Problem) -> bool:
@@ -971,7 +984,9 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     NCHW ones the depthwise planes kernel (phase planes at other strides),
     finite-only, both when one workspace per thread fits the budget; other
     NHWC ones ``backward_nhwc_depthwise`` (exact for any input). All write
-    grad_input (``writes_input``). Other problems get None (BLAS ones always).
+    grad_input (``writes_input``). Problems for the direct tiles
+    (``direct_suits``) take them, grad_bias summed with grad_weight,
+    finite-only. Other problems get None (BLAS ones always).
     """
     if is_depthwise(problem) and problem.geometry.groups > 1:  # one channel alone is no group
         tiles = depthwise_tiles_suit(problem)
@@ -1000,8 +1015,10 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     serial = KernelChoice(kernel, problem.layout, (*_flat_args(problem), nhwc), finite_only=True)
     if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem):
         return serial
-    if direct_suits(problem):
-        return None  # the direct kernels, one gradient each
+    if direct_suits(problem):  # the direct kernels, grad_bias summed with grad_weight
+        args = _direct_choice("grad_weight", problem, None).args
+        kernel = direct_tiles.backward_direct
+        return KernelChoice(kernel, NHWC, args, finite_only=True, writes_input=True)
     if im2col_suits(problem):
         return _im2col_choice(problem)
     if not fused_suits(problem):

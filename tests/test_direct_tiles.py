@@ -82,9 +82,9 @@ def _run_direct(x, w, g, pads, dilation, groups, band_rows, parts):
     top, _, left, _ = pads
     gi = np.full(x.shape, np.nan, x.dtype)  # every value must be written
     direct_tiles.grad_input_nhwc(g, w, gi, top, left, *dilation, groups, band_rows)
-    gw = np.zeros(w.shape, w.dtype)
-    direct_tiles.grad_weight_nhwc(x, g, gw, top, left, *dilation, groups, band_rows, parts)
-    return gi, gw
+    gw, gb = np.zeros(w.shape, w.dtype), np.zeros(g.shape[-1], g.dtype)
+    direct_tiles.grad_weight_nhwc(x, g, gw, gb, top, left, *dilation, groups, band_rows, parts)
+    return gi, gw, gb
 
 
 @settings(deadline=None, max_examples=60)
@@ -96,15 +96,16 @@ def test_direct_kernels_match_the_reference(case):
     out_h = x.shape[1] + top + bottom - (w.shape[0] - 1) * dilation[0]
     out_w = x.shape[2] + left + right - (w.shape[1] - 1) * dilation[1]
     g = rng.standard_normal((x.shape[0], out_h, out_w, w.shape[3])).astype(dtype)
-    gi, gw = _run_direct(x, w, g, pads, dilation, groups, band_rows, parts)
+    gi, gw, gb = _run_direct(x, w, g, pads, dilation, groups, band_rows, parts)
     padding = ((top, bottom), (left, right))
-    gi_ref, gw_ref, _ = conv2d_backward_reference(
+    gi_ref, gw_ref, gb_ref = conv2d_backward_reference(
         g, x, w, padding=padding, dilation=dilation, groups=groups, layout="NHWC"
     )
     rtol = 2e-5 if dtype == np.float32 else 1e-12
     scale_i, scale_w = np.abs(gi_ref).max() + 1, np.abs(gw_ref).max() + 1
     np.testing.assert_allclose(gi, gi_ref, rtol=rtol, atol=rtol * scale_i)
     np.testing.assert_allclose(gw, gw_ref, rtol=rtol, atol=rtol * scale_w)
+    np.testing.assert_allclose(gb, gb_ref, rtol=rtol, atol=rtol * (np.abs(gb_ref).max() + 1))
 
 
 def test_direct_kernels_give_the_same_bits_at_any_thread_count():
@@ -120,8 +121,8 @@ def test_direct_kernels_give_the_same_bits_at_any_thread_count():
             results.append(_run_direct(x, w, g, (1, 1, 1, 1), (1, 1), 1, 4, 3))
     finally:
         numba.set_num_threads(before)
-    for gi, gw in results[1:]:
-        assert np.array_equal(gi, results[0][0]) and np.array_equal(gw, results[0][1])
+    for result in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(result, results[0], strict=True))
 
 
 def test_grad_weight_adds_into_what_is_there():
@@ -131,7 +132,7 @@ def test_grad_weight_adds_into_what_is_there():
     g = rng.standard_normal((2, 9, 9, 64)).astype(np.float64)
     start = rng.standard_normal(w.shape)
     gw = start.copy()
-    direct_tiles.grad_weight_nhwc(x, g, gw, 1, 1, 1, 1, 1, 3, 2)
+    direct_tiles.grad_weight_nhwc(x, g, gw, np.empty(0), 1, 1, 1, 1, 1, 3, 2)
     _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
     np.testing.assert_allclose(gw, start + gw_ref, rtol=1e-12, atol=1e-11)
 
@@ -167,7 +168,9 @@ def test_dense_stride_1_problems_take_the_direct_tiles_in_nhwc(layout, operation
     choice = _dispatch.select_kernel(operation, problem)
     assert choice.kernel in (direct_tiles.grad_input_direct, direct_tiles.grad_weight_direct)
     assert choice.layout is NHWC and choice.exact is not None
-    assert _dispatch.select_backward_kernel(problem) is None
+    fused = _dispatch.select_backward_kernel(problem)  # grad_bias summed with grad_weight
+    assert fused.kernel is direct_tiles.backward_direct and fused.finite_only
+    assert fused.layout is NHWC and fused.writes_input
     assert _dispatch.direct_suits(_problem(layout, 8, 64, 64, 56, dtype=np.float64))
 
 
@@ -229,6 +232,6 @@ def test_grad_weight_folds_long_parts_into_their_totals():
     g = rng.standard_normal((1, 72, 72, 9)).astype(np.float32)
     assert direct_tiles.BLOCK_TERMS < 72 * 74
     gw = np.zeros(w.shape, np.float32)
-    direct_tiles.grad_weight_nhwc(x, g, gw, 1, 1, 1, 1, 1, 5, 1)
+    direct_tiles.grad_weight_nhwc(x, g, gw, np.empty(0, gw.dtype), 1, 1, 1, 1, 1, 5, 1)
     _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
     np.testing.assert_allclose(gw, gw_ref, rtol=1e-5, atol=1e-4)

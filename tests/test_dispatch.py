@@ -8,6 +8,7 @@ from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
 from convgrad.kernels import (
     depthwise_tiles,
+    direct_tiles,
     im2col,
     nchw,
     nchw_depthwise,
@@ -286,7 +287,8 @@ def test_backward_kernel_fuses_small_and_few_channel_problems():
     assert choice(8, 6, 16, 12, groups=2) is serial  # 5e5 terms: serial still
     assert choice(1, 6, 16, 12, k=5, padding=0) is serial  # lenet2: small, one block
     assert choice(1, 3, 64, 32) is None  # one image, 1.8M terms: the parallel flat kernels
-    assert choice(8, 64, 64, 56) is None  # many channels, large
+    wide = choice(8, 64, 64, 56)  # many channels, large: the direct tiles (AVX-512) or none
+    assert wide is (direct_tiles.backward_direct if _dispatch.DIRECT_TILES else None)
     assert choice(1, 1, 6, 28, padding=0) is serial  # the seed: not flat, tiny
     assert choice(1, 32, 16, 4) is serial  # tiny planes, many channels: not flat, tiny
     assert choice(2, 8, 8, 10, stride=2) is nchw_flat.backward_padded_serial  # phase planes

@@ -103,6 +103,7 @@ def test_cases_cover_every_kernel_family(name, layout):
     # the depthwise backward is fused too (NHWC: grad_weight with grad_bias), and so
     # are NCHW groups of few channels (a channel multiplier)
     fuses = name.startswith(("fused", "depthwise-")) or name in UNFOLDED
+    fuses |= FAMILIES[name][layout == "NHWC"] == "direct"  # grad_bias summed with grad_weight
     fuses |= name == "depthwise" and layout == "NCHW"
     assert (fused is not None) == fuses
     tiles = fused is not None and fused.kernel is depthwise_tiles.backward_depthwise_tiles

@@ -231,13 +231,15 @@ def _copy_row(target, source):
 
 
 @njit(cache=CACHE)
-def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity):
+def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity, sums):
     """grad_weight's B: grad_output's rows y0 <= y < y1 in panels of NR channels.
 
     target[(group*panels + panel)*capacity + q, j] = g[n, y0 + q // PITCH,
     q % PITCH, group*C_out/g + panel*NR + j]; zeros past a row's OW pixels and
-    past the group's channels.
+    past the group's channels. Each value packed is also added into ``sums``
+    (float64, C_out of them; grad_bias's) unless ``sums`` is empty.
     """
+    biased = sums.shape[0] > 0
     out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
     cout_g = c_out // groups
     panels = (cout_g + nr - 1) // nr
@@ -255,6 +257,15 @@ def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity):
                     panel_row = target[at : at + columns]
                     for j in range(columns):
                         panel_row[j] = source[j]
+                    if biased:
+                        _add_row(sums[first : first + columns], source[:columns])
+
+
+@njit(cache=CACHE, inline="always")
+def _add_row(target, source):
+    """target[:] += source, for two slices of one length."""
+    for j in range(target.shape[0]):
+        target[j] += source[j]
 
 
 @njit(cache=CACHE)
@@ -279,12 +290,12 @@ def _fold_tiles(acc, totals, rows, c_out, groups, mr, nr):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
+def grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts):
     """gw += the weight gradient of x (N, H, W, C_in) and g (N, OH, OW, C_out).
 
     gw (KH, KW, C_in/g, C_out); stride 1. The images' bands of ``band_rows``
     output rows, in order, in ``parts`` even parts, each summed into its own
-    float64 totals.
+    float64 totals. gb += grad_bias, summed with them, unless it is empty.
     """
     n_batch, c_in = x.shape[0], x.shape[3]
     out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
@@ -306,6 +317,7 @@ def grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
     capacity = band_rows * pitch  # pixels of a band in a packed panel
     no_offset = np.zeros(1, np.intp)  # a tap's offset goes into a_at
     totals = np.zeros((parts, kh * kw * cin_g * c_out))
+    bias = np.zeros((parts, c_out if gb.shape[0] else 0))
     for part in prange(parts):
         acc = _zeros_aligned(taps.shape[0] * tap_tiles * tile_values, gw)
         # the padded input band, read MR channels past its end at most
@@ -317,7 +329,7 @@ def grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
             y0 = band * band_rows
             y1 = min(out_h, y0 + band_rows)
             _pad_rows(x, n, y0, y1 - y0 + reach, pt, pl, padded, pitch)
-            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity)
+            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity, bias[part])
             pixels = (y1 - y0) * pitch
             for t0 in range(0, pixels, KC):
                 kc = min(KC, pixels - t0)
@@ -341,9 +353,12 @@ def grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
         _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr)
     for part in range(1, parts):
         totals[0] += totals[part]
+        bias[0] += bias[part]
     gw_flat = gw.reshape(gw.size)
     for k in range(gw_flat.shape[0]):
         gw_flat[k] += totals[0, k]
+    for k in range(gb.shape[0]):
+        gb[k] += bias[0, k]
 
 
 def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows):
@@ -359,10 +374,29 @@ def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows):
 
 def grad_weight_direct(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
     """``grad_weight_nhwc`` for arrays of any strides (C-contiguous copies where needed)."""
+    _weight_and_bias(x, g, gw, np.empty(0, gw.dtype), pt, pl, dh, dw, groups, band_rows, parts)
+
+
+def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts):
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
     if gw.flags.c_contiguous:
-        grad_weight_nhwc(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts)
+        grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts)
         return
     total = np.ascontiguousarray(gw)
-    grad_weight_nhwc(x, g, total, pt, pl, dh, dw, groups, band_rows, parts)
+    grad_weight_nhwc(x, g, total, gb, pt, pl, dh, dw, groups, band_rows, parts)
     gw[...] = total
+
+
+def backward_direct(x, g, w, gi, gw, gb, pt, pl, dh, dw, groups, band_rows, parts):
+    """All three gradients: gi written, gw and gb added into (grad_bias summed with gw).
+
+    Exact for finite inputs only, like its kernels; returns None (the caller
+    checks the results).
+    """
+    grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows)
+    if gb.flags.c_contiguous:
+        _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts)
+        return
+    sums = np.zeros(gb.shape, gb.dtype)
+    _weight_and_bias(x, g, gw, sums, pt, pl, dh, dw, groups, band_rows, parts)
+    gb += sums
