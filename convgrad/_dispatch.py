@@ -17,7 +17,7 @@ The kernel families, by what their innermost loop runs along:
 - "depthwise tiles" (``kernels/depthwise_tiles.py``, both layouts,
   conv2d_backward only, stride 1): a block of channels, one vector register
   wide, in a tile per image, all three gradients in one pass;
-- "direct" (``kernels/direct_tiles.py``, NHWC; NCHW arrays converted):
+- "direct" (``kernels/direct_tiles.py``, both layouts, copied into NHWC bands):
   dense stride-1 problems as products whose terms run over the kernel's taps,
   read from zero-padded bands by register tiles (AVX-512 CPUs only);
 - "unfolded" (``kernels/im2col.py``, both layouts; NCHW in
@@ -248,8 +248,6 @@ def kernel_layout(problem: Problem, operation: str = "grad_input") -> Layout:
     """
     if is_depthwise(problem) or (operation != "forward" and gemm_suits(problem)):
         return problem.layout
-    if operation != "forward" and direct_suits(problem):
-        return NHWC
     if operation != "forward" and (flat_suits(problem) or im2col_suits(problem)):
         return problem.layout
     cout_g = problem.c_out // problem.geometry.groups
@@ -461,7 +459,7 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
 
 
 # Dense stride-1 problems run the direct products by register tiles
-# (``kernels/direct_tiles.py``, NHWC; NCHW arrays are converted) where every
+# (``kernels/direct_tiles.py``, either layout: NHWC bands) where every
 # group has at least DIRECT_MIN_VECTORS vector registers' worth of input and
 # of output channels (32 float32, 16 float64 on AVX-512), no padding passes
 # the kernel's reach and the unfolded products do not take them (short planes,
@@ -541,17 +539,24 @@ def _direct_totals_room(problem: Problem) -> int:
     return _workspace_budget(problem) - tasks - packed * problem.dtype.itemsize
 
 
+DIRECT_PARTS_PER_THREAD = 4
+
+
 def direct_weight_parts(problem: Problem) -> int:
     """Parts of the bands whose grad_weight float64 totals the direct kernel keeps apart.
 
-    As many as the budget holds, down to a multiple of the pool's threads when
+    As many as the budget holds, at most DIRECT_PARTS_PER_THREAD per thread
+    (each part's totals are zeroed, folded and added: 32 parts of 4 x 32 -> 32
+    @ 64 x 64 took grad_weight 1.26 ms, 4 parts 0.91), down to a multiple of
+    the pool's threads when
     there are more (numba hands each thread an even run of the parts: 7 parts
     on 2 threads made one thread's share 4/3.5 of the mean, grad_weight 4.9 ms
     where its single-thread time, 8.4 ms, promised 4.2).
     """
     units = problem.n * -(-problem.out_h // direct_band_rows(problem))
-    parts = min(units, _direct_totals_room(problem) // (8 * _weight_values(problem)))
     threads = numba.config.NUMBA_NUM_THREADS
+    parts = min(units, _direct_totals_room(problem) // (8 * _weight_values(problem)))
+    parts = min(parts, DIRECT_PARTS_PER_THREAD * threads)
     if parts > threads:
         parts -= parts % threads
     return int(max(1, parts))
@@ -581,16 +586,25 @@ def direct_suits(problem: Problem) -> bool:
     return _direct_totals_room(problem) >= parts * 8 * _weight_values(problem)
 
 
-def _direct_choice(operation: str, problem: Problem, exact: KernelChoice) -> KernelChoice:
-    """The direct kernel for ``operation``, NHWC, exact for finite inputs (``exact`` otherwise)."""
+def _direct_choice(operation: str, problem: Problem, exact: KernelChoice | None) -> KernelChoice:
+    """The direct kernel for ``operation``, in the problem's layout, exact for finite inputs.
+
+    ``exact``: the choice for inputs that are not (None for the fused backward).
+    """
     top, _, left, _ = problem.geometry.padding
     dh, dw = problem.geometry.dilation
     args = (top, left, dh, dw, problem.geometry.groups, direct_band_rows(problem))
+    nchw = int(problem.layout is NCHW)
+    layout = problem.layout
     if operation == "grad_input":
         kernel = direct_tiles.grad_input_direct
-        return KernelChoice(kernel, NHWC, args, exact=exact, writes_input=True)
-    kernel = direct_tiles.grad_weight_direct
-    return KernelChoice(kernel, NHWC, (*args, direct_weight_parts(problem)), exact=exact)
+        return KernelChoice(kernel, layout, (*args, nchw), exact=exact, writes_input=True)
+    parts = direct_weight_parts(problem)
+    if operation == "grad_weight":
+        kernel = direct_tiles.grad_weight_direct
+        return KernelChoice(kernel, layout, (*args, parts, nchw), exact=exact)
+    kernel = direct_tiles.backward_direct  # grad_bias summed with grad_weight
+    return KernelChoice(kernel, layout, (*args, parts, nchw), finite_only=True, writes_input=True)
 
 
 def banded(choice: KernelChoice) -> bool:
@@ -1015,10 +1029,8 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     serial = KernelChoice(kernel, problem.layout, (*_flat_args(problem), nhwc), finite_only=True)
     if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem):
         return serial
-    if direct_suits(problem):  # the direct kernels, grad_bias summed with grad_weight
-        args = _direct_choice("grad_weight", problem, None).args
-        kernel = direct_tiles.backward_direct
-        return KernelChoice(kernel, NHWC, args, finite_only=True, writes_input=True)
+    if direct_suits(problem):
+        return _direct_choice("backward", problem, None)
     if im2col_suits(problem):
         return _im2col_choice(problem)
     if not fused_suits(problem):

@@ -67,7 +67,8 @@ def direct_cases(draw):
         draw(st.integers(0, 99)),
     )
     dims = (n, groups * cin_g, groups * cout_g, max(height, 1), width, kh, kw)
-    return dtype, groups, dims, (dh, dw), tuple(pads), band_rows, parts, seed
+    nchw = draw(st.booleans())
+    return dtype, groups, dims, (dh, dw), tuple(pads), band_rows, parts, seed, nchw
 
 
 def _case_arrays(dtype, groups, dims, seed):
@@ -78,25 +79,31 @@ def _case_arrays(dtype, groups, dims, seed):
     return x, w, rng
 
 
-def _run_direct(x, w, g, pads, dilation, groups, band_rows, parts):
+def _run_direct(x, w, g, pads, dilation, groups, band_rows, parts, nchw=False):
+    """The three gradients of NHWC arrays by backward_direct, on NCHW copies if ``nchw``."""
     top, _, left, _ = pads
+    if nchw:
+        x, g = (np.ascontiguousarray(a.transpose(0, 3, 1, 2)) for a in (x, g))
+        w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
     gi = np.full(x.shape, np.nan, x.dtype)  # every value must be written
-    direct_tiles.grad_input_nhwc(g, w, gi, top, left, *dilation, groups, band_rows)
-    gw, gb = np.zeros(w.shape, w.dtype), np.zeros(g.shape[-1], g.dtype)
-    direct_tiles.grad_weight_nhwc(x, g, gw, gb, top, left, *dilation, groups, band_rows, parts)
+    gw, gb = np.zeros(w.shape, w.dtype), np.zeros(w.shape[0 if nchw else 3], g.dtype)
+    args = (top, left, *dilation, groups, band_rows, parts, int(nchw))
+    direct_tiles.backward_direct(x, g, w, gi, gw, gb, *args)
+    if nchw:
+        return gi.transpose(0, 2, 3, 1), gw.transpose(2, 3, 1, 0), gb
     return gi, gw, gb
 
 
 @settings(deadline=None, max_examples=60)
 @given(direct_cases())
 def test_direct_kernels_match_the_reference(case):
-    dtype, groups, dims, dilation, pads, band_rows, parts, seed = case
+    dtype, groups, dims, dilation, pads, band_rows, parts, seed, nchw = case
     x, w, rng = _case_arrays(dtype, groups, dims, seed)
     top, bottom, left, right = pads
     out_h = x.shape[1] + top + bottom - (w.shape[0] - 1) * dilation[0]
     out_w = x.shape[2] + left + right - (w.shape[1] - 1) * dilation[1]
     g = rng.standard_normal((x.shape[0], out_h, out_w, w.shape[3])).astype(dtype)
-    gi, gw, gb = _run_direct(x, w, g, pads, dilation, groups, band_rows, parts)
+    gi, gw, gb = _run_direct(x, w, g, pads, dilation, groups, band_rows, parts, nchw)
     padding = ((top, bottom), (left, right))
     gi_ref, gw_ref, gb_ref = conv2d_backward_reference(
         g, x, w, padding=padding, dilation=dilation, groups=groups, layout="NHWC"
@@ -118,11 +125,13 @@ def test_direct_kernels_give_the_same_bits_at_any_thread_count():
         results = []
         for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(threads)
-            results.append(_run_direct(x, w, g, (1, 1, 1, 1), (1, 1), 1, 4, 3))
+            for nchw in (False, True):
+                results.append(_run_direct(x, w, g, (1, 1, 1, 1), (1, 1), 1, 4, 3, nchw))
     finally:
         numba.set_num_threads(before)
-    for result in results[1:]:
-        assert all(np.array_equal(a, b) for a, b in zip(result, results[0], strict=True))
+    for k in range(2, len(results)):  # each layout's bits at every thread count
+        same = zip(results[k], results[k % 2], strict=True)
+        assert all(np.array_equal(a, b) for a, b in same)
 
 
 def test_grad_weight_adds_into_what_is_there():
@@ -132,7 +141,7 @@ def test_grad_weight_adds_into_what_is_there():
     g = rng.standard_normal((2, 9, 9, 64)).astype(np.float64)
     start = rng.standard_normal(w.shape)
     gw = start.copy()
-    direct_tiles.grad_weight_nhwc(x, g, gw, np.empty(0), 1, 1, 1, 1, 1, 3, 2)
+    direct_tiles.grad_weight_nhwc(x, g, gw, np.empty(0), 1, 1, 1, 1, 1, 3, 2, 0)
     _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
     np.testing.assert_allclose(gw, start + gw_ref, rtol=1e-12, atol=1e-11)
 
@@ -144,8 +153,8 @@ def test_the_wrappers_take_arrays_of_any_strides():
     g = rng.standard_normal((2, 8, 8, 128)).astype(np.float32)[..., ::2]  # strided
     gi = np.zeros((2, 8, 8, 128), np.float32)[..., ::2]
     gw = np.zeros((3, 3, 64, 128), np.float32)[..., ::2]
-    direct_tiles.grad_input_direct(g, w, gi, 1, 1, 1, 1, 1, 3)
-    direct_tiles.grad_weight_direct(x, g, gw, 1, 1, 1, 1, 1, 3, 2)
+    direct_tiles.grad_input_direct(g, w, gi, 1, 1, 1, 1, 1, 3, 0)
+    direct_tiles.grad_weight_direct(x, g, gw, 1, 1, 1, 1, 1, 3, 2, 0)
     gi_ref, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
     np.testing.assert_allclose(gi, gi_ref, rtol=2e-5, atol=1e-4)
     np.testing.assert_allclose(gw, gw_ref, rtol=2e-5, atol=1e-4)
@@ -163,14 +172,14 @@ def _problem(layout, n, c_in, c_out, size, k=3, padding=1, stride=1, dtype=np.fl
 @AVX512
 @pytest.mark.parametrize("layout", [NHWC, NCHW])
 @pytest.mark.parametrize("operation", ["grad_input", "grad_weight"])
-def test_dense_stride_1_problems_take_the_direct_tiles_in_nhwc(layout, operation):
+def test_dense_stride_1_problems_take_the_direct_tiles_in_their_layout(layout, operation):
     problem = _problem(layout, 8, 64, 64, 56)  # the suite's resnet_3x3
     choice = _dispatch.select_kernel(operation, problem)
     assert choice.kernel in (direct_tiles.grad_input_direct, direct_tiles.grad_weight_direct)
-    assert choice.layout is NHWC and choice.exact is not None
+    assert choice.layout is layout and choice.exact is not None
     fused = _dispatch.select_backward_kernel(problem)  # grad_bias summed with grad_weight
     assert fused.kernel is direct_tiles.backward_direct and fused.finite_only
-    assert fused.layout is NHWC and fused.writes_input
+    assert fused.layout is layout and fused.writes_input
     assert _dispatch.direct_suits(_problem(layout, 8, 64, 64, 56, dtype=np.float64))
 
 
@@ -232,6 +241,6 @@ def test_grad_weight_folds_long_parts_into_their_totals():
     g = rng.standard_normal((1, 72, 72, 9)).astype(np.float32)
     assert direct_tiles.BLOCK_TERMS < 72 * 74
     gw = np.zeros(w.shape, np.float32)
-    direct_tiles.grad_weight_nhwc(x, g, gw, np.empty(0, gw.dtype), 1, 1, 1, 1, 1, 5, 1)
+    direct_tiles.grad_weight_nhwc(x, g, gw, np.empty(0, gw.dtype), 1, 1, 1, 1, 1, 5, 1, 0)
     _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
     np.testing.assert_allclose(gw, gw_ref, rtol=1e-5, atol=1e-4)

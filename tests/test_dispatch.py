@@ -113,7 +113,7 @@ def test_flat_planes_for_long_planes_and_enough_reuse(
         if unfolded:
             assert choice.kernel is getattr(im2col, f"{operation}_im2col")
         elif _dispatch.direct_suits(p):  # dense, stride 1: test_direct_tiles.py
-            assert choice.layout is NHWC and choice.exact is not None
+            assert choice.layout is user_layout and choice.exact is not None
         elif flat:
             assert choice.kernel is getattr(nchw_flat, f"{operation}_nchw_flat")
             # the flat kernels read either layout: no relayouted copies

@@ -137,26 +137,44 @@ def _tap_offsets(kh, kw, dh, dw, pitch, scale):
 
 
 @njit(cache=CACHE)
-def _pad_rows(source, n, first, rows, top, left, target, pitch):
+def _pad_rows(source, n, first, rows, top, left, target, pitch, nchw):
     """target's pixel rows r < ``rows`` = source[n, first + r - top] from column ``left``; else 0.
 
-    ``source`` C-contiguous (N, H, W, C); zeros past the rows too, to the end
-    of ``target`` (the tiles read a little beyond).
+    ``source`` C-contiguous, (N, H, W, C) or with ``nchw`` (N, C, H, W): its
+    channels then go into the band's pixels (channels innermost). Zeros past
+    the rows too, to the end of ``target`` (the tiles read a little beyond).
     """
-    height, width, channels = source.shape[1], source.shape[2], source.shape[3]
+    height, width, channels = _sizes(source, nchw)
     flat = source.reshape(source.size)
     row_values, before = pitch * channels, left * channels
     after = row_values - before - width * channels
+    if nchw:
+        _zero(target, 0, target.shape[0])
     for r in range(rows):
         row, start = first + r - top, r * row_values
-        if 0 <= row < height:
+        if not 0 <= row < height:
+            if not nchw:
+                _zero(target, start, row_values)
+        elif nchw:
+            for c in range(channels):
+                plane_row = flat[((n * channels + c) * height + row) * width :]
+                for x in range(width):
+                    target[start + before + x * channels + c] = plane_row[x]
+        else:
             _zero(target, start, before)
             at = ((n * height + row) * width) * channels
             _copy_items(target, start + before, flat, at, width * channels)
             _zero(target, start + before + width * channels, after)
-        else:
-            _zero(target, start, row_values)
-    _zero(target, rows * row_values, target.shape[0] - rows * row_values)
+    if not nchw:
+        _zero(target, rows * row_values, target.shape[0] - rows * row_values)
+
+
+@njit(cache=CACHE, inline="always")
+def _sizes(image, nchw):
+    """(H, W, C) of an image array, NCHW if ``nchw`` else NHWC."""
+    if nchw:
+        return image.shape[2], image.shape[3], image.shape[1]
+    return image.shape[1], image.shape[2], image.shape[3]
 
 
 @njit(cache=CACHE, inline="always")
@@ -168,14 +186,16 @@ def _zero(target, start, count):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows):
+def grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw):
     """gi = the input gradient, written; g (N, OH, OW, C_out), w (KH, KW, C_in/g, C_out).
 
     Stride 1, each padding at most the kernel's reach. A band of ``band_rows``
-    rows of one image per task.
+    rows of one image per task. With ``nchw``, g and gi are (N, C, H, W)
+    arrays (the bands are NHWC all the same).
     """
-    n_batch, height, width, c_in = gi.shape
-    c_out = g.shape[3]
+    n_batch = gi.shape[0]
+    height, width, c_in = _sizes(gi, nchw)
+    c_out = _sizes(g, nchw)[2]
     kh, kw = w.shape[0], w.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
     mr, vectors = _tile_shape(cin_g, gi)
@@ -197,8 +217,15 @@ def grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows):
         y0 = band * band_rows
         y1 = min(height, y0 + band_rows)
         padded = np.empty(((y1 - y0 + reach) * pitch + slack) * c_out, g.dtype)
-        _pad_rows(g, n, y0, y1 - y0 + reach, top, left, padded, pitch)
+        _pad_rows(g, n, y0, y1 - y0 + reach, top, left, padded, pitch, nchw)
         tile = _empty_aligned(mr * nr, gi)
+        # NCHW: the band's results NHWC first, then into the planes a row at a
+        # time (a tile row's channels straight into planes a power of two apart
+        # would share an L1 set)
+        dest = np.empty((y1 - y0) * width * c_in if nchw else 0, gi.dtype)
+        first_row = y0 if nchw else -n * height
+        if not nchw:
+            dest = gi_flat
         pixels = (y1 - y0) * pitch
         for q0 in range(0, pixels, mr):
             for group in range(groups):
@@ -213,11 +240,24 @@ def grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows):
                     y, x = y0 + q0 // pitch, q0 % pitch
                     for i in range(min(mr, pixels - q0)):
                         if x < width:
-                            at = ((n * height + y) * width + x) * c_in + j0
-                            _copy_row(gi_flat[at : at + columns], tile[i * nr : i * nr + columns])
+                            at = ((y - first_row) * width + x) * c_in + j0
+                            _copy_row(dest[at : at + columns], tile[i * nr : i * nr + columns])
                         x += 1
                         if x == pitch:
                             y, x = y + 1, 0
+        if nchw:
+            _band_to_planes(dest, gi_flat, n, y0, y1, height, width, c_in)
+
+
+@njit(cache=CACHE)
+def _band_to_planes(band, planes, n, y0, y1, height, width, channels):
+    """planes[n, c, y, x] = band[y - y0, x, c] for rows y0 <= y < y1 (flat NCHW and NHWC)."""
+    for c in range(channels):
+        for y in range(y0, y1):
+            row = planes[((n * channels + c) * height + y) * width :]
+            source = band[((y - y0) * width) * channels + c :]
+            for x in range(width):
+                row[x] = source[x * channels]
 
 
 # Indexed from 0 within slices, so that LLVM sees no negative index (numba
@@ -231,16 +271,17 @@ def _copy_row(target, source):
 
 
 @njit(cache=CACHE)
-def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity, sums):
+def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity, sums, nchw):
     """grad_weight's B: grad_output's rows y0 <= y < y1 in panels of NR channels.
 
     target[(group*panels + panel)*capacity + q, j] = g[n, y0 + q // PITCH,
     q % PITCH, group*C_out/g + panel*NR + j]; zeros past a row's OW pixels and
     past the group's channels. Each value packed is also added into ``sums``
-    (float64, C_out of them; grad_bias's) unless ``sums`` is empty.
+    (float64, C_out of them; grad_bias's) unless ``sums`` is empty. With
+    ``nchw``, g is (N, C_out, OH, OW).
     """
     biased = sums.shape[0] > 0
-    out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
+    out_h, out_w, c_out = _sizes(g, nchw)
     cout_g = c_out // groups
     panels = (cout_g + nr - 1) // nr
     flat = g.reshape(g.size)
@@ -250,6 +291,18 @@ def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity, sums):
             first = group * cout_g + panel * nr
             columns = min(nr, cout_g - panel * nr)
             base = (group * panels + panel) * capacity
+            if nchw:
+                for y in range(y0, y1):
+                    for j in range(columns):
+                        plane_row = flat[((n * c_out + first + j) * out_h + y) * out_w :]
+                        at = (base + (y - y0) * pitch) * nr + j
+                        total = 0.0
+                        for x in range(out_w):
+                            target[at + x * nr] = plane_row[x]
+                            total += plane_row[x]
+                        if biased:
+                            sums[first + j] += total
+                continue
             for y in range(y0, y1):
                 for x in range(out_w):
                     at = (base + (y - y0) * pitch + x) * nr
@@ -290,15 +343,16 @@ def _fold_tiles(acc, totals, rows, c_out, groups, mr, nr):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts):
+def grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw):
     """gw += the weight gradient of x (N, H, W, C_in) and g (N, OH, OW, C_out).
 
     gw (KH, KW, C_in/g, C_out); stride 1. The images' bands of ``band_rows``
     output rows, in order, in ``parts`` even parts, each summed into its own
     float64 totals. gb += grad_bias, summed with them, unless it is empty.
+    With ``nchw``, x and g are (N, C, H, W) arrays.
     """
-    n_batch, c_in = x.shape[0], x.shape[3]
-    out_h, out_w, c_out = g.shape[1], g.shape[2], g.shape[3]
+    n_batch, c_in = x.shape[0], _sizes(x, nchw)[2]
+    out_h, out_w, c_out = _sizes(g, nchw)
     kh, kw = gw.shape[0], gw.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
     mr, vectors = _tile_shape(cout_g, gw)
@@ -328,8 +382,8 @@ def grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts):
             n, band = unit // bands, unit % bands
             y0 = band * band_rows
             y1 = min(out_h, y0 + band_rows)
-            _pad_rows(x, n, y0, y1 - y0 + reach, pt, pl, padded, pitch)
-            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity, bias[part])
+            _pad_rows(x, n, y0, y1 - y0 + reach, pt, pl, padded, pitch, nchw)
+            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity, bias[part], nchw)
             pixels = (y1 - y0) * pitch
             for t0 in range(0, pixels, KC):
                 kc = min(KC, pixels - t0)
@@ -361,42 +415,49 @@ def grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts):
         gb[k] += bias[0, k]
 
 
-def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows):
-    """``grad_input_nhwc`` for arrays of any strides (C-contiguous copies where needed)."""
+def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw):
+    """``grad_input_nhwc`` for arrays of any strides (C-contiguous copies where needed).
+
+    With ``nchw``: images (N, C, H, W) and the weight (C_out, C_in/g, KH, KW).
+    """
     g = np.ascontiguousarray(g)
+    if nchw:
+        w = w.transpose(2, 3, 1, 0)  # a view: the packing reads it where it lies
     if gi.flags.c_contiguous:
-        grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows)
+        grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw)
         return
     result = np.empty(gi.shape, gi.dtype)
-    grad_input_nhwc(g, w, result, pt, pl, dh, dw, groups, band_rows)
+    grad_input_nhwc(g, w, result, pt, pl, dh, dw, groups, band_rows, nchw)
     gi[...] = result
 
 
-def grad_weight_direct(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts):
-    """``grad_weight_nhwc`` for arrays of any strides (C-contiguous copies where needed)."""
-    _weight_and_bias(x, g, gw, np.empty(0, gw.dtype), pt, pl, dh, dw, groups, band_rows, parts)
+def grad_weight_direct(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts, nchw):
+    """``grad_weight_nhwc`` for arrays of any strides (as ``grad_input_direct``)."""
+    no_bias = np.empty(0, gw.dtype)
+    _weight_and_bias(x, g, gw, no_bias, pt, pl, dh, dw, groups, band_rows, parts, nchw)
 
 
-def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts):
+def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw):
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
-    if gw.flags.c_contiguous:
-        grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts)
+    if gw.flags.c_contiguous and not nchw:
+        grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw)
         return
-    total = np.ascontiguousarray(gw)
-    grad_weight_nhwc(x, g, total, gb, pt, pl, dh, dw, groups, band_rows, parts)
-    gw[...] = total
+    kernel_order = gw.transpose(2, 3, 1, 0) if nchw else gw  # (KH, KW, C_in/g, C_out)
+    total = np.zeros(kernel_order.shape, gw.dtype)
+    grad_weight_nhwc(x, g, total, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw)
+    kernel_order += total
 
 
-def backward_direct(x, g, w, gi, gw, gb, pt, pl, dh, dw, groups, band_rows, parts):
+def backward_direct(x, g, w, gi, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw):
     """All three gradients: gi written, gw and gb added into (grad_bias summed with gw).
 
     Exact for finite inputs only, like its kernels; returns None (the caller
     checks the results).
     """
-    grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows)
+    grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw)
     if gb.flags.c_contiguous:
-        _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts)
+        _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw)
         return
     sums = np.zeros(gb.shape, gb.dtype)
-    _weight_and_bias(x, g, gw, sums, pt, pl, dh, dw, groups, band_rows, parts)
+    _weight_and_bias(x, g, gw, sums, pt, pl, dh, dw, groups, band_rows, parts, nchw)
     gb += sums
