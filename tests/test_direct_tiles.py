@@ -141,7 +141,7 @@ def test_grad_weight_adds_into_what_is_there():
     g = rng.standard_normal((2, 9, 9, 64)).astype(np.float64)
     start = rng.standard_normal(w.shape)
     gw = start.copy()
-    direct_tiles.grad_weight_nhwc(x, g, gw, np.empty(0), 1, 1, 1, 1, 1, 3, 2, 0)
+    direct_tiles.grad_weight_direct(x, g, gw, 1, 1, 1, 1, 1, 3, 2, 0)
     _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
     np.testing.assert_allclose(gw, start + gw_ref, rtol=1e-12, atol=1e-11)
 
@@ -241,6 +241,6 @@ def test_grad_weight_folds_long_parts_into_their_totals():
     g = rng.standard_normal((1, 72, 72, 9)).astype(np.float32)
     assert direct_tiles.BLOCK_TERMS < 72 * 74
     gw = np.zeros(w.shape, np.float32)
-    direct_tiles.grad_weight_nhwc(x, g, gw, np.empty(0, gw.dtype), 1, 1, 1, 1, 1, 5, 1, 0)
+    direct_tiles.grad_weight_direct(x, g, gw, 1, 1, 1, 1, 1, 5, 1, 0)
     _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
     np.testing.assert_allclose(gw, gw_ref, rtol=1e-5, atol=1e-4)

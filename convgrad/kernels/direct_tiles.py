@@ -31,18 +31,18 @@ Both multiply the zero padding by the data: exact only for finite inputs
 an order fixed by the problem: the same bits at any thread count.
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
+from ._columns import VECTOR_BYTES
 from ._flags import FASTMATH
 from ._tile import (
     TAP_TILE_ROWS,
-    TILE_VECTORS,
     tile_add_taps_1,
     tile_add_taps_2,
     tile_add_taps_4,
-    tile_columns,
 )
 from .nchw_flat import _copy_items
 
@@ -53,44 +53,33 @@ KC = 128
 # grad_weight's tiles fold into their float64 totals after this many pixels
 # (a float32 sum of many more terms drifts; see ``nhwc.BLOCK_TERMS``).
 BLOCK_TERMS = 4096
-ROWS_4, ROWS_2, ROWS_1 = TAP_TILE_ROWS[4], TAP_TILE_ROWS[2], TAP_TILE_ROWS[1]
-
-
-# numba aligns arrays to 32 bytes: a 64-byte vector load from such a buffer
-# crosses two cache lines half the time. B's panels and the tiles' sums are
-# therefore taken 64 bytes aligned (a register's width at most).
+# Workspaces are allocated by NumPy in the Python wrappers (so that the asv
+# memory tracks see them), one per thread where tasks need their own, and
+# B's panels and the tiles' sums 64 bytes aligned (numba's and NumPy's own
+# alignment, 32 or 16 bytes, has a 512-bit load cross two cache lines half
+# the time).
 ALIGN_BYTES = 64
 
 
-@njit(cache=CACHE)
-def _empty_aligned(count, dtype_of):
-    """An uninitialised 1-D array of ``count`` values of dtype_of's dtype, ALIGN_BYTES aligned."""
-    spare = ALIGN_BYTES // dtype_of.itemsize
-    block = np.empty(count + spare, dtype_of.dtype)
-    start = (-block.ctypes.data) % ALIGN_BYTES // dtype_of.itemsize
-    return block[start : start + count]
+def _aligned_rows(rows, values, dtype):
+    """A zeroed (rows, >= values) array of ``dtype`` whose rows start ALIGN_BYTES aligned."""
+    item = np.dtype(dtype).itemsize
+    step = ALIGN_BYTES // item
+    width = -(-max(values, 1) // step) * step
+    block = np.zeros(rows * width + step, dtype)
+    start = (-block.ctypes.data) % ALIGN_BYTES // item
+    return block[start : start + rows * width].reshape(rows, width)
 
 
-@njit(cache=CACHE)
-def _zeros_aligned(count, dtype_of):
-    """``_empty_aligned``, zeroed."""
-    block = _empty_aligned(count, dtype_of)
-    block[:] = 0
-    return block
+def tap_tile_shape(columns, dtype):
+    """(MR, NV, NR): the tap tile for C rows ``columns`` wide, the fewest vectors holding them.
 
-
-@njit(cache=CACHE)
-def _tile_shape(columns, like):
-    """(MR, NV): tap tile for C rows ``columns`` wide: the fewest vectors (1, 2, 4) holding them.
-
-    Wider rows take panels of 4 vectors. ``like``: an array of the dtype.
+    NV of 1, 2 or 4 vector registers (wider rows take panels of 4), NR = NV
+    registers' values, MR = ``_tile.TAP_TILE_ROWS[NV]``.
     """
-    lanes = tile_columns(like) // TILE_VECTORS
-    if columns <= lanes:
-        return ROWS_1, 1
-    if columns <= 2 * lanes:
-        return ROWS_2, 2
-    return ROWS_4, 4
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    vectors = 1 if columns <= lanes else 2 if columns <= 2 * lanes else 4
+    return TAP_TILE_ROWS[vectors], vectors, vectors * lanes
 
 
 @njit(cache=CACHE, inline="always")
@@ -105,15 +94,15 @@ def _add_taps(vectors, tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_r
 
 
 @njit(cache=CACHE)
-def _pack_weight(w, groups, nr):
-    """grad_input's B: [group, panel, tap (a, b), co, j] = w[KH-1-a, KW-1-b, panel*NR + j, co].
+def _pack_weight(w, groups, nr, packed):
+    """grad_input's B: packed[group, panel, tap, co, j] = w[KH-1-a, KW-1-b, panel*NR + j, co].
 
-    Zeros past the group's last input channel.
+    Tap (a, b) in row-major order; ``packed`` zeroed: zeros stay past the
+    group's last input channel.
     """
     kh, kw, cin_g, c_out = w.shape
     cout_g = c_out // groups
     panels = (cin_g + nr - 1) // nr
-    packed = _zeros_aligned(groups * panels * kh * kw * cout_g * nr, w)
     at = 0
     for group in range(groups):
         for panel in range(panels):
@@ -123,7 +112,6 @@ def _pack_weight(w, groups, nr):
                         for j in range(min(nr, cin_g - panel * nr)):
                             packed[at + j] = w[kh - 1 - a, kw - 1 - b, panel * nr + j, co]
                         at += nr
-    return packed
 
 
 @njit(cache=CACHE)
@@ -186,20 +174,23 @@ def _zero(target, start, count):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw):
-    """gi = the input gradient, written; g (N, OH, OW, C_out), w (KH, KW, C_in/g, C_out).
+def grad_input_nhwc(
+    g, w_panels, gi, kh, kw, pt, pl, dh, dw, groups, band_rows, nchw, tile_shape, paddeds,
+    tiles, bands_out,
+):  # fmt: skip
+    """gi = the input gradient, written; g (N, OH, OW, C_out), gi (N, H, W, C_in).
 
-    Stride 1, each padding at most the kernel's reach. A band of ``band_rows``
-    rows of one image per task. With ``nchw``, g and gi are (N, C, H, W)
-    arrays (the bands are NHWC all the same).
+    Stride 1, each padding at most the kernel's reach; ``w_panels`` the
+    weight packed by ``_pack_weight`` for ``tile_shape`` (MR, NV, NR). A band
+    of ``band_rows`` rows of one image per task, in the workspaces of its
+    thread (``paddeds``, ``tiles`` and, with ``nchw``, ``bands_out``: g and gi
+    are then (N, C, H, W) arrays; the bands are NHWC all the same).
     """
     n_batch = gi.shape[0]
     height, width, c_in = _sizes(gi, nchw)
     c_out = _sizes(g, nchw)[2]
-    kh, kw = w.shape[0], w.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
-    mr, vectors = _tile_shape(cin_g, gi)
-    nr = vectors * (tile_columns(gi) // TILE_VECTORS)
+    mr, vectors, nr = tile_shape
     gi_flat = gi.reshape(gi.size)
     panels = (cin_g + nr - 1) // nr
     top, left = (kh - 1) * dh - pt, (kw - 1) * dw - pl
@@ -209,28 +200,25 @@ def grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw):
     taps = _tap_offsets(kh, 1 if merged else kw, dh, dw, pitch, c_out)
     count = kw * cout_g if merged else cout_g
     panel_values = kh * kw * cout_g * nr
-    w_panels = _pack_weight(w, groups, nr)
     bands = (height + band_rows - 1) // band_rows
-    slack = mr + (kw - 1) * dw  # pixels the last tile's taps read past the band
     for task in prange(n_batch * bands):
         n, band = task // bands, task % bands
         y0 = band * band_rows
         y1 = min(height, y0 + band_rows)
-        padded = np.empty(((y1 - y0 + reach) * pitch + slack) * c_out, g.dtype)
+        thread = numba.get_thread_id()
+        padded, tile = paddeds[thread], tiles[thread]
         _pad_rows(g, n, y0, y1 - y0 + reach, top, left, padded, pitch, nchw)
-        tile = _empty_aligned(mr * nr, gi)
         # NCHW: the band's results NHWC first, then into the planes a row at a
         # time (a tile row's channels straight into planes a power of two apart
         # would share an L1 set)
-        dest = np.empty((y1 - y0) * width * c_in if nchw else 0, gi.dtype)
-        first_row = y0 if nchw else -n * height
-        if not nchw:
-            dest = gi_flat
+        dest, first_row = gi_flat, -n * height
+        if nchw:
+            dest, first_row = bands_out[thread], y0
         pixels = (y1 - y0) * pitch
         for q0 in range(0, pixels, mr):
             for group in range(groups):
                 for panel in range(panels):
-                    tile[:] = 0
+                    tile[: mr * nr] = 0
                     _add_taps(
                         vectors, tile, 0, padded, q0 * c_out + group * cout_g, c_out, 1, taps,
                         w_panels, (group * panels + panel) * panel_values, nr, count,
@@ -343,20 +331,26 @@ def _fold_tiles(acc, totals, rows, c_out, groups, mr, nr):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw):
+def grad_weight_nhwc(
+    x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, nchw, tile_shape, totals, sums, accs,
+    paddeds, packeds,
+):  # fmt: skip
     """gw += the weight gradient of x (N, H, W, C_in) and g (N, OH, OW, C_out).
 
-    gw (KH, KW, C_in/g, C_out); stride 1. The images' bands of ``band_rows``
-    output rows, in order, in ``parts`` even parts, each summed into its own
-    float64 totals. gb += grad_bias, summed with them, unless it is empty.
+    gw (KH, KW, C_in/g, C_out); stride 1; tiles of ``tile_shape`` (MR, NV,
+    NR). The images' bands of ``band_rows`` output rows, in order, in as many
+    even parts as ``totals`` has rows, each summed into its own float64
+    totals (and grad_bias into its row of ``sums``, unless gb is empty), added
+    in part order into gw (and gb). A part's tiles, padded input band and
+    packed grad_output are its thread's (``accs``, ``paddeds``, ``packeds``).
     With ``nchw``, x and g are (N, C, H, W) arrays.
     """
     n_batch, c_in = x.shape[0], _sizes(x, nchw)[2]
     out_h, out_w, c_out = _sizes(g, nchw)
     kh, kw = gw.shape[0], gw.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
-    mr, vectors = _tile_shape(cout_g, gw)
-    nr = vectors * (tile_columns(gw) // TILE_VECTORS)
+    mr, vectors, nr = tile_shape
+    parts = totals.shape[0]
     pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
     # a kernel row's taps as one C, its rows (b, ci), where their windows are
     # adjacent: C's rows are then adjacent values of the band, as gw's are
@@ -370,20 +364,17 @@ def grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
     units = n_batch * bands
     capacity = band_rows * pitch  # pixels of a band in a packed panel
     no_offset = np.zeros(1, np.intp)  # a tap's offset goes into a_at
-    totals = np.zeros((parts, kh * kw * cin_g * c_out))
-    bias = np.zeros((parts, c_out if gb.shape[0] else 0))
     for part in prange(parts):
-        acc = _zeros_aligned(taps.shape[0] * tap_tiles * tile_values, gw)
-        # the padded input band, read MR channels past its end at most
-        padded = np.empty((band_rows + reach + 1) * pitch * c_in + mr, x.dtype)
-        packed = _empty_aligned(groups * panels * capacity * nr, g)
+        thread = numba.get_thread_id()
+        acc, padded, packed = accs[thread], paddeds[thread], packeds[thread]
+        acc[:] = 0
         pending = 0
         for unit in range(part * units // parts, (part + 1) * units // parts):
             n, band = unit // bands, unit % bands
             y0 = band * band_rows
             y1 = min(out_h, y0 + band_rows)
             _pad_rows(x, n, y0, y1 - y0 + reach, pt, pl, padded, pitch, nchw)
-            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity, bias[part], nchw)
+            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity, sums[part], nchw)
             pixels = (y1 - y0) * pitch
             for t0 in range(0, pixels, KC):
                 kc = min(KC, pixels - t0)
@@ -407,45 +398,77 @@ def grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
         _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr)
     for part in range(1, parts):
         totals[0] += totals[part]
-        bias[0] += bias[part]
+        sums[0] += sums[part]
     gw_flat = gw.reshape(gw.size)
     for k in range(gw_flat.shape[0]):
         gw_flat[k] += totals[0, k]
     for k in range(gb.shape[0]):
-        gb[k] += bias[0, k]
+        gb[k] += sums[0, k]
 
 
 def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw):
-    """``grad_input_nhwc`` for arrays of any strides (C-contiguous copies where needed).
+    """The input gradient, written into gi, for arrays of any strides (see ``grad_input_nhwc``).
 
-    With ``nchw``: images (N, C, H, W) and the weight (C_out, C_in/g, KH, KW).
+    Images NHWC, the weight (KH, KW, C_in/g, C_out); with ``nchw`` images
+    (N, C, H, W) and the weight (C_out, C_in/g, KH, KW). The workspaces
+    (``direct_workspace_values``) are allocated here.
     """
     g = np.ascontiguousarray(g)
     if nchw:
         w = w.transpose(2, 3, 1, 0)  # a view: the packing reads it where it lies
-    if gi.flags.c_contiguous:
-        grad_input_nhwc(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw)
-        return
-    result = np.empty(gi.shape, gi.dtype)
-    grad_input_nhwc(g, w, result, pt, pl, dh, dw, groups, band_rows, nchw)
-    gi[...] = result
+    kh, kw, cin_g, c_out = w.shape
+    width, c_in = (gi.shape[3], gi.shape[1]) if nchw else gi.shape[2:]
+    mr, _, nr = tile_shape = tap_tile_shape(cin_g, gi.dtype)
+    panels = -(-cin_g // nr)
+    w_panels = _aligned_rows(1, groups * panels * kh * kw * (c_out // groups) * nr, gi.dtype)[0]
+    _pack_weight(w, groups, nr, w_panels)
+    threads = numba.get_num_threads()
+    pitch, reach = width + (kw - 1) * dw, (kh - 1) * dh
+    band_pixels = (band_rows + reach) * pitch + mr + (kw - 1) * dw  # the tiles read past it
+    paddeds = np.empty((threads, band_pixels * c_out), gi.dtype)
+    tiles = _aligned_rows(threads, mr * nr, gi.dtype)
+    bands_out = np.empty((threads, band_rows * width * c_in if nchw else 0), gi.dtype)
+    target = gi if gi.flags.c_contiguous else np.empty(gi.shape, gi.dtype)
+    grad_input_nhwc(
+        g, w_panels, target, kh, kw, pt, pl, dh, dw, groups, band_rows, nchw, tile_shape,
+        paddeds, tiles, bands_out,
+    )  # fmt: skip
+    if target is not gi:
+        gi[...] = target
 
 
 def grad_weight_direct(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts, nchw):
-    """``grad_weight_nhwc`` for arrays of any strides (as ``grad_input_direct``)."""
+    """The weight gradient, added into gw, for arrays of any strides (as ``grad_input_direct``)."""
     no_bias = np.empty(0, gw.dtype)
     _weight_and_bias(x, g, gw, no_bias, pt, pl, dh, dw, groups, band_rows, parts, nchw)
 
 
 def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw):
+    """``grad_weight_nhwc`` with its workspaces; gb (C-contiguous, or empty) gets grad_bias."""
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
-    if gw.flags.c_contiguous and not nchw:
-        grad_weight_nhwc(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw)
-        return
     kernel_order = gw.transpose(2, 3, 1, 0) if nchw else gw  # (KH, KW, C_in/g, C_out)
-    total = np.zeros(kernel_order.shape, gw.dtype)
-    grad_weight_nhwc(x, g, total, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw)
-    kernel_order += total
+    kh, kw, cin_g, c_out = kernel_order.shape
+    out_w, c_in = (g.shape[3], x.shape[1]) if nchw else (g.shape[2], x.shape[3])
+    cout_g = c_out // groups
+    mr, _, nr = tile_shape = tap_tile_shape(cout_g, gw.dtype)
+    merged = dw == 1 and groups == 1
+    rows, taps = (kw * cin_g, kh) if merged else (cin_g, kh * kw)
+    tiles = taps * groups * -(-rows // mr) * -(-cout_g // nr)
+    threads = numba.get_num_threads()
+    pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
+    totals = np.zeros((parts, kh * kw * cin_g * c_out))
+    sums = np.zeros((parts, c_out if gb.size else 0))
+    accs = _aligned_rows(threads, tiles * mr * nr, gw.dtype)
+    paddeds = np.empty((threads, (band_rows + reach + 1) * pitch * c_in + mr), gw.dtype)
+    packeds = _aligned_rows(threads, groups * -(-cout_g // nr) * band_rows * pitch * nr, gw.dtype)
+    contiguous = kernel_order.flags.c_contiguous
+    target = kernel_order if contiguous else np.zeros(kernel_order.shape, gw.dtype)
+    grad_weight_nhwc(
+        x, g, target, gb, pt, pl, dh, dw, groups, band_rows, nchw, tile_shape, totals, sums,
+        accs, paddeds, packeds,
+    )  # fmt: skip
+    if not contiguous:
+        kernel_order += target
 
 
 def backward_direct(x, g, w, gi, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw):
