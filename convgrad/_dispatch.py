@@ -459,22 +459,26 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
 
 
 # Dense stride-1 problems run the direct products by register tiles
-# (``kernels/direct_tiles.py``, either layout: NHWC bands) where every
-# group has at least DIRECT_MIN_VECTORS vector registers' worth of input and
-# of output channels (32 float32, 16 float64 on AVX-512), no padding passes
-# the kernel's reach and the unfolded products do not take them (short planes,
-# measured there). CPUs with 16 vector registers keep the flat kernels (the
-# direct ones are unmeasured there). Tasks take bands of about
+# (``kernels/direct_tiles.py``, either layout: NHWC bands) where every group
+# has at least DIRECT_MIN_VECTORS vector registers' worth of input and of
+# output channels (NHWC one: 16 float32, 8 float64 on AVX-512; NCHW two, as
+# its channels are gathered into the bands one value at a time), no padding
+# passes the kernel's reach and the unfolded products do not take them (short
+# planes, measured there). CPUs with 16 vector registers keep the flat kernels
+# (the direct ones are unmeasured there). Tasks take bands of about
 # DIRECT_BAND_PIXELS pixels (shorter where one task's workspaces per thread
-# would pass half the budget); grad_weight's parts get the rest of it, at
-# least one per thread. Whole backward, NHWC, 2 threads, direct / flat time on
-# a 2-core AMD EPYC (Zen 5): 8 x 64 -> 64 @ 56 x 56 0.70, 4 x 32 -> 32 @ 64 x
-# 64 dilation 2 0.84, 16 x 32 -> 64 @ 32 x 32 0.65, 8 x 32 -> 32 @ 56 x 56
-# 0.78, 8 x 48 -> 48 0.91, 8 x 64 -> 128 @ 28 x 28 0.60, 4 x 64 -> 64 @ 32 x
-# 32 5 x 5 0.75; with 16 channels (one vector: 24 x 1 tiles) 1.01 (4 x 16 ->
-# 16 @ 64 x 64 7 x 7) and 1.10 (8 x 16 -> 32 @ 56 x 56): left to the flat ones.
+# would pass half the budget; 2x or 3x longer measured the same); grad_weight's
+# parts get the rest of it. Whole backward, 2 threads, direct / flat time on a
+# 2-core AMD EPYC (Zen 5), NHWC: 8 x 64 -> 64 @ 56 x 56 0.70, 4 x 32 -> 32 @
+# 64 x 64 dilation 2 0.84, 16 x 32 -> 64 @ 32 x 32 0.65, 8 x 32 -> 32 @ 56 x 56
+# 0.78, 8 x 48 -> 48 0.91, 8 x 64 -> 128 @ 28 x 28 0.60, 4 x 64 -> 64 @ 32 x 32
+# 5 x 5 0.75; one vector's channels: 4 x 16 -> 16 @ 64 x 64 7 x 7 0.91, 8 x 16
+# -> 32 @ 56 x 56 0.72, 8 x 16 -> 16 0.75, 8 x 24 -> 24 @ 40 x 40 5 x 5 0.88.
+# NCHW: 8 x 64 -> 64 0.79, 8 x 32 -> 32 @ 56 x 56 0.88, 8 x 64 -> 128 @ 28 x
+# 28 0.70; with one vector's channels 0.99-1.31 (4 x 16 -> 16 7 x 7 0.99, 8 x
+# 16 -> 32 1.07, 8 x 24 -> 24 5 x 5 1.31): those keep the flat kernels.
+DIRECT_MIN_VECTORS = {"NHWC": 1, "NCHW": 2}
 DIRECT_TILES = VECTOR_REGISTERS >= 32
-DIRECT_MIN_VECTORS = 2
 # Rows of C past an output row's end (the kernel's reach of them) are computed
 # and dropped: output rows at least this many times the reach long.
 DIRECT_MIN_WIDTH_PER_REACH = 3
@@ -577,7 +581,8 @@ def direct_suits(problem: Problem) -> bool:
         return False  # more than a quarter of the tiles' rows would be dropped
     narrowest = min(problem.c_in // groups, problem.c_out // groups)
     lanes = VECTOR_BYTES // problem.dtype.itemsize
-    if narrowest < DIRECT_MIN_VECTORS * lanes or problem.terms <= SERIAL_MAX_TERMS:
+    least = DIRECT_MIN_VECTORS[problem.layout.name] * lanes
+    if narrowest < least or problem.terms <= SERIAL_MAX_TERMS:
         return False
     if direct_band_rows(problem) < 1:
         return False

@@ -186,7 +186,8 @@ def test_dense_stride_1_problems_take_the_direct_tiles_in_their_layout(layout, o
 @pytest.mark.parametrize(
     "problem",
     [
-        _problem(NHWC, 8, 16, 64, 56),  # one vector of input channels
+        _problem(NCHW, 8, 16, 64, 56),  # NCHW: one vector of input channels
+        _problem(NHWC, 8, 8, 64, 56),  # half a vector
         _problem(NHWC, 8, 64, 64, 56, stride=2),
         _problem(NHWC, 8, 64, 64, 56, padding=3),  # past the kernel's reach
         _problem(NHWC, 8, 64, 64, 56, k=1, padding=0),  # a matrix product
