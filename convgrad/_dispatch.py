@@ -461,7 +461,7 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
 # Dense stride-1 problems run the direct products by register tiles
 # (``kernels/direct_tiles.py``, either layout: NHWC bands) where every group
 # has at least DIRECT_MIN_VECTORS vector registers' worth of input and of
-# output channels (NHWC one: 16 float32, 8 float64 on AVX-512; NCHW two, as
+# output channels (NHWC one: 16 float32, 8 float64 on AVX-512; NCHW four, as
 # its channels are gathered into the bands one value at a time), no padding
 # passes the kernel's reach and the unfolded products do not take them (short
 # planes, measured there). CPUs with 16 vector registers keep the flat kernels
@@ -474,10 +474,12 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
 # 0.78, 8 x 48 -> 48 0.91, 8 x 64 -> 128 @ 28 x 28 0.60, 4 x 64 -> 64 @ 32 x 32
 # 5 x 5 0.75; one vector's channels: 4 x 16 -> 16 @ 64 x 64 7 x 7 0.91, 8 x 16
 # -> 32 @ 56 x 56 0.72, 8 x 16 -> 16 0.75, 8 x 24 -> 24 @ 40 x 40 5 x 5 0.88.
-# NCHW: 8 x 64 -> 64 0.79, 8 x 32 -> 32 @ 56 x 56 0.88, 8 x 64 -> 128 @ 28 x
-# 28 0.70; with one vector's channels 0.99-1.31 (4 x 16 -> 16 7 x 7 0.99, 8 x
-# 16 -> 32 1.07, 8 x 24 -> 24 5 x 5 1.31): those keep the flat kernels.
-DIRECT_MIN_VECTORS = {"NHWC": 1, "NCHW": 2}
+# NCHW: 8 x 64 -> 64 0.79, 8 x 64 -> 128 @ 28 x 28 0.70 (1 thread, grad_weight
+# alone 0.92, grad_input 0.84); with two vectors' channels the backward came
+# out 0.88 (8 x 32 -> 32 @ 56 x 56) but grad_weight alone 1.01 there and 1.27
+# on dilated's 4 x 32 -> 32 (the gate's case; its taps, 2 apart, are not one
+# run), with one vector's 0.99-1.31: those keep the flat kernels.
+DIRECT_MIN_VECTORS = {"NHWC": 1, "NCHW": 4}
 DIRECT_TILES = VECTOR_REGISTERS >= 32
 # Rows of C past an output row's end (the kernel's reach of them) are computed
 # and dropped: output rows at least this many times the reach long.

@@ -150,8 +150,8 @@ def _sizes(target: str, rng: np.random.Generator, quick: bool) -> tuple[int, int
         return 1, int(r(4, 80)), int(r(4, 80)), 2, 8 if quick else 16
     if target == "unfolded":  # enough channels on short planes
         return 1, int(r(16, 25)), int(r(64, 73)), 3, 8 if quick else 12
-    if target == "direct":  # a vector pair's channels or more (``_dispatch.direct_suits``)
-        return 1, int(r(32, 41)), int(r(32, 41)), 10, 16 if quick else 24
+    if target == "direct":  # NCHW takes four vectors' channels (``_dispatch.direct_suits``)
+        return 1, int(r(64, 73)), int(r(64, 73)), 17, 20 if quick else 24
     if target == "depthwise":
         c = int(r(1, 13))
         return c, c, c, 4, 10 if quick else 20
