@@ -43,6 +43,7 @@ GATE_CASES = [
     ("mnist_b64", "NCHW"),  # flat, one input channel; the fused flat backward
     ("cifar_b32", "NHWC"),  # the same after a relayout, three input channels
     ("dilated", "NCHW"),  # flat, dilation 2
+    ("dilated", "NHWC"),  # direct register tiles (AVX-512 CPUs; flat elsewhere), 14 x 2 tiles
     ("pointwise", "NCHW"),  # gemm
     ("pointwise", "NHWC"),  # gemm, channels-last
     ("depthwise", "NCHW"),  # depthwise planes (backward), rows (single gradients)
