@@ -485,6 +485,12 @@ DIRECT_TILES = VECTOR_REGISTERS >= 32
 # and dropped: output rows at least this many times the reach long.
 DIRECT_MIN_WIDTH_PER_REACH = 3
 DIRECT_BAND_PIXELS = 512
+DIRECT_SLACK_PIXELS = 32  # pixels the tiles may read past a band
+TAP_TILE_ROWS_MAX = max(TAP_TILE_ROWS.values())
+# grad_weight's parts: at most this many per thread (each part's totals are
+# zeroed, folded and added: 32 parts of 4 x 32 -> 32 @ 64 x 64 took
+# grad_weight 1.26 ms, 4 parts 0.91).
+DIRECT_PARTS_PER_THREAD = 4
 
 
 def _direct_pitch(problem: Problem) -> int:
@@ -504,10 +510,6 @@ def _direct_task_bytes(problem: Problem, rows: int) -> int:
     pixels = (rows + reach_h + 1) * _direct_pitch(problem) + DIRECT_SLACK_PIXELS
     tiles = _direct_padded_weights(problem, TAP_TILE_ROWS_MAX, 1)
     return (pixels * (problem.c_in + problem.c_out) + tiles) * problem.dtype.itemsize
-
-
-DIRECT_SLACK_PIXELS = 32  # pixels the tiles may read past a band
-TAP_TILE_ROWS_MAX = max(TAP_TILE_ROWS.values())
 
 
 def _direct_padded_weights(problem: Problem, extra_rows: int, extra_columns: int) -> int:
@@ -545,21 +547,21 @@ def _direct_totals_room(problem: Problem) -> int:
     return _workspace_budget(problem) - tasks - packed * problem.dtype.itemsize
 
 
-DIRECT_PARTS_PER_THREAD = 4
+def _direct_units(problem: Problem) -> int:
+    """The direct kernels' bands over the whole batch."""
+    return problem.n * -(-problem.out_h // direct_band_rows(problem))
 
 
 def direct_weight_parts(problem: Problem) -> int:
     """Parts of the bands whose grad_weight float64 totals the direct kernel keeps apart.
 
-    As many as the budget holds, at most DIRECT_PARTS_PER_THREAD per thread
-    (each part's totals are zeroed, folded and added: 32 parts of 4 x 32 -> 32
-    @ 64 x 64 took grad_weight 1.26 ms, 4 parts 0.91), down to a multiple of
-    the pool's threads when
-    there are more (numba hands each thread an even run of the parts: 7 parts
-    on 2 threads made one thread's share 4/3.5 of the mean, grad_weight 4.9 ms
-    where its single-thread time, 8.4 ms, promised 4.2).
+    As many as the budget holds, at most DIRECT_PARTS_PER_THREAD per thread,
+    down to a multiple of the pool's threads when there are more (numba hands
+    each thread an even run of the parts: 7 parts on 2 threads made one
+    thread's share 4/3.5 of the mean, grad_weight 4.9 ms where its
+    single-thread time, 8.4 ms, promised 4.2).
     """
-    units = problem.n * -(-problem.out_h // direct_band_rows(problem))
+    units = _direct_units(problem)
     threads = numba.config.NUMBA_NUM_THREADS
     parts = min(units, _direct_totals_room(problem) // (8 * _weight_values(problem)))
     parts = min(parts, DIRECT_PARTS_PER_THREAD * threads)
@@ -588,8 +590,7 @@ def direct_suits(problem: Problem) -> bool:
         return False
     if direct_band_rows(problem) < 1:
         return False
-    units = problem.n * -(-problem.out_h // direct_band_rows(problem))
-    parts = min(units, numba.config.NUMBA_NUM_THREADS)  # grad_weight's parallel tasks
+    parts = min(_direct_units(problem), numba.config.NUMBA_NUM_THREADS)  # parallel tasks
     return _direct_totals_room(problem) >= parts * 8 * _weight_values(problem)
 
 

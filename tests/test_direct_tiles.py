@@ -245,3 +245,31 @@ def test_grad_weight_folds_long_parts_into_their_totals():
     direct_tiles.grad_weight_direct(x, g, gw, 1, 1, 1, 1, 1, 5, 1, 0)
     _, gw_ref, _ = conv2d_backward_reference(g, x, w, padding=1, layout="NHWC")
     np.testing.assert_allclose(gw, gw_ref, rtol=1e-5, atol=1e-4)
+
+
+@AVX512
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_single_gradients_with_non_finite_values_take_the_exact_kernels(layout):
+    # the direct kernels multiply the padding's zeros: a NaN or Inf must send
+    # grad_input and grad_weight alone to their exact alternatives
+    rng = np.random.default_rng(8)
+    spec = NCHW if layout == "NCHW" else NHWC
+    x = rng.standard_normal(spec.image_shape(2, 64, 20, 20)).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape(64, 64, 3, 3)).astype(np.float32)
+    g = rng.standard_normal(spec.image_shape(2, 64, 20, 20)).astype(np.float32)
+    problem = describe(
+        spec, np.dtype(np.float32), x.shape, w.shape,
+        stride=1, padding=1, dilation=1, groups=1,
+    )  # fmt: skip
+    assert _dispatch.select_kernel("grad_input", problem).kernel is direct_tiles.grad_input_direct
+    x.flat[0], w.flat[5] = np.inf, np.nan  # a corner of x: only the padding's zeros meet it
+    g[(1, 5, 10, 10) if layout == "NCHW" else (1, 10, 10, 5)] = -np.inf  # inside: no padding
+    expected = conv2d_backward_reference(g, x, w, padding=1, layout=layout)
+    got = (
+        convgrad.conv2d_grad_input(g, w, x.shape, padding=1, layout=layout),
+        convgrad.conv2d_grad_weight(g, x, w.shape, padding=1, layout=layout),
+    )
+    for a, b in zip(got, expected[:2], strict=True):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        finite = np.isfinite(b)
+        np.testing.assert_allclose(a[finite], b[finite], rtol=2e-5, atol=2e-4)

@@ -1,4 +1,4 @@
-"""A register tile of a matrix product: the inner step of the explicit gemm (``gemm_tiles.py``).
+"""A register tile of a matrix product: the inner step of ``gemm_tiles.py`` and ``direct_tiles.py``.
 
     tile[i*NR + j] = sum over k < count of a[a_at + i*a_row + k*a_step] * b[b_at + k*b_row + j]
 
@@ -17,9 +17,9 @@ take 6 x 2. Measured on a 2-core AMD EPYC (Zen 5), float32, k = 256 in L1: 6 x
 (the broadcasts outnumbering the multiply-adds per load) 138, 14 x 2 267, 24 x
 1 251, 8 x 3 225.
 
-The kernel calling this step (``gemm_tiles.py``) is cached on disk by its own
-source: after editing this file, delete its cached code in
-``kernels/__pycache__`` (``gemm_tiles.*``).
+The kernels calling these steps are cached on disk by their own source:
+after editing this file, delete their cached code in ``kernels/__pycache__``
+(``gemm_tiles.*``, ``direct_tiles.*``, ``im2col*``).
 """
 
 from llvmlite import ir
@@ -194,8 +194,10 @@ def _tap_tile(rows, vectors, hide_step):
 # from the first term to the last. ``taps`` a C-contiguous intp array, the
 # others as ``tile_product``'s. MR by NV so that MR*NV sums, NV loads of B and
 # a broadcast fill AVX-512's 32 registers (6 x 4 as above; 14 x 2 267
-# GFLOP/s per core, 24 x 1 251, where 12 x 2 made 138: too many broadcasts
-# per multiply-add); with 16 registers, half as many rows.
+# GFLOP/s per core, 24 x 1 251); with 16 registers, half as many rows. The
+# 14 x 2 tile hides A's step from LLVM (``_opaque``: the direct kernels'
+# grad_input passes a constant 1); the others run faster with it known (24 x
+# 1 in the direct grad_input 170 GFLOP/s per core, 118 with it hidden).
 TAP_TILE_ROWS = {4: 6, 2: 14, 1: 24} if VECTOR_REGISTERS >= 32 else {4: 3, 2: 6, 1: 12}
 tile_add_taps_4 = _tap_tile(TAP_TILE_ROWS[4], 4, hide_step=False)
 tile_add_taps_2 = _tap_tile(TAP_TILE_ROWS[2], 2, hide_step=True)

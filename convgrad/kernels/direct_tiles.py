@@ -1,4 +1,4 @@
-"""Stride-1 NHWC convolution gradients as direct products by register tiles.
+"""Stride-1 convolution gradients as direct products by register tiles, over NHWC bands.
 
 Both gradients are matrix products whose terms run over the kernel's taps
 (a, b), read straight from zero-padded bands of the images (no unfolding):
@@ -9,7 +9,9 @@ Both gradients are matrix products whose terms run over the kernel's taps
 
 (per group; gpad is grad_output padded by the kernel's reach less the
 convolution's padding, xpad the input padded by the padding). A band of rows
-is copied into a buffer PITCH pixels a row; its pixels are then one flat run,
+is copied into a buffer PITCH pixels a row, channels innermost (NCHW arrays
+are gathered into it, and grad_input's band written back a plane row at a
+time); its pixels are then one flat run,
 a tap a fixed offset into it, so a register tile of MR consecutive pixels
 (``_tile.tile_add_taps_V``) reads every tap's window the same way. Pixels of
 the run past a row's end (PITCH - width of them) are computed and dropped
@@ -44,6 +46,7 @@ from ._tile import (
     tile_add_taps_2,
     tile_add_taps_4,
 )
+from .gemm_tiles import _put
 from .nchw_flat import _copy_items
 
 # Terms (pixels) of grad_weight's tiles per pass over the taps: KC pixels of
@@ -112,6 +115,18 @@ def _pack_weight(w, groups, nr, packed):
                         for j in range(min(nr, cin_g - panel * nr)):
                             packed[at + j] = w[kh - 1 - a, kw - 1 - b, panel * nr + j, co]
                         at += nr
+
+
+@njit(cache=CACHE)
+def _taps_per_run(kw, dw, groups):
+    """Taps of a kernel row that run as one: all KW where their windows are adjacent, else 1.
+
+    With dilation 1 (and one group, so that a pixel's channels are the
+    group's) a kernel row's KW windows are adjacent pixels of the band: their
+    terms are one run (grad_input: KW*C_out/g terms a tap offset; grad_weight:
+    C's rows (tap, input channel), adjacent values of the band, as gw's are).
+    """
+    return kw if dw == 1 and groups == 1 else 1
 
 
 @njit(cache=CACHE)
@@ -195,10 +210,9 @@ def grad_input_nhwc(
     panels = (cin_g + nr - 1) // nr
     top, left = (kh - 1) * dh - pt, (kw - 1) * dw - pl
     pitch, reach = width + (kw - 1) * dw, (kh - 1) * dh
-    # a kernel row's taps one run of terms where their windows are adjacent
-    merged = dw == 1 and groups == 1
-    taps = _tap_offsets(kh, 1 if merged else kw, dh, dw, pitch, c_out)
-    count = kw * cout_g if merged else cout_g
+    run = _taps_per_run(kw, dw, groups)
+    taps = _tap_offsets(kh, kw // run, dh, dw, pitch, c_out)
+    count = run * cout_g
     panel_values = kh * kw * cout_g * nr
     bands = (height + band_rows - 1) // band_rows
     for task in prange(n_batch * bands):
@@ -229,7 +243,7 @@ def grad_input_nhwc(
                     for i in range(min(mr, pixels - q0)):
                         if x < width:
                             at = ((y - first_row) * width + x) * c_in + j0
-                            _copy_row(dest[at : at + columns], tile[i * nr : i * nr + columns])
+                            _put(dest[at : at + columns], tile[i * nr : i * nr + columns], True)
                         x += 1
                         if x == pitch:
                             y, x = y + 1, 0
@@ -246,16 +260,6 @@ def _band_to_planes(band, planes, n, y0, y1, height, width, channels):
             source = band[((y - y0) * width) * channels + c :]
             for x in range(width):
                 row[x] = source[x * channels]
-
-
-# Indexed from 0 within slices, so that LLVM sees no negative index (numba
-# wraps those) and vectorises the copy: a memcpy call per tile row took 5-20 %
-# of grad_input's time.
-@njit(cache=CACHE, inline="always")
-def _copy_row(target, source):
-    """target[:] = source, for two slices of one length."""
-    for j in range(target.shape[0]):
-        target[j] = source[j]
 
 
 @njit(cache=CACHE)
@@ -299,14 +303,7 @@ def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity, sums, nchw):
                     for j in range(columns):
                         panel_row[j] = source[j]
                     if biased:
-                        _add_row(sums[first : first + columns], source[:columns])
-
-
-@njit(cache=CACHE, inline="always")
-def _add_row(target, source):
-    """target[:] += source, for two slices of one length."""
-    for j in range(target.shape[0]):
-        target[j] += source[j]
+                        _put(sums[first : first + columns], source[:columns], False)
 
 
 @njit(cache=CACHE)
@@ -352,11 +349,9 @@ def grad_weight_nhwc(
     mr, vectors, nr = tile_shape
     parts = totals.shape[0]
     pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
-    # a kernel row's taps as one C, its rows (b, ci), where their windows are
-    # adjacent: C's rows are then adjacent values of the band, as gw's are
-    merged = dw == 1 and groups == 1
-    rows = kw * cin_g if merged else cin_g
-    taps = _tap_offsets(kh, 1 if merged else kw, dh, dw, pitch, c_in)
+    run = _taps_per_run(kw, dw, groups)
+    rows = run * cin_g
+    taps = _tap_offsets(kh, kw // run, dh, dw, pitch, c_in)
     panels, row_tiles = (cout_g + nr - 1) // nr, (rows + mr - 1) // mr
     tap_tiles = groups * row_tiles * panels  # tiles of one tap's C
     tile_values = mr * nr
@@ -410,8 +405,8 @@ def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw):
     """The input gradient, written into gi, for arrays of any strides (see ``grad_input_nhwc``).
 
     Images NHWC, the weight (KH, KW, C_in/g, C_out); with ``nchw`` images
-    (N, C, H, W) and the weight (C_out, C_in/g, KH, KW). The workspaces
-    (``direct_workspace_values``) are allocated here.
+    (N, C, H, W) and the weight (C_out, C_in/g, KH, KW). The packed weight and
+    each thread's workspaces are allocated here.
     """
     g = np.ascontiguousarray(g)
     if nchw:
@@ -451,9 +446,9 @@ def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
     out_w, c_in = (g.shape[3], x.shape[1]) if nchw else (g.shape[2], x.shape[3])
     cout_g = c_out // groups
     mr, _, nr = tile_shape = tap_tile_shape(cout_g, gw.dtype)
-    merged = dw == 1 and groups == 1
-    rows, taps = (kw * cin_g, kh) if merged else (cin_g, kh * kw)
-    tiles = taps * groups * -(-rows // mr) * -(-cout_g // nr)
+    run = _taps_per_run(kw, dw, groups)
+    rows, products = run * cin_g, kh * kw // run
+    tiles = products * groups * -(-rows // mr) * -(-cout_g // nr)
     threads = numba.get_num_threads()
     pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
     totals = np.zeros((parts, kh * kw * cin_g * c_out))
