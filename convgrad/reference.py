@@ -2,7 +2,10 @@
 
 It shares nothing with the numba kernels but argument validation: it pads the
 input, then for each kernel offset (p, q) contracts the strided window of the
-input with grad_output over channels using ``np.einsum``. Slow but simple; the
+input with grad_output over channels using ``np.einsum``, over the output
+positions whose window entry lies inside the image: zero padding adds no
+terms, as the README says (so an Inf never meets a padded zero and makes a
+NaN the kernels would not). Slow but simple; the
 CLI checks the kernels against it and the benchmarks use it as the "naive
 NumPy" baseline. Results are computed in the arrays' dtype.
 """
@@ -33,8 +36,9 @@ def conv2d_reference(
     xg = x.reshape(n, g, cin_g, *x.shape[2:])
     wg = w.reshape(g, cout_g, cin_g, problem.kh, problem.kw)
     y = np.zeros((n, g, cout_g, problem.out_h, problem.out_w), problem.dtype)
-    for p, q, rows, cols in _offsets(problem):
-        y += np.einsum("ngcij,goc->ngoij", xg[:, :, :, rows, cols], wg[:, :, :, p, q])
+    for p, q, rows, cols, out_rows, out_cols in _offsets(problem):
+        window = xg[:, :, :, rows, cols]
+        y[:, :, :, out_rows, out_cols] += np.einsum("ngcij,goc->ngoij", window, wg[:, :, :, p, q])
     y = y.reshape(n, problem.c_out, problem.out_h, problem.out_w)
     if bias is not None:
         y += bias.astype(problem.dtype).reshape(-1, 1, 1)
@@ -62,9 +66,10 @@ def conv2d_backward_reference(
     wg = w.reshape(g, cout_g, cin_g, problem.kh, problem.kw)
     grad_xg = np.zeros_like(xg)
     grad_wg = np.zeros_like(wg)
-    for p, q, rows, cols in _offsets(problem):
-        grad_wg[:, :, :, p, q] += np.einsum("ngcij,ngoij->goc", xg[:, :, :, rows, cols], gg)
-        grad_xg[:, :, :, rows, cols] += np.einsum("ngoij,goc->ngcij", gg, wg[:, :, :, p, q])
+    for p, q, rows, cols, out_rows, out_cols in _offsets(problem):
+        grads = gg[:, :, :, out_rows, out_cols]
+        grad_wg[:, :, :, p, q] += np.einsum("ngcij,ngoij->goc", xg[:, :, :, rows, cols], grads)
+        grad_xg[:, :, :, rows, cols] += np.einsum("ngoij,goc->ngcij", grads, wg[:, :, :, p, q])
     top, _, left, _ = problem.geometry.padding
     grad_x = grad_xg.reshape(x.shape)[:, :, top : top + problem.height, left : left + problem.width]
     grad_w = grad_wg.reshape(w.shape)
@@ -110,14 +115,27 @@ def _per_group(problem: Problem) -> tuple[int, int]:
     return problem.c_in // groups, problem.c_out // groups
 
 
+def _inside(offset: int, step: int, pad: int, size: int, out: int) -> slice:
+    """The outputs i < ``out`` whose input index i*step + offset - pad lies in [0, size)."""
+    first = max(0, -(-(pad - offset) // step))
+    last = min(out, (pad + size - 1 - offset) // step + 1)
+    return slice(first, max(first, last))
+
+
 def _offsets(problem: Problem):
-    """(p, q, rows, cols) for each kernel offset: the padded-input window it reads."""
-    (sh, sw), _, (dh, dw), _ = problem.geometry
+    """(p, q, rows, cols, out_rows, out_cols) for each kernel offset.
+
+    out_rows and out_cols: the output positions whose input entry for (p, q)
+    lies inside the image; rows and cols: those entries in the padded input.
+    """
+    (sh, sw), (top, _, left, _), (dh, dw), _ = problem.geometry
     for p in range(problem.kh):
-        rows = slice(p * dh, p * dh + sh * (problem.out_h - 1) + 1, sh)
+        out_rows = _inside(p * dh, sh, top, problem.height, problem.out_h)
+        rows = slice(out_rows.start * sh + p * dh, out_rows.stop * sh + p * dh, sh)
         for q in range(problem.kw):
-            cols = slice(q * dw, q * dw + sw * (problem.out_w - 1) + 1, sw)
-            yield p, q, rows, cols
+            out_cols = _inside(q * dw, sw, left, problem.width, problem.out_w)
+            cols = slice(out_cols.start * sw + q * dw, out_cols.stop * sw + q * dw, sw)
+            yield p, q, rows, cols, out_rows, out_cols
 
 
 def _to_nchw(image: np.ndarray, problem: Problem) -> np.ndarray:

@@ -151,8 +151,8 @@ def check_one(rng: np.random.Generator, counts: Counter[str]) -> list[str]:
     scale = _all_results(*(np.abs(a) for a in wide), options)
     # Where a NaN must appear: the entries that depend on the NaN entry, that
     # is, that change when the reference (other operands made positive) sees
-    # 1 instead of 0 there. (The reference pads with zeros, so it would also
-    # put NaN where a NaN weight meets padding; convgrad adds no terms there.)
+    # 1 instead of 0 there. (The reference adds no terms for padding, as
+    # convgrad: a NaN weight that meets only padding marks nothing.)
     marks = [np.isnan(a) for a in (g, x, w)]
     nan_at = [np.zeros(r.shape, bool) for r in want]
     for k, mark in enumerate(marks):
