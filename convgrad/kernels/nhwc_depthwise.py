@@ -113,12 +113,13 @@ def _nine_taps(taps, g0, g1, g2, j, dw, c):
 
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
 def _gather_3x3_run(row, w, g0, g1, g2, lo, hi, pl, dw):
-    """_gather_3x3 for the pixels row[lo:hi] of a grad_input row, four pixels per pass.
+    """row[lo:hi] = their nine taps' sums (``_gather_3x3``), four pixels per pass: written.
 
     Their nine taps all fall inside grad_output's rows g0, g1, g2 (p = 0, 1, 2).
-    The four pixels share each load of the nine weights; ``noalias`` (``row`` is
-    grad_input, never an input) lets LLVM vectorise the pass over channels
-    without a run-time overlap check per pair of its arrays.
+    The four pixels share each load of the nine weights, and with dw == 1 (a
+    constant there) the loads of grad_output's pixels the four share;
+    ``noalias`` (``row`` is grad_input, never an input) lets LLVM vectorise
+    the pass over channels without a run-time overlap check per pair of its arrays.
     """
     col = lo
     while col + 4 <= hi:
@@ -129,13 +130,21 @@ def _gather_3x3_run(row, w, g0, g1, g2, lo, hi, pl, dw):
                 w[1, 0, 0, c], w[1, 1, 0, c], w[1, 2, 0, c],
                 w[2, 0, 0, c], w[2, 1, 0, c], w[2, 2, 0, c],
             )  # fmt: skip
-            row[col, c] += _nine_taps(taps, g0, g1, g2, j, dw, c)
-            row[col + 1, c] += _nine_taps(taps, g0, g1, g2, j + 1, dw, c)
-            row[col + 2, c] += _nine_taps(taps, g0, g1, g2, j + 2, dw, c)
-            row[col + 3, c] += _nine_taps(taps, g0, g1, g2, j + 3, dw, c)
+            if dw == 1:
+                row[col, c] = _nine_taps(taps, g0, g1, g2, j, 1, c)
+                row[col + 1, c] = _nine_taps(taps, g0, g1, g2, j + 1, 1, c)
+                row[col + 2, c] = _nine_taps(taps, g0, g1, g2, j + 2, 1, c)
+                row[col + 3, c] = _nine_taps(taps, g0, g1, g2, j + 3, 1, c)
+            else:
+                row[col, c] = _nine_taps(taps, g0, g1, g2, j, dw, c)
+                row[col + 1, c] = _nine_taps(taps, g0, g1, g2, j + 1, dw, c)
+                row[col + 2, c] = _nine_taps(taps, g0, g1, g2, j + 2, dw, c)
+                row[col + 3, c] = _nine_taps(taps, g0, g1, g2, j + 3, dw, c)
         col += 4
     for rest in range(col, hi):
         j0 = rest + pl
+        for c in range(row.shape[1]):
+            row[rest, c] = 0
         _gather_3x3(row[rest], w, g0, g1, g2, j0, j0 - dw, j0 - 2 * dw)
 
 
@@ -143,42 +152,52 @@ def _gather_3x3_run(row, w, g0, g1, g2, lo, hi, pl, dw):
 def grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups):
     """gi = scatter-add of w * g; parallel over (n, r) input rows, each gathering its sources.
 
-    gi is written, not added into: each task zeroes its row (then in cache)
-    before adding the taps, so the caller needs no zeroed buffer, a memset as
-    long as the input followed by reading it back. 3x3 kernels with stride 1
-    (the common depthwise layer) take all nine taps of a pixel in one pass
-    where they all fall inside grad_output; other pixels and shapes go tap by tap.
+    gi is written, not added into (``_input_row``), so the caller needs no
+    zeroed buffer, a memset as long as the input followed by reading it back.
     """
-    height, width = gi.shape[1], gi.shape[2]
-    out_h, out_w = g.shape[1], g.shape[2]
-    kh, kw = w.shape[0], w.shape[1]
-    nine = kh == 3 and kw == 3 and sh == 1 and sw == 1
+    height = gi.shape[1]
     for task in prange(gi.shape[0] * height):
         n = task // height
-        r = task - n * height
-        _zero(gi[n, r])
-        i0, i1, i2 = r + pt, r + pt - dh, r + pt - 2 * dh  # output rows of taps p = 0, 1, 2
-        if nine and i2 >= 0 and i0 < out_h:
-            inner_lo, inner_hi = max(0, 2 * dw - pl), max(0, min(width, out_w - pl))
-            _gather_3x3_run(gi[n, r], w, g[n, i0], g[n, i1], g[n, i2], inner_lo, inner_hi, pl, dw)
-            for col in range(width):
-                if inner_lo <= col < inner_hi:
-                    continue  # all nine taps inside grad_output: done above
-                for p in range(3):
-                    for q in range(3):
-                        j = col + pl - q * dw
-                        if 0 <= j < out_w:
-                            _multiply_add(gi[n, r, col], w[p, q, 0], g[n, r + pt - p * dh, j])
+        _input_row(g, w, gi, n, task - n * height, sh, sw, pt, pl, dh, dw)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _input_row(g, w, gi, n, r, sh, sw, pt, pl, dh, dw):
+    """gi[n, r] = the sum of the taps that reach it: written, or zeroed (then in cache) and added.
+
+    3x3 kernels with stride 1 (the common depthwise layer) take all nine taps
+    of a pixel in one pass where they all fall inside grad_output; other
+    pixels and shapes go tap by tap.
+    """
+    width = gi.shape[2]
+    out_h, out_w = g.shape[1], g.shape[2]
+    kh, kw = w.shape[0], w.shape[1]
+    i0, i1, i2 = r + pt, r + pt - dh, r + pt - 2 * dh  # output rows of taps p = 0, 1, 2
+    if kh == 3 and kw == 3 and sh == 1 and sw == 1 and i2 >= 0 and i0 < out_h:
+        inner_lo, inner_hi = max(0, 2 * dw - pl), max(0, min(width, out_w - pl))
+        inner_hi = max(inner_lo, inner_hi)
+        _gather_3x3_run(gi[n, r], w, g[n, i0], g[n, i1], g[n, i2], inner_lo, inner_hi, pl, dw)
+        for col in range(width):
+            if inner_lo <= col < inner_hi:
+                continue  # all nine taps inside grad_output: written above
+            for c in range(gi.shape[3]):
+                gi[n, r, col, c] = 0
+            for p in range(3):
+                for q in range(3):
+                    j = col + pl - q * dw
+                    if 0 <= j < out_w:
+                        _multiply_add(gi[n, r, col], w[p, q, 0], g[n, r + pt - p * dh, j])
+        return
+    _zero(gi[n, r])
+    for p in range(kh):
+        shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
+        if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
             continue
-        for p in range(kh):
-            shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
-            if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
-                continue
-            i = shifted // sh
-            for q in range(kw):
-                j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                for j in range(j_lo, j_hi):
-                    _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
+        i = shifted // sh
+        for q in range(kw):
+            j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+            for j in range(j_lo, j_hi):
+                _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
@@ -203,8 +222,12 @@ def _multiply_add_3_taps(acc, q, a, b, dw):
         for c in range(channels):
             b0, b1, b2, b3 = b[k, c], b[k + 1, c], b[k + 2, c], b[k + 3, c]
             acc[q, 0, c] += _products4(a, k, c, b0, b1, b2, b3)
-            acc[q + 1, 0, c] += _products4(a, k + dw, c, b0, b1, b2, b3)
-            acc[q + 2, 0, c] += _products4(a, k + 2 * dw, c, b0, b1, b2, b3)
+            if dw == 1:  # a constant here: the taps share their loads of ``a``
+                acc[q + 1, 0, c] += _products4(a, k + 1, c, b0, b1, b2, b3)
+                acc[q + 2, 0, c] += _products4(a, k + 2, c, b0, b1, b2, b3)
+            else:
+                acc[q + 1, 0, c] += _products4(a, k + dw, c, b0, b1, b2, b3)
+                acc[q + 2, 0, c] += _products4(a, k + 2 * dw, c, b0, b1, b2, b3)
     for k in range(four, pixels):
         for t in range(3):
             _multiply_add(acc[q + t, 0], a[k + t * dw], b[k])
@@ -254,24 +277,33 @@ def _fold(total, block):
 
 def grad_weight_nhwc_depthwise(x, g, gw, sh, sw, pt, pl, dh, dw, groups, n_chunks):
     """gw += the weight gradient, summed in ``n_chunks`` blocked partials."""
-    no_bias = np.zeros(0, gw.dtype)
-    _weight_and_bias(x, g, gw, no_bias, sh, sw, pt, pl, dh, dw, n_chunks)
+    no_bias, no_input = np.zeros(0, gw.dtype), np.zeros((0, 0, 0, 0), gw.dtype)
+    _weight_and_bias(x, g, gw, no_bias, gw, no_input, sh, sw, pt, pl, dh, dw, n_chunks)
 
 
 def backward_nhwc_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pl, dh, dw, groups, n_chunks):
-    """gi = and gw, gb += the depthwise backward: grad_input, then the other two in one pass.
+    """gi = and gw, gb += the depthwise backward; at stride 1 in one pass over the rows.
 
-    grad_bias is summed from grad_output's rows while grad_weight's taps have
-    them in cache, which spares a pass over grad_output (as long as the input:
-    it is memory-bound).
+    Stride 1: a chunk's task takes, row after row, grad_input's row t and
+    grad_output's row t's share of grad_weight and grad_bias: the grad_output
+    rows grad_input reads are the ones grad_weight reads next, still in cache,
+    so grad_output comes from memory once (with the kernels' other changes of
+    that commit, the suite's depthwise shape took 0.79-0.92x the time of two
+    passes). Other strides: grad_input's pass, then the other two's (one pass
+    measured the same there).
     """
+    if sh == 1 and sw == 1:
+        _weight_and_bias(x, g, gw, gb, w, gi, sh, sw, pt, pl, dh, dw, n_chunks)
+        return
     grad_input_nhwc_depthwise(g, w, gi, sh, sw, pt, pl, dh, dw, groups)
-    _weight_and_bias(x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks)
+    no_input = np.zeros((0, 0, 0, 0), gw.dtype)
+    _weight_and_bias(x, g, gw, gb, gw, no_input, sh, sw, pt, pl, dh, dw, n_chunks)
 
 
-def _weight_and_bias(x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks):
+def _weight_and_bias(x, g, gw, gb, w, gi, sh, sw, pt, pl, dh, dw, n_chunks):
     """gw (and gb, unless it is empty) += the gradients, summed in ``n_chunks`` blocked partials.
 
+    gi, unless it is empty: written with grad_input, from the weight ``w``.
     The partials are allocated here, by NumPy, so the asv memory tracks see them.
     """
     totals = np.zeros((n_chunks, *gw.shape), dtype=np.float64)
@@ -279,57 +311,78 @@ def _weight_and_bias(x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks):
     bias_totals = np.zeros((n_chunks, gb.shape[0]), dtype=np.float64)
     bias_blocks = np.zeros((n_chunks, gb.shape[0]), dtype=gw.dtype)
     _grad_weight_nhwc_depthwise(
-        x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks, totals, blocks, bias_totals, bias_blocks
-    )
+        x, g, gw, gb, w, gi, sh, sw, pt, pl, dh, dw, n_chunks, totals, blocks, bias_totals,
+        bias_blocks,
+    )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _add_row(acc, g_row):
-    """acc[c] += sum over pixels j of g_row[j, c]."""
-    for j in range(g_row.shape[0]):
-        for c in range(g_row.shape[1]):
+    """acc[c] += sum over pixels j of g_row[j, c], four pixels summed per read-modify-write."""
+    pixels, channels = g_row.shape
+    four = pixels - pixels % 4
+    for j in range(0, four, 4):
+        for c in range(channels):
+            acc[c] += (g_row[j, c] + g_row[j + 1, c]) + (g_row[j + 2, c] + g_row[j + 3, c])
+    for j in range(four, pixels):
+        for c in range(channels):
             acc[c] += g_row[j, c]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _weight_row(x, g, block, bias_block, n, i, sh, sw, pt, pl, dh, dw):
+    """block[p, q, 0] += output row (n, i)'s terms of every tap; bias_block += its sum (if any)."""
+    height, width, out_w = x.shape[1], x.shape[2], g.shape[2]
+    kh, kw = block.shape[0], block.shape[1]
+    if bias_block.shape[0] > 0:
+        _add_row(bias_block, g[n, i])
+    for p in range(kh):
+        r = i * sh + p * dh - pt
+        if r < 0 or r >= height:
+            continue
+        if sw == 1:  # the pixels each tap reads are a run of the input row
+            _weight_row_taps(block[p], x[n, r], g[n, i], pl, dw)
+            continue
+        for q in range(kw):
+            j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
+            acc = block[p, q, 0]
+            for j in range(j_lo, j_hi):
+                _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _grad_weight_nhwc_depthwise(
-    x, g, gw, gb, sh, sw, pt, pl, dh, dw, n_chunks, totals, blocks, bias_totals, bias_blocks
-):
+    x, g, gw, gb, w, gi, sh, sw, pt, pl, dh, dw, n_chunks, totals, blocks, bias_totals,
+    bias_blocks,
+):  # fmt: skip
     """gw += per-channel valid correlation of x with g; gb += g's sum unless gb is empty.
 
-    Output rows are split into ``n_chunks`` fixed chunks summed in parallel into
-    their own partial gradients (blocked, see BLOCK_TERMS), then added in chunk
-    order: deterministic for any thread count.
+    Rows (of grad_output, and of grad_input as well unless gi is empty: row t
+    of an image is both) are split into ``n_chunks`` fixed chunks summed in
+    parallel into their own partial gradients (blocked, see BLOCK_TERMS), then
+    added in chunk order: deterministic for any thread count.
     """
-    with_bias = gb.shape[0] > 0
-    height, width = x.shape[1], x.shape[2]
-    out_h, out_w = g.shape[1], g.shape[2]
-    kh, kw = gw.shape[0], gw.shape[1]
-    n_rows = g.shape[0] * out_h
+    height, out_h, out_w = x.shape[1], g.shape[1], g.shape[2]
+    with_input = gi.shape[0] > 0
+    rows = max(height, out_h) if with_input else out_h  # per image
+    n_rows = g.shape[0] * rows
     block_rows = max(1, BLOCK_TERMS // max(1, out_w))
     for chunk in prange(n_chunks):
         row_lo = chunk * n_rows // n_chunks
         row_hi = (chunk + 1) * n_rows // n_chunks
+        pending = 0  # output rows summed into the blocks since their last fold
         for row in range(row_lo, row_hi):
-            n = row // out_h
-            i = row - n * out_h
-            if with_bias:
-                _add_row(bias_blocks[chunk], g[n, i])
-            for p in range(kh):
-                r = i * sh + p * dh - pt
-                if r < 0 or r >= height:
-                    continue
-                if sw == 1:  # the pixels each tap reads are a run of the input row
-                    _weight_row_taps(blocks[chunk, p], x[n, r], g[n, i], pl, dw)
-                    continue
-                for q in range(kw):
-                    j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-                    acc = blocks[chunk, p, q, 0]
-                    for j in range(j_lo, j_hi):
-                        _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
-            if (row - row_lo + 1) % block_rows == 0 or row == row_hi - 1:
+            n = row // rows
+            t = row - n * rows
+            if with_input and t < height:
+                _input_row(g, w, gi, n, t, sh, sw, pt, pl, dh, dw)
+            if t < out_h:
+                _weight_row(x, g, blocks[chunk], bias_blocks[chunk], n, t, sh, sw, pt, pl, dh, dw)
+                pending += 1
+            if pending == block_rows or (row == row_hi - 1 and pending > 0):
                 _fold(totals[chunk], blocks[chunk])
                 _fold(bias_totals[chunk], bias_blocks[chunk])
+                pending = 0
     for chunk in range(1, n_chunks):
         _fold(totals[0], totals[chunk])
         _fold(bias_totals[0], bias_totals[chunk])
