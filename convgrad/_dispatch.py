@@ -10,8 +10,9 @@ The kernel families, by what their innermost loop runs along:
 - "rows" (``kernels/nchw.py``, NCHW): one output row, OW long;
 - "channels" (``kernels/nhwc.py``, NHWC): a group's output channels;
 - "depthwise channels" (``kernels/nhwc_depthwise.py``, NHWC, groups == C_in
-  == C_out): all channels, elementwise (conv2d_backward: grad_input, then
-  grad_weight with grad_bias in one pass over grad_output);
+  == C_out): all channels, elementwise (conv2d_backward at stride 1: all three
+  gradients in one pass over the rows; other strides grad_input, then
+  grad_weight with grad_bias);
 - "depthwise planes" (``kernels/nchw_depthwise.py``, NCHW, conv2d_backward
   only): a channel's whole padded plane, all three gradients in one pass;
 - "depthwise tiles" (``kernels/depthwise_tiles.py``, both layouts,
