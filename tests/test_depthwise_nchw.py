@@ -214,3 +214,24 @@ def test_planes_start_on_a_line_and_are_zero(count, dtype):
         assert plane.shape == (count,) and plane.dtype == dtype
         assert plane.ctypes.data % nchw_depthwise.LINE_BYTES == 0
         assert not plane.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_runs_of_channels_never_change_a_value(dtype):
+    """The stride-1 kernel's tasks own runs of channels, cut by the thread count: any cut
+    (a channel per task, runs of 3 with a short last one, all in one run) gives the same bits."""
+    rng = np.random.default_rng(5)
+    pads, dilation = (1, 2, 0, 1), (1, 2)
+    g, x, w = random_problem(rng, 3, 7, 40, 37, (3, 3), pads, dilation, dtype=dtype)
+    results = []
+    for run in (1, 3, 7):
+        gi, gw, gb = np.full_like(x, np.nan), np.zeros_like(w), np.zeros(7, dtype)
+        nchw_depthwise._backward_runs(x, g, w, gi, gw, gb, *pads, *dilation, run)
+        results.append((gi, gw, gb))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert a.tobytes() == b.tobytes()
+    want = expected_gradients(g, x, w, pads, dilation)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for got, expected in zip(results[0], want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
