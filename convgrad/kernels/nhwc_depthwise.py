@@ -111,6 +111,15 @@ def _nine_taps(taps, g0, g1, g2, j, dw, c):
     )
 
 
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _write_four(row, col, taps, g0, g1, g2, j, dw, c):
+    """row[col + k, c] = channel c of pixel col + k's nine taps (k < 4; ``_nine_taps`` at j + k)."""
+    row[col, c] = _nine_taps(taps, g0, g1, g2, j, dw, c)
+    row[col + 1, c] = _nine_taps(taps, g0, g1, g2, j + 1, dw, c)
+    row[col + 2, c] = _nine_taps(taps, g0, g1, g2, j + 2, dw, c)
+    row[col + 3, c] = _nine_taps(taps, g0, g1, g2, j + 3, dw, c)
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
 def _gather_3x3_run(row, w, g0, g1, g2, lo, hi, pl, dw):
     """row[lo:hi] = their nine taps' sums (``_gather_3x3``), four pixels per pass: written.
@@ -130,16 +139,10 @@ def _gather_3x3_run(row, w, g0, g1, g2, lo, hi, pl, dw):
                 w[1, 0, 0, c], w[1, 1, 0, c], w[1, 2, 0, c],
                 w[2, 0, 0, c], w[2, 1, 0, c], w[2, 2, 0, c],
             )  # fmt: skip
-            if dw == 1:
-                row[col, c] = _nine_taps(taps, g0, g1, g2, j, 1, c)
-                row[col + 1, c] = _nine_taps(taps, g0, g1, g2, j + 1, 1, c)
-                row[col + 2, c] = _nine_taps(taps, g0, g1, g2, j + 2, 1, c)
-                row[col + 3, c] = _nine_taps(taps, g0, g1, g2, j + 3, 1, c)
+            if dw == 1:  # a literal 1 inlined: the four pixels' taps share their loads
+                _write_four(row, col, taps, g0, g1, g2, j, 1, c)
             else:
-                row[col, c] = _nine_taps(taps, g0, g1, g2, j, dw, c)
-                row[col + 1, c] = _nine_taps(taps, g0, g1, g2, j + 1, dw, c)
-                row[col + 2, c] = _nine_taps(taps, g0, g1, g2, j + 2, dw, c)
-                row[col + 3, c] = _nine_taps(taps, g0, g1, g2, j + 3, dw, c)
+                _write_four(row, col, taps, g0, g1, g2, j, dw, c)
         col += 4
     for rest in range(col, hi):
         j0 = rest + pl
@@ -206,6 +209,14 @@ def _products4(a, k, c, b0, b1, b2, b3):
     return (a[k, c] * b0 + a[k + 1, c] * b1) + (a[k + 2, c] * b2 + a[k + 3, c] * b3)
 
 
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _add_three_taps(acc, q, a, k, c, dw, b0, b1, b2, b3):
+    """acc[q + t, 0, c] += tap q + t's four products (``_products4`` at k + t*dw), t < 3."""
+    acc[q, 0, c] += _products4(a, k, c, b0, b1, b2, b3)
+    acc[q + 1, 0, c] += _products4(a, k + dw, c, b0, b1, b2, b3)
+    acc[q + 2, 0, c] += _products4(a, k + 2 * dw, c, b0, b1, b2, b3)
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
 def _multiply_add_3_taps(acc, q, a, b, dw):
     """acc[q + t, 0, c] += sum over pixels k of a[k + t*dw, c] * b[k, c], for t < 3.
@@ -221,13 +232,10 @@ def _multiply_add_3_taps(acc, q, a, b, dw):
     for k in range(0, four, 4):
         for c in range(channels):
             b0, b1, b2, b3 = b[k, c], b[k + 1, c], b[k + 2, c], b[k + 3, c]
-            acc[q, 0, c] += _products4(a, k, c, b0, b1, b2, b3)
-            if dw == 1:  # a constant here: the taps share their loads of ``a``
-                acc[q + 1, 0, c] += _products4(a, k + 1, c, b0, b1, b2, b3)
-                acc[q + 2, 0, c] += _products4(a, k + 2, c, b0, b1, b2, b3)
+            if dw == 1:  # a literal 1 inlined: the taps share their loads of ``a``
+                _add_three_taps(acc, q, a, k, c, 1, b0, b1, b2, b3)
             else:
-                acc[q + 1, 0, c] += _products4(a, k + dw, c, b0, b1, b2, b3)
-                acc[q + 2, 0, c] += _products4(a, k + 2 * dw, c, b0, b1, b2, b3)
+                _add_three_taps(acc, q, a, k, c, dw, b0, b1, b2, b3)
     for k in range(four, pixels):
         for t in range(3):
             _multiply_add(acc[q + t, 0], a[k + t * dw], b[k])
