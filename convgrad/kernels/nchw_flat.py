@@ -45,6 +45,7 @@ from numba.extending import intrinsic
 
 from ._cache import CACHE
 from ._columns import COLUMNS_MAX, VECTOR_BYTES, weighted_columns
+from ._dots import dots4x4
 from ._flags import FASTMATH
 from ._wide import WideCompiler, WideFloat64NoAliasCompiler, WideNoAliasCompiler
 
@@ -430,33 +431,11 @@ def _workspaces(n_chunk, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, 
 BLOCK = 4
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _dot(a, b):
-    """sum of a * b over two equally long contiguous vectors."""
-    acc = a.dtype.type(0)
-    for k in range(a.shape[0]):
-        acc += a[k] * b[k]
-    return acc
-
-
-@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _dot4(a, b0, b1, b2, b3):
-    """(sum a*b0, sum a*b1, sum a*b2, sum a*b3) in one pass over a."""
-    s0 = s1 = s2 = s3 = a.dtype.type(0)
-    for k in range(a.shape[0]):
-        v = a[k]
-        s0 += v * b0[k]
-        s1 += v * b1[k]
-        s2 += v * b2[k]
-        s3 += v * b3[k]
-    return s0, s1, s2, s3
-
-
 # The axpys write gi planes (a workspace) from grad_output planes and the
 # weight: compiled with ``noalias`` (``_noalias.py``) and called rather than
 # inlined, they run without run-time overlap checks; the dense grad_input
-# shapes took 0.78-0.91x the time. The dot products write nothing and stay
-# inlined (called, lenet2 took 1.14x the time). Their float64 signatures use
+# shapes took 0.78-0.91x the time. The dot products (``_dots.dots4x4``) write
+# nothing and are compiled into their caller. The axpys' float64 signatures use
 # 512-bit vectors on AVX-512 CPUs (``_wide.py``; resnet_3x3_f64 0.95x the time
 # on a 2-core Intel Xeon); float32 keeps LLVM's choice, as wide float32 axpys
 # made lenet2 1.11x slower there for 0.91-0.95x on the dense shapes (re-run a
@@ -475,38 +454,6 @@ def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
         dest[k] += w0 * s0[k] + w1 * s1[k] + w2 * s2[k] + w3 * s3[k]
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
-    """The 16 dot products a_i . b_j (i, j < 4), returned i-major, in one pass.
-
-    Eight loads feed sixteen multiply-adds per element, and LLVM keeps the
-    sixteen sums in vector registers: about twice the rate of ``_dot4``.
-    """
-    z = a0.dtype.type(0)
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
-    for k in range(a0.shape[0]):
-        x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
-        y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
-        s00 += x0 * y0
-        s01 += x0 * y1
-        s02 += x0 * y2
-        s03 += x0 * y3
-        s10 += x1 * y0
-        s11 += x1 * y1
-        s12 += x1 * y2
-        s13 += x1 * y3
-        s20 += x2 * y0
-        s21 += x2 * y1
-        s22 += x2 * y2
-        s23 += x2 * y3
-        s30 += x3 * y0
-        s31 += x3 * y1
-        s32 += x3 * y2
-        s33 += x3 * y3
-    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
-
-
 # grad_weight's 4 x 4 channel blocks and all of grad_input's axpys run over
 # the planes L1_BYTES of each vector at a time, every kernel tap (and, for
 # grad_input, every output-channel block) before the next piece: the pieces
@@ -515,52 +462,6 @@ def _dot4x4(a0, a1, a2, a3, b0, b1, b2, b3):
 # resnet_3x3 0.85x, big_kernel 0.87x, resnet_3x3_f64 0.90x the time; 2 and 8
 # KiB pieces were slower than 4 (more horizontal sums, or L1 misses).
 L1_BYTES = 4096
-
-# Kernel taps of one row handled together by ``_dot3x4``.
-TAPS = 3
-
-
-@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _dot3x4(x0, x1, x2, b0, b1, b2, b3):
-    """The 12 sums over k of x_t[k] * b_j[k] (t < 3, j < 4), returned t-major.
-
-    The windows of three kernel taps share each load of b_j: for planes with
-    fewer than four input channels this is what ``_dot4x4`` is for the others.
-    """
-    # TAPS * BLOCK sums: numba slices a tuple only by a literal
-    return _dot3x4_sums(x0, x1, x2, b0, b1, b2, b3)[:12]
-
-
-@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _dot3x4_sums(x0, x1, x2, b0, b1, b2, b3):
-    """``_dot3x4``'s 12 sums, then the 4 sums of b_j (grad_bias's) from the same loads.
-
-    Inlined into ``_dot3x4``, which leaves the last four unused, LLVM drops them.
-    """
-    n = b0.shape[0]
-    z = x0.dtype.type(0)
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = z
-    t0 = t1 = t2 = t3 = z
-    for k in range(n):
-        y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
-        u, v, w = x0[k], x1[k], x2[k]
-        s00 += u * y0
-        s01 += u * y1
-        s02 += u * y2
-        s03 += u * y3
-        s10 += v * y0
-        s11 += v * y1
-        s12 += v * y2
-        s13 += v * y3
-        s20 += w * y0
-        s21 += w * y1
-        s22 += w * y2
-        s23 += w * y3
-        t0 += y0
-        t1 += y1
-        t2 += y2
-        t3 += y3
-    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, t0, t1, t2, t3)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
@@ -806,98 +707,77 @@ def _weight_block(
     ``xf`` holds the flattened image planes (C_in, planes, ...), ``gf`` the
     flattened grad_output planes (C_out, ...) with the same row pitch: kernel
     tap (p, q) pairs xf[ci, plane, base + offset + k] with gf[co, base + k]
-    (``_tap``). Full 4 x 4 channel blocks take sixteen dot products at a time,
-    L1_BYTES of each vector at a time for all taps; fewer input channels take
-    three kernel taps at a time or four output channels.
+    (``_tap``). Full 4 x 4 channel blocks take sixteen dot products at a time
+    (``_dots.dots4x4``), L1_BYTES of each vector at a time for all taps; fewer
+    input channels (or output channels) take up to four kernel taps of one
+    input channel at a time with four output channels, a short block of output
+    channels repeating its last and leaving those sums unused.
 
     ``bias_sums[co0:co1]`` += the sums of those grad_output positions, unless
-    ``bias_sums`` is empty. Three taps at a time sum them from their own loads
-    (``_dot3x4_sums``, in the dtype's vectors as the dot products): for the
+    ``bias_sums`` is empty. The few channels' first four taps sum them from
+    their own loads (in the dtype's vectors as the dot products): for the
     fused kernel's few input channels that replaces a pass over grad_output
-    (cifar_b32 took 0.78-0.97x the time, mnist_b64 0.74-0.91x); other blocks
+    (cifar_b32 took 0.78-0.97x the time, mnist_b64 0.74-0.91x); full blocks
     read the rows again (``_add_row_sums``, in float64).
     """
     cin_g, kh, kw = totals.shape[1], totals.shape[2], totals.shape[3]
     ci2_1 = min(ci2_0 + BLOCK, cin_g)
     ci0 = group * cin_g + ci2_0
-    g0 = gf[co0, gbase : gbase + length]
-    g1 = gf[min(co0 + 1, co1 - 1), gbase : gbase + length]
-    g2 = gf[min(co0 + 2, co1 - 1), gbase : gbase + length]
-    g3 = gf[min(co0 + 3, co1 - 1), gbase : gbase + length]
+    planes, plane = xf.shape[1], xf.shape[2]
+    # grad_output's four planes; a short block repeats its last (the sums unused)
+    g0 = co0 * gf.shape[1] + gbase
+    g1 = min(co0 + 1, co1 - 1) * gf.shape[1] + gbase
+    g2 = min(co0 + 2, co1 - 1) * gf.shape[1] + gbase
+    g3 = min(co0 + 3, co1 - 1) * gf.shape[1] + gbase
     if co1 - co0 == BLOCK and ci2_1 - ci2_0 == BLOCK:
         chunk = L1_BYTES // xf.itemsize
         for c0 in range(0, length, chunk):
             c1 = min(c0 + chunk, length)
-            h0, h1, h2, h3 = g0[c0:c1], g1[c0:c1], g2[c0:c1], g3[c0:c1]
             for p in range(kh):
                 for q in range(kw):
                     phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
-                    start = base + offset + c0
-                    stop = base + offset + c1
-                    sums = _dot4x4(
-                        xf[ci0, phase, start:stop],
-                        xf[ci0 + 1, phase, start:stop],
-                        xf[ci0 + 2, phase, start:stop],
-                        xf[ci0 + 3, phase, start:stop],
-                        h0,
-                        h1,
-                        h2,
-                        h3,
-                    )
+                    x0 = (ci0 * planes + phase) * plane + base + offset + c0
+                    sums = dots4x4(
+                        xf, x0, x0 + planes * plane, x0 + 2 * planes * plane,
+                        x0 + 3 * planes * plane, gf, g0 + c0, g1 + c0, g2 + c0, g3 + c0, c1 - c0,
+                        BLOCK,
+                    )  # fmt: skip
                     for a in range(BLOCK):
                         for b in range(BLOCK):
                             totals[co0 + b, ci2_0 + a, p, q] += sums[a * BLOCK + b]
         if bias_sums.shape[0]:
             _add_row_sums(gf[co0:co1, gbase : gbase + length], length, bias_sums[co0:co1])
         return
-    summing = bias_sums.shape[0] > 0
+    # few input channels: four kernel taps share each load of grad_output instead
+    taps = kh * kw
     for ci2 in range(ci2_0, ci2_1):
-        x_planes = xf[group * cin_g + ci2]
-        for p in range(kh):
-            q = 0
-            while q < kw:
-                if co1 - co0 == BLOCK and q + TAPS <= kw:
-                    # few input channels: three taps of one kernel row share
-                    # each load of grad_output instead
-                    a0, at0 = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
-                    a1, at1 = _tap(p, q + 1, sh, sw, dh, dw, pitch, shifted)
-                    a2, at2 = _tap(p, q + 2, sh, sw, dh, dw, pitch, shifted)
-                    x0 = x_planes[a0, base + at0 : base + at0 + length]
-                    x1 = x_planes[a1, base + at1 : base + at1 + length]
-                    x2 = x_planes[a2, base + at2 : base + at2 + length]
-                    if summing:  # the first taps also sum the rows, for grad_bias
-                        with_rows = _dot3x4_sums(x0, x1, x2, g0, g1, g2, g3)
-                        _add_tap_row(totals, co0, ci2, p, q, with_rows)
-                        for b in range(BLOCK):
-                            bias_sums[co0 + b] += with_rows[TAPS * BLOCK + b]
-                        summing = False
-                    else:
-                        _add_tap_row(totals, co0, ci2, p, q, _dot3x4(x0, x1, x2, g0, g1, g2, g3))
-                    q += TAPS
-                    continue
-                phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
-                start = base + offset
-                window = x_planes[phase, start : start + length]
-                if co1 - co0 == BLOCK:
-                    s0, s1, s2, s3 = _dot4(window, g0, g1, g2, g3)
-                    totals[co0, ci2, p, q] += s0
-                    totals[co0 + 1, ci2, p, q] += s1
-                    totals[co0 + 2, ci2, p, q] += s2
-                    totals[co0 + 3, ci2, p, q] += s3
-                else:
-                    for co in range(co0, co1):
-                        totals[co, ci2, p, q] += _dot(window, gf[co, gbase : gbase + length])
-                q += 1
-    if summing:
-        _add_row_sums(gf[co0:co1, gbase : gbase + length], length, bias_sums[co0:co1])
+        at = (group * cin_g + ci2) * planes * plane + base
+        calls = (taps + BLOCK - 1) // BLOCK
+        for call in range(calls):  # as even as can be: one window makes a slow chain of sums
+            t0, t1 = call * taps // calls, (call + 1) * taps // calls
+            x0 = at + _tap_at(t0, kw, sh, sw, dh, dw, pitch, shifted, plane)
+            x1 = at + _tap_at(t0 + 1, kw, sh, sw, dh, dw, pitch, shifted, plane)
+            x2 = at + _tap_at(t0 + 2, kw, sh, sw, dh, dw, pitch, shifted, plane)
+            x3 = at + _tap_at(t0 + 3, kw, sh, sw, dh, dw, pitch, shifted, plane)
+            if bias_sums.shape[0] and ci2 == ci2_0 and t0 == 0:  # grad_bias's sums, once
+                sums = dots4x4(xf, x0, x1, x2, x3, gf, g0, g1, g2, g3, length, t1 - t0)
+                for b in range(co1 - co0):
+                    bias_sums[co0 + b] += sums[BLOCK * BLOCK + b]
+            else:  # a call of its own, so that its unused sums of grad_output are left out
+                sums = dots4x4(xf, x0, x1, x2, x3, gf, g0, g1, g2, g3, length, t1 - t0)
+            for i in range(BLOCK):  # constant bounds: unrolled, the sums' indices fixed
+                if t0 + i < t1:
+                    p, q = (t0 + i) // kw, (t0 + i) % kw
+                    for b in range(BLOCK):
+                        if b < co1 - co0:
+                            totals[co0 + b, ci2, p, q] += sums[i * BLOCK + b]
 
 
 @njit(cache=CACHE, inline="always")
-def _add_tap_row(totals, co0, ci2, p, q, sums):
-    """totals[co0 + b, ci2, p, q + t] += sums[t * BLOCK + b] for TAPS taps and BLOCK channels."""
-    for t in range(TAPS):
-        for b in range(BLOCK):
-            totals[co0 + b, ci2, p, q + t] += sums[t * BLOCK + b]
+def _tap_at(t, kw, sh, sw, dh, dw, pitch, shifted, plane):
+    """Where kernel tap t (row-major) starts in a channel's planes, as a flat offset."""
+    phase, offset = _tap(t // kw, t % kw, sh, sw, dh, dw, pitch, shifted)
+    return phase * plane + offset
 
 
 def grad_input_nchw_flat(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups, n_chunk, nhwc=0):
