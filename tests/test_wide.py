@@ -6,12 +6,7 @@ import pytest
 from numba import njit
 
 from convgrad.kernels._flags import FASTMATH
-from convgrad.kernels._wide import (
-    PREFER_512,
-    WideCompiler,
-    WideFloat64NoAliasCompiler,
-    WideNoAliasCompiler,
-)
+from convgrad.kernels._wide import PREFER_512, WideCompiler, WideNoAliasCompiler
 
 
 def _dot(a, b):
@@ -43,16 +38,6 @@ def test_wide_functions_use_512_bit_registers_on_avx512():
     assert "zmm" in wide.inspect_asm(signature)
 
 
-def test_float64_only_compiler_widens_float64_signatures_only():
-    wide, signature = _compiled(WideFloat64NoAliasCompiler, np.float64)
-    assert PREFER_512 in wide.inspect_llvm(signature)
-    narrow, signature = _compiled(WideFloat64NoAliasCompiler, np.float32)
-    assert PREFER_512 not in narrow.inspect_llvm(signature)
-    plain, plain_signature = _compiled()
-    noalias = narrow.inspect_llvm(signature).count("noalias")
-    assert noalias > plain.inspect_llvm(plain_signature).count("noalias")  # the flag is on
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wide_noalias_compiler_widens_every_signature_with_noalias(dtype):
     wide, signature = _compiled(WideNoAliasCompiler, dtype)
@@ -60,18 +45,3 @@ def test_wide_noalias_compiler_widens_every_signature_with_noalias(dtype):
     plain, plain_signature = _compiled(None, dtype)
     noalias = wide.inspect_llvm(signature).count("noalias")
     assert noalias > plain.inspect_llvm(plain_signature).count("noalias")
-
-
-def test_rgb_grad_input_kernel_is_wide_in_both_dtypes():
-    from convgrad.kernels.nchw_flat import _axpy3x4
-
-    for dtype in (np.float32, np.float64):
-        planes = [np.zeros(64, dtype) for _ in range(3)]
-        sources = [np.full(64, j + 1.0, dtype) for j in range(4)]
-        weight = np.arange(12, dtype=dtype).reshape(4, 3)
-        _axpy3x4(*planes, weight, *sources)
-        for i, plane in enumerate(planes):
-            expected = sum(weight[j, i] * (j + 1.0) for j in range(4))
-            np.testing.assert_array_equal(plane, np.full(64, expected, dtype))
-    # cached code cannot be inspected: the compiler it is built with is what counts
-    assert _axpy3x4._compiler.pipeline_class is WideNoAliasCompiler

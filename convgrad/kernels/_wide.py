@@ -12,9 +12,6 @@ These pipelines instead give chosen functions LLVM's per-function attribute
 the widest vectors it has (256 or 128 bits), so the attribute is harmless there.
 
 - ``WideCompiler``: every compiled signature of the function is wide.
-- ``WideFloat64NoAliasCompiler``: only signatures with a float64 array are
-  wide (float32 keeps LLVM's choice), and the ``noalias`` flag is on as in
-  ``_noalias.NoAliasCompiler``.
 - ``WideNoAliasCompiler``: every signature wide, and ``noalias`` on.
 
 Use: ``@njit(pipeline_class=WideCompiler)``. Numba's ``inline="always"`` helpers
@@ -26,7 +23,7 @@ pass, and llvmlite's function attribute set); if the attribute set is not as
 expected, functions compile as with numba's default pipeline.
 """
 
-from numba.core import lowering, types
+from numba.core import lowering
 from numba.core.compiler import Compiler, DefaultPassBuilder
 from numba.core.compiler_machinery import register_pass
 from numba.core.typed_passes import NativeLowering
@@ -37,24 +34,13 @@ PREFER_512 = '"prefer-vector-width"="512"'
 class _WideLower(lowering.Lower):
     """Numba's lowering, with the preferred vector width set on the function it lowers."""
 
-    float64_only = False  # set the width only for signatures with a float64 array
-
     def lower_normal_function(self, fndesc):
         super().lower_normal_function(fndesc)
-        if self.float64_only and not any(
-            isinstance(kind, types.Array) and kind.dtype == types.float64
-            for kind in fndesc.argtypes
-        ):
-            return
         attributes = getattr(self.function, "attributes", None)
         if isinstance(attributes, set):
             # llvmlite's FunctionAttributes.add takes only the attribute names it
             # knows; a string attribute added to the set is written out as it is
             set.add(attributes, PREFER_512)
-
-
-class _WideFloat64Lower(_WideLower):
-    float64_only = True
 
 
 def _lowering_pass(lower_class: type, name: str) -> type:
@@ -94,9 +80,3 @@ class WideNoAliasCompiler(WideCompiler):
     def __init__(self, typingctx, targetctx, library, args, return_type, flags, locals):
         flags.noalias = True
         super().__init__(typingctx, targetctx, library, args, return_type, flags, locals)
-
-
-class WideFloat64NoAliasCompiler(WideNoAliasCompiler):
-    """``WideNoAliasCompiler`` for float64 signatures only."""
-
-    lowering_pass = _lowering_pass(_WideFloat64Lower, "convgrad_wide_float64_lowering")

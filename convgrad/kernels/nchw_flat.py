@@ -43,11 +43,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._blocks import axpys4x4, dots4x4
 from ._cache import CACHE
 from ._columns import COLUMNS_MAX, VECTOR_BYTES, weighted_columns
-from ._dots import dots4x4
 from ._flags import FASTMATH
-from ._wide import WideCompiler, WideFloat64NoAliasCompiler, WideNoAliasCompiler
+from ._wide import WideCompiler
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
 # cache keys a kernel on its own module's source, so an edited helper imported
@@ -427,33 +427,17 @@ def _workspaces(n_chunk, c_in, c_out, height, width, out_h, sh, sw, pt, pb, pl, 
 # Channels are handled in blocks of four: a full block of four input and four
 # output channels makes sixteen dot products (grad_weight) or four axpys into
 # four gi planes (grad_input) in one pass; partial blocks (a group with fewer
-# than four channels left) fall back to four or one at a time.
+# than four channels left) run the same steps on fewer windows.
 BLOCK = 4
 
 
-# The axpys write gi planes (a workspace) from grad_output planes and the
-# weight: compiled with ``noalias`` (``_noalias.py``) and called rather than
-# inlined, they run without run-time overlap checks; the dense grad_input
-# shapes took 0.78-0.91x the time. The dot products (``_dots.dots4x4``) write
-# nothing and are compiled into their caller. The axpys' float64 signatures use
-# 512-bit vectors on AVX-512 CPUs (``_wide.py``; resnet_3x3_f64 0.95x the time
-# on a 2-core Intel Xeon); float32 keeps LLVM's choice, as wide float32 axpys
-# made lenet2 1.11x slower there for 0.91-0.95x on the dense shapes (re-run a
-# session later: dense 0.98-1.13x, no gain). ``_axpy3x4`` is the exception.
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
-def _axpy(dest, scale, src):
-    """dest += scale * src over two equally long contiguous vectors."""
-    for k in range(src.shape[0]):
-        dest[k] += scale * src[k]
-
-
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
-def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
-    """dest += w0*s0 + w1*s1 + w2*s2 + w3*s3 in one pass over dest."""
-    for k in range(dest.shape[0]):
-        dest[k] += w0 * s0[k] + w1 * s1[k] + w2 * s2[k] + w3 * s3[k]
-
-
+# The dot products and the axpys are LLVM IR steps (``_blocks.py``) compiled into
+# their callers: explicit vectors of the CPU's widest registers, no run-time
+# overlap checks and no call. As numba functions, the axpys had to be called
+# (compiled with ``noalias``; inlined, LLVM checked the planes for overlap at
+# run time: the dense grad_input shapes took 1.1-1.3x the time), and each call
+# passed nine arrays: on lenet2's 64-value planes the IR axpys took 0.91x the
+# time of the whole backward, 5 x 5 kernels on 14 x 14 images 0.89-0.9x.
 # grad_weight's 4 x 4 channel blocks and all of grad_input's axpys run over
 # the planes L1_BYTES of each vector at a time, every kernel tap (and, for
 # grad_input, every output-channel block) before the next piece: the pieces
@@ -462,25 +446,6 @@ def _axpy4(dest, w0, s0, w1, s1, w2, s2, w3, s3):
 # resnet_3x3 0.85x, big_kernel 0.87x, resnet_3x3_f64 0.90x the time; 2 and 8
 # KiB pieces were slower than 4 (more horizontal sums, or L1 misses).
 L1_BYTES = 4096
-
-
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideFloat64NoAliasCompiler)
-def _axpy4x4(d0, d1, d2, d3, w, s0, s1, s2, s3):
-    """d_i += sum over j < 4 of w[j, i] * s_j, for i < 4, in one pass.
-
-    Each element of the four sources feeds all four destinations: 8 loads and
-    4 stores per 16 multiply-adds, against 5 and 1 per 4 for ``_axpy4``.
-    """
-    w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
-    w10, w11, w12, w13 = w[1, 0], w[1, 1], w[1, 2], w[1, 3]
-    w20, w21, w22, w23 = w[2, 0], w[2, 1], w[2, 2], w[2, 3]
-    w30, w31, w32, w33 = w[3, 0], w[3, 1], w[3, 2], w[3, 3]
-    for k in range(d0.shape[0]):
-        g0, g1, g2, g3 = s0[k], s1[k], s2[k], s3[k]
-        d0[k] += w00 * g0 + w10 * g1 + w20 * g2 + w30 * g3
-        d1[k] += w01 * g0 + w11 * g1 + w21 * g2 + w31 * g3
-        d2[k] += w02 * g0 + w12 * g1 + w22 * g2 + w32 * g3
-        d3[k] += w03 * g0 + w13 * g1 + w23 * g2 + w33 * g3
 
 
 # Both gradients stack the planes of several images end to end and run one dot
@@ -691,10 +656,9 @@ def _tap(p, q, sh, sw, dh, dw, pitch, shifted):
     return ((p * dh) % sh) * sw + (q * dw) % sw, ((p * dh) // sh) * pitch + (q * dw) // sw
 
 
-# 512-bit vectors where the CPU has AVX-512 (``_wide.py``): on a 2-core Intel
-# Xeon resnet_3x3, big_kernel and resnet_3x3_f64 took 0.89-0.90x the time,
-# lenet2 1.04x; wide float32 axpys as well made lenet2 1.11x and gained less
-# (only the axpys' float64 signatures are wide).
+# 512-bit vectors where the CPU has AVX-512 (``_wide.py``) for the code around
+# the dot products: on a 2-core Intel Xeon resnet_3x3, big_kernel and
+# resnet_3x3_f64 took 0.89-0.90x the time, lenet2 1.04x.
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideCompiler)
 def _weight_block(
     xf, gf, totals, group, co0, co1, ci2_0, sh, sw, dh, dw, pitch, base, length, shifted, gbase,
@@ -708,7 +672,7 @@ def _weight_block(
     flattened grad_output planes (C_out, ...) with the same row pitch: kernel
     tap (p, q) pairs xf[ci, plane, base + offset + k] with gf[co, base + k]
     (``_tap``). Full 4 x 4 channel blocks take sixteen dot products at a time
-    (``_dots.dots4x4``), L1_BYTES of each vector at a time for all taps; fewer
+    (``_blocks.dots4x4``), L1_BYTES of each vector at a time for all taps; fewer
     input channels (or output channels) take up to four kernel taps of one
     input channel at a time with four output channels, a short block of output
     channels repeating its last and leaving those sums unused.
@@ -750,15 +714,20 @@ def _weight_block(
         return
     # few input channels: four kernel taps share each load of grad_output instead
     taps = kh * kw
+    flat_totals = totals.reshape(totals.size)  # tap t of (co, ci2) at (co*C_in/g + ci2)*taps + t
     for ci2 in range(ci2_0, ci2_1):
         at = (group * cin_g + ci2) * planes * plane + base
         calls = (taps + BLOCK - 1) // BLOCK
         for call in range(calls):  # as even as can be: one window makes a slow chain of sums
             t0, t1 = call * taps // calls, (call + 1) * taps // calls
-            x0 = at + _tap_at(t0, kw, sh, sw, dh, dw, pitch, shifted, plane)
-            x1 = at + _tap_at(t0 + 1, kw, sh, sw, dh, dw, pitch, shifted, plane)
-            x2 = at + _tap_at(t0 + 2, kw, sh, sw, dh, dw, pitch, shifted, plane)
-            x3 = at + _tap_at(t0 + 3, kw, sh, sw, dh, dw, pitch, shifted, plane)
+            p0, q0 = t0 // kw, t0 % kw
+            p1, q1 = _next_tap(p0, q0, kw)
+            p2, q2 = _next_tap(p1, q1, kw)
+            p3, q3 = _next_tap(p2, q2, kw)
+            x0 = at + _tap_at(p0, q0, sh, sw, dh, dw, pitch, shifted, plane)
+            x1 = at + _tap_at(p1, q1, sh, sw, dh, dw, pitch, shifted, plane)
+            x2 = at + _tap_at(p2, q2, sh, sw, dh, dw, pitch, shifted, plane)
+            x3 = at + _tap_at(p3, q3, sh, sw, dh, dw, pitch, shifted, plane)
             if bias_sums.shape[0] and ci2 == ci2_0 and t0 == 0:  # grad_bias's sums, once
                 sums = dots4x4(xf, x0, x1, x2, x3, gf, g0, g1, g2, g3, length, t1 - t0)
                 for b in range(co1 - co0):
@@ -767,16 +736,25 @@ def _weight_block(
                 sums = dots4x4(xf, x0, x1, x2, x3, gf, g0, g1, g2, g3, length, t1 - t0)
             for i in range(BLOCK):  # constant bounds: unrolled, the sums' indices fixed
                 if t0 + i < t1:
-                    p, q = (t0 + i) // kw, (t0 + i) % kw
                     for b in range(BLOCK):
                         if b < co1 - co0:
-                            totals[co0 + b, ci2, p, q] += sums[i * BLOCK + b]
+                            flat_totals[((co0 + b) * cin_g + ci2) * taps + t0 + i] += sums[
+                                i * BLOCK + b
+                            ]
 
 
 @njit(cache=CACHE, inline="always")
-def _tap_at(t, kw, sh, sw, dh, dw, pitch, shifted, plane):
-    """Where kernel tap t (row-major) starts in a channel's planes, as a flat offset."""
-    phase, offset = _tap(t // kw, t % kw, sh, sw, dh, dw, pitch, shifted)
+def _next_tap(p, q, kw):
+    """The kernel tap after (p, q), row-major (no division: it runs four times a call)."""
+    if q + 1 == kw:
+        return p + 1, 0
+    return p, q + 1
+
+
+@njit(cache=CACHE, inline="always")
+def _tap_at(p, q, sh, sw, dh, dw, pitch, shifted, plane):
+    """Where kernel tap (p, q) starts in a channel's planes, as a flat offset."""
+    phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
     return phase * plane + offset
 
 
@@ -851,27 +829,6 @@ def _grad_input(g, w, gi, sh, sw, pt, pl, dh, dw, groups, n_chunk, planes, grads
                 _scatter_nhwc(gi_flat, m, gi[n0 + m], r, pt, pl, sh, sw, rows, pitch)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=WideNoAliasCompiler)
-def _axpy3x4(d0, d1, d2, w, s0, s1, s2, s3):
-    """d_i += sum over j < 4 of w[j, i] * s_j, for i < 3: ``_axpy4x4`` for three planes.
-
-    Three input channels (RGB images) are common enough for their own kernel:
-    8 loads and 3 stores per 12 multiply-adds instead of 15 and 3 with ``_axpy4``.
-    Wide in float32 too (unlike the other axpys): on a 2-core Intel Xeon the
-    fused cifar_b32 backward took 0.96x the time on one thread; tiny RGB
-    problems (12-32 pixel images) were within noise.
-    """
-    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
-    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
-    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
-    w30, w31, w32 = w[3, 0], w[3, 1], w[3, 2]
-    for k in range(d0.shape[0]):
-        g0, g1, g2, g3 = s0[k], s1[k], s2[k], s3[k]
-        d0[k] += w00 * g0 + w10 * g1 + w20 * g2 + w30 * g3
-        d1[k] += w01 * g0 + w11 * g1 + w21 * g2 + w31 * g3
-        d2[k] += w02 * g0 + w12 * g1 + w22 * g2 + w32 * g3
-
-
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _scatter_nhwc(gif, slot, image, r, pt, pl, sh, sw, rows, pitch):
     """image[r, k, c] += the valid value of gi plane ``slot`` of channel c, for every k and c.
@@ -932,11 +889,12 @@ def _input_block(
     gif[ci, phase, base + shift + k] for k < ``length``. The channels' planes
     are zeroed, built, and their valid part added to gi; with ``nhwc`` that
     is left to the caller (``_scatter_nhwc``), which writes each NHWC pixel's
-    channels together. Full 4 x 4 channel blocks feed four gi planes from four
-    g planes at once; all output channels and taps go through L1_BYTES of the
-    planes before the next piece. ``gbase``: where the positions start in grad_output's
-    planes; ``top_row``: the padded row the shifted planes start at (both 0
-    but for the fused kernel's bands of rows).
+    channels together. Blocks of four output channels feed the (up to four)
+    channels' gi planes at once (``_blocks.axpys4x4``); all output channels and
+    taps go through L1_BYTES of the planes before the next piece. ``gbase``:
+    where the positions start in grad_output's planes; ``top_row``: the padded
+    row the shifted planes start at (both 0 but for the fused kernel's bands of
+    rows).
     """
     c_in = gif.shape[0]
     cout_g, cin_g, kh, kw = w.shape[0] // (c_in // w.shape[1]), w.shape[1], w.shape[2], w.shape[3]
@@ -949,63 +907,25 @@ def _input_block(
             gif[ci0 + b, phase, base : base + count * plane_size] = 0
     end = group * cout_g + cout_g
     chunk = L1_BYTES // gif.itemsize
+    plane_items, g_stride = gif.shape[2], gf.shape[1]
+    w_co, w_ci = w.strides[0] // w.itemsize, w.strides[1] // w.itemsize
+    w_p, w_q = w.strides[2] // w.itemsize, w.strides[3] // w.itemsize
     for c0 in range(0, length, chunk):
         c1 = min(c0 + chunk, length)
-        co = group * cout_g
-        while co < end:
-            full = end - co >= BLOCK
-            s0 = gf[co, gbase + c0 : gbase + c1]
-            s1 = gf[min(co + 1, end - 1), gbase + c0 : gbase + c1]
-            s2 = gf[min(co + 2, end - 1), gbase + c0 : gbase + c1]
-            s3 = gf[min(co + 3, end - 1), gbase + c0 : gbase + c1]
+        for co in range(group * cout_g, end, BLOCK):
+            sources = min(BLOCK, end - co)
+            s0 = co * g_stride + gbase + c0
             for p in range(kh):
                 for q in range(kw):
                     phase, offset = _tap(p, q, sh, sw, dh, dw, pitch, shifted)
-                    start = base + offset + c0
-                    stop = base + offset + c1
-                    if full and width_b == BLOCK:
-                        _axpy4x4(
-                            gif[ci0, phase, start:stop],
-                            gif[ci0 + 1, phase, start:stop],
-                            gif[ci0 + 2, phase, start:stop],
-                            gif[ci0 + 3, phase, start:stop],
-                            w[co : co + BLOCK, ci2_0 : ci2_0 + BLOCK, p, q],
-                            s0,
-                            s1,
-                            s2,
-                            s3,
-                        )
-                        continue
-                    if full and width_b == 3:
-                        _axpy3x4(
-                            gif[ci0, phase, start:stop],
-                            gif[ci0 + 1, phase, start:stop],
-                            gif[ci0 + 2, phase, start:stop],
-                            w[co : co + BLOCK, ci2_0 : ci2_0 + 3, p, q],
-                            s0,
-                            s1,
-                            s2,
-                            s3,
-                        )
-                        continue
-                    for b in range(width_b):
-                        target = gif[ci0 + b, phase, start:stop]
-                        ci2 = ci2_0 + b
-                        if full:
-                            _axpy4(
-                                target,
-                                w[co, ci2, p, q],
-                                s0,
-                                w[co + 1, ci2, p, q],
-                                s1,
-                                w[co + 2, ci2, p, q],
-                                s2,
-                                w[co + 3, ci2, p, q],
-                                s3,
-                            )
-                        else:
-                            _axpy(target, w[co, ci2, p, q], s0)
-            co += BLOCK if full else 1
+                    d0 = (ci0 * phases + phase) * plane_items + base + offset + c0
+                    step = phases * plane_items  # one input channel's planes
+                    weights = co * w_co + ci2_0 * w_ci + p * w_p + q * w_q  # w[co, ci2_0, p, q]
+                    axpys4x4(
+                        gif, d0, d0 + step, d0 + 2 * step, d0 + 3 * step, w, weights, w_co, w_ci,
+                        gf, s0, s0 + g_stride, s0 + 2 * g_stride, s0 + 3 * g_stride, c1 - c0,
+                        width_b, sources,
+                    )  # fmt: skip
     _planes_into_gi(
         gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base, nhwc,
         shifted, top_row,
