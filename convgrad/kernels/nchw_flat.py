@@ -47,6 +47,7 @@ from ._blocks import axpys4x4, dots4x4
 from ._cache import CACHE
 from ._columns import COLUMNS_MAX, VECTOR_BYTES, weighted_columns
 from ._flags import FASTMATH
+from ._rows import add_shifted_rows, shifted_rows
 from ._wide import WideCompiler
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -857,10 +858,20 @@ def _add_shifted(gif, gi, n, ci0, width_b, pt, pl, dw, pitch, rows, top_row, nhw
     planes' rows in use. One image (slot 0); gi is NHWC if ``nhwc``.
     """
     height, width = (gi.shape[1], gi.shape[2]) if nhwc else (gi.shape[2], gi.shape[3])
-    planes = gif.shape[1]
+    planes, plane_items = gif.shape[1], gif.shape[2]
+    r0, r1 = max(0, top_row - pt), min(height, top_row - pt + rows)
     for b in range(width_b):
         ci = ci0 + b
-        for r in range(max(0, top_row - pt), min(height, top_row - pt + rows)):
+        if not nhwc and gi.strides[3] == gi.itemsize:  # rows of vectors, all planes at once
+            steps = gi.strides[0] // gi.itemsize, gi.strides[1] // gi.itemsize
+            row_step = gi.strides[2] // gi.itemsize
+            add_shifted_rows(
+                gi, n * steps[0] + ci * steps[1] + r0 * row_step, row_step, r1 - r0, width, gif,
+                ci * planes * plane_items + (r0 + pt - top_row) * pitch, pitch, plane_items,
+                planes, pl, dw,
+            )  # fmt: skip
+            continue
+        for r in range(r0, r1):
             row = (r + pt - top_row) * pitch
             for q in range(planes):
                 move = pl - q * dw  # column c reads v = c + move
@@ -1125,7 +1136,8 @@ def _add_row_sums(rows, length, sums):
 def _shift_plane(image, c, top, move, target, nhwc):
     """target[u, v] = channel c of ``image`` at (u - top, v - move), zero outside the image.
 
-    ``image`` is one image, (C, H, W), or (H, W, C) if ``nhwc``. With
+    ``image`` is one image, (C, H, W), or (H, W, C) if ``nhwc``. NCHW images
+    whose rows are contiguous take ``_rows.shifted_rows`` instead. With
     move = pl - q*dw, ``target`` is the zero-padded channel moved left by q*dw
     columns and cut to OW columns (``target``'s pitch).
     """
@@ -1196,7 +1208,7 @@ def _shifted_block(
     co_blocks = (cout_g + BLOCK - 1) // BLOCK
     ci_blocks = (cin_g + BLOCK - 1) // BLOCK
     n_blocks, kw, reach = totals.shape[0], images.shape[2], (w.shape[2] - 1) * dh
-    height = x.shape[1] if nhwc else x.shape[2]
+    height, width = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
     plane = images.shape[3] * out_w
     xf = images[block].reshape(c_in, kw, plane)
     gipf = gi_planes[block].reshape(c_in, kw, plane)
@@ -1210,8 +1222,15 @@ def _shifted_block(
             rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
             for c in range(c_in):
                 for q in range(kw):
-                    target = images[block, c, q, :rows]
-                    _shift_plane(x[n], c, pt - i0, pl - q * dw, target, nhwc)
+                    if nhwc or x.strides[3] != x.itemsize:
+                        target = images[block, c, q, :rows]
+                        _shift_plane(x[n], c, pt - i0, pl - q * dw, target, nhwc)
+                        continue
+                    shifted_rows(
+                        images, ((block * c_in + c) * kw + q) * plane, rows, out_w, x,
+                        (n * x.strides[0] + c * x.strides[1]) // x.itemsize,
+                        x.strides[2] // x.itemsize, pt - i0, height, width, pl - q * dw,
+                    )  # fmt: skip
             gbase = i0 * out_w
             if nhwc:
                 gf = grads[block]
