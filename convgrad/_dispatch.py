@@ -717,6 +717,13 @@ def serial_fits(problem: Problem, extra_bytes: int = 0) -> bool:
     return fused_workspace_bytes(problem) + extra_bytes <= budget
 
 
+def serial_copies_bytes(problem: Problem) -> int:
+    """The serial shifted kernel's NCHW copies of an NHWC image and its grad_input (stride 1)."""
+    if problem.layout is not NHWC or problem.geometry.stride != (1, 1):
+        return 0
+    return 2 * problem.c_in * problem.height * problem.width * problem.dtype.itemsize
+
+
 def fused_blocks(problem: Problem) -> int:
     """Blocks of images (parallel tasks) of the fused backward: at most 8, within the budget."""
     budget = _workspace_budget(problem) - _fused_fixed_bytes(problem)
@@ -1036,7 +1043,7 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     shifted = problem.geometry.stride == (1, 1)
     kernel = nchw_flat.backward_shifted_serial if shifted else nchw_flat.backward_padded_serial
     serial = KernelChoice(kernel, problem.layout, (*_flat_args(problem), nhwc), finite_only=True)
-    if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem):
+    if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem, serial_copies_bytes(problem)):
         return serial
     if direct_suits(problem):
         return _direct_choice("backward", problem, None)

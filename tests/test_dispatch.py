@@ -403,3 +403,15 @@ def test_fused_workspace_estimate_matches_the_kernel():
         tracemalloc.stop()
         estimate = blocks * _dispatch.fused_workspace_bytes(p) + _dispatch._fused_fixed_bytes(p)
         assert 0.9 * peak <= estimate <= 1.1 * peak + 4096, (layout, stride, peak, estimate)
+
+
+def test_serial_kernel_counts_its_nhwc_image_copies():
+    """NHWC at stride 1 copies an image and its grad_input into NCHW order: the serial choice
+    must fit them in the budget; NCHW and strided problems copy nothing."""
+    nhwc = problem(NHWC, n=1, c_in=6, c_out=16, size=12, k=5, padding=0)
+    assert _dispatch.serial_copies_bytes(nhwc) == 2 * 6 * 12 * 12 * 4
+    assert _dispatch.serial_copies_bytes(problem(NCHW, n=1, c_in=6, c_out=16, size=12)) == 0
+    assert (
+        _dispatch.serial_copies_bytes(problem(NHWC, n=1, c_in=6, c_out=16, size=12, stride=2)) == 0
+    )
+    assert _dispatch.select_backward_kernel(nhwc).kernel is nchw_flat.backward_shifted_serial

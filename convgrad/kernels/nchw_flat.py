@@ -1044,9 +1044,13 @@ def backward_shifted_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
     row = spread_row(out_h * out_w, x.itemsize)
     grads = np.empty((1, c_out, row) if nhwc else (0, 0, 0), x.dtype)
     cols = np.empty((1, *fused_columns_shape(c_in // groups, kh, kw, x.itemsize)), x.dtype)
+    height, width = _image_dims(x, nhwc)[2], _image_dims(x, nhwc)[3]
+    copies = c_in if nhwc else 0  # NHWC images through NCHW copies (``_shifted_block``)
+    x_chw = np.empty((copies, height * width), x.dtype)
+    gi_chw = np.empty((1, copies, height, width), x.dtype)
     _shifted_block(
         0, x, g, w_nchw, gi, pt, pl, dh, dw, groups, 1, images, gi_planes, grads, totals, bias,
-        cols, nhwc,
+        cols, nhwc, x_chw, gi_chw,
     )  # fmt: skip
     return _finish_serial(gi, gw, gb, totals, bias, nhwc)
 
@@ -1088,6 +1092,16 @@ def _finish_serial(gi, gw, gb, totals, bias, nhwc):
     """Add the partials into gw and gb; whether gi, gw and gb are all finite."""
     _add_partials(gw, gb, totals, bias, nhwc)
     return all_finite_serial(gi) and all_finite_serial(gw) and all_finite_serial(gb)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _put_transposed(planes, image):
+    """image[r, c, ch] = planes[ch, r, c]: one image's NCHW values into its NHWC rows."""
+    for r in range(image.shape[0]):
+        for c in range(image.shape[1]):
+            pixel = image[r, c]
+            for ch in range(image.shape[2]):
+                pixel[ch] = planes[ch, r, c]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -1181,22 +1195,28 @@ def _backward_shifted(
     working-memory budget; grad_input rows two bands read get both bands' sums,
     one after the other within the task.
     """
+    no_copy, no_gi_copy = np.empty((0, 0), x.dtype), np.empty((0, 0, 0, 0), x.dtype)
     for block in prange(totals.shape[0]):
         _shifted_block(
             block, x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals,
-            bias, cols, nhwc,
+            bias, cols, nhwc, no_copy, no_gi_copy,
         )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _shifted_block(
     block, x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias,
-    cols, nhwc,
+    cols, nhwc, x_chw, gi_chw,
 ):  # fmt: skip
     """One task of ``_backward_shifted``: its block of images, into its own workspaces.
 
     grad_input by weighted columns (``_input_columns``) when the weight has few
     columns per output channel, else by the 4 x 4 channel blocks' axpys.
+    NHWC with ``x_chw`` (C_in, H*W) and ``gi_chw`` (1, C_in, H, W) not empty
+    (whole images, one band): each image and its grad_input are transposed
+    into them, grad_input summed there and written back, so the planes
+    take the NCHW rows' vector steps (``_rows.py``) instead of a channel's
+    pixels one at a time.
     """
     x, g, w, gi = _borrowed(x), _borrowed(g), _borrowed(w), _borrowed(gi)
     images, gi_planes, grads = _borrowed(images), _borrowed(gi_planes), _borrowed(grads)
@@ -1214,14 +1234,26 @@ def _shifted_block(
     gipf = gi_planes[block].reshape(c_in, kw, plane)
     kh = w.shape[2]
     wcols = _groups_weight_columns(w, groups, cols.shape[0])
+    via_chw = nhwc and x_chw.shape[0] > 0
     for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
         if not nhwc:
             gf = g[n].reshape(c_out, out_h * out_w)
+        gi_to, n_to, nhwc_to = gi, n, nhwc  # where grad_input's planes are added
+        if via_chw:  # grad_input's values too, so that its sums run in the same order
+            _gather_grad(x[n], x_chw)
+            _gather_grad(gi[n], gi_chw[0].reshape(c_in, height * width))
+            gi_to, n_to, nhwc_to = gi_chw, 0, 0
         for band in range(n_bands):
             i0, i1 = band_rows(band, n_bands, out_h, 1, pt, reach + 1, height)[:2]
             rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
             for c in range(c_in):
                 for q in range(kw):
+                    if via_chw:
+                        shifted_rows(
+                            images, ((block * c_in + c) * kw + q) * plane, rows, out_w, x_chw,
+                            c * x_chw.shape[1], width, pt - i0, height, width, pl - q * dw,
+                        )  # fmt: skip
+                        continue
                     if nhwc or x.strides[3] != x.itemsize:
                         target = images[block, c, q, :rows]
                         _shift_plane(x[n], c, pt - i0, pl - q * dw, target, nhwc)
@@ -1249,16 +1281,18 @@ def _shifted_block(
                         )  # fmt: skip
                 if cols.shape[0]:
                     _input_columns(
-                        gf, wcols[group], gipf, gi, n, 1, group * cin_g, cin_g, kh, kw,
-                        group * cout_g, 1, 1, pt, pl, dh, dw, rows, out_w, 0, length, nhwc, True,
-                        gbase, i0, cols,
+                        gf, wcols[group], gipf, gi_to, n_to, 1, group * cin_g, cin_g, kh, kw,
+                        group * cout_g, 1, 1, pt, pl, dh, dw, rows, out_w, 0, length, nhwc_to,
+                        True, gbase, i0, cols,
                     )  # fmt: skip
                     continue
                 for ci_block in range(ci_blocks):
                     _input_block(
-                        gf, w, gipf, gi, n, 1, group, ci_block * BLOCK, 1, 1, pt, pl, dh, dw,
-                        rows, out_w, 0, length, nhwc, True, gbase, i0,
+                        gf, w, gipf, gi_to, n_to, 1, group, ci_block * BLOCK, 1, 1, pt, pl, dh,
+                        dw, rows, out_w, 0, length, nhwc_to, True, gbase, i0,
                     )  # fmt: skip
+        if via_chw:
+            _put_transposed(gi_chw[0], gi[n])
 
 
 # grad_input by weighted columns (``_columns.py``) where a block of input
