@@ -65,6 +65,14 @@ class _Row:
         return cgutils.for_range(self.builder, vectors), lanes
 
 
+def _arrays_and_row(context, builder, sig, dst_value, src_value, src_arg):
+    """Both arrays' data, and the row steps in the destination dtype's vectors (``row.v``)."""
+    v = _Vectors(context, builder, sig.args[0].dtype)
+    d_data = _data(context, builder, sig.args[0], dst_value)
+    s_data = _data(context, builder, sig.args[src_arg], src_value)
+    return d_data, s_data, _Row(builder, v, context.get_value_type(types.intp))
+
+
 @intrinsic
 def shifted_rows(
     typingctx, dst, dst_at, rows, pitch, src, src_at, src_step, top, height, width, move
@@ -82,12 +90,8 @@ def shifted_rows(
 
     def codegen(context, builder, sig, args):
         d_value, d_at, rows, pitch, s_value, s_at, s_step, top, height, width, move = args
-        v = _Vectors(context, builder, sig.args[0].dtype)
-        d_data = _data(context, builder, sig.args[0], d_value)
-        s_data = _data(context, builder, sig.args[4], s_value)
-        index = rows.type
-        zero = ir.Constant(index, 0)
-        row = _Row(builder, v, index)
+        d_data, s_data, row = _arrays_and_row(context, builder, sig, d_value, s_value, 4)
+        zero = ir.Constant(rows.type, 0)
         with cgutils.for_range(builder, rows) as line:
             r = builder.sub(line.index, top)
             inside = builder.and_(
@@ -130,13 +134,9 @@ def add_shifted_rows(
 
     def codegen(context, builder, sig, args):
         d_value, d_at, d_step, rows, width, s_value, s_at, pitch, plane_step, planes, pl, dw = args
-        v = _Vectors(context, builder, sig.args[0].dtype)
-        d_data = _data(context, builder, sig.args[0], d_value)
-        s_data = _data(context, builder, sig.args[5], s_value)
-        index = rows.type
-        zero = ir.Constant(index, 0)
-        row = _Row(builder, v, index)
-        total = cgutils.alloca_once(builder, v.vector)
+        d_data, s_data, row = _arrays_and_row(context, builder, sig, d_value, s_value, 5)
+        zero = ir.Constant(rows.type, 0)
+        total = cgutils.alloca_once(builder, row.v.vector)
         with cgutils.for_range(builder, rows) as line:
             target = builder.add(d_at, builder.mul(line.index, d_step))
             source = builder.add(s_at, builder.mul(line.index, pitch))
