@@ -97,19 +97,7 @@ def dots4x4(typingctx, x, x0, x1, x2, x3, g, g0, g1, g2, g3, count, windows):
         v = _Vectors(context, builder, sig.args[0].dtype)
         x_data = _data(context, builder, sig.args[0], x_value)
         g_data = _data(context, builder, sig.args[5], g_value)
-        index = count.type
-        lanes = ir.Constant(index, v.lanes)
         sums = [cgutils.alloca_once_value(builder, v.zero) for _ in range(BLOCK * BLOCK + BLOCK)]
-        whole = builder.sdiv(count, lanes)
-        done = builder.mul(whole, lanes)
-        left = builder.sub(count, done)
-        mask = builder.icmp_signed("<", _lane_numbers(v, index), _splat(builder, left, v.lanes))
-        masked_load = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(v.vector, [v.vector.as_pointer(), ir.IntType(32), mask.type, v.vector]),
-            f"llvm.masked.load.v{v.lanes}f{8 * v.width}.p0",
-        )
-        alignment = ir.Constant(ir.IntType(32), v.width)
 
         def multiply_add(load, n):
             xs = [load(x_data, start) for start in x_starts[:n]]
@@ -123,17 +111,7 @@ def dots4x4(typingctx, x, x0, x1, x2, x3, g, g0, g1, g2, g3, count, windows):
                 builder.store(builder.fadd(gs[j], builder.load(total)), total)
 
         def accumulate(n):
-            with cgutils.for_range(builder, whole) as loop:
-                step = builder.mul(loop.index, lanes)
-                multiply_add(lambda data, start: v.load(data, builder.add(start, step)), n)
-            with builder.if_then(builder.icmp_signed(">", left, ir.Constant(index, 0))):
-                multiply_add(
-                    lambda data, start: builder.call(
-                        masked_load,
-                        [v.pointer(data, builder.add(start, done)), alignment, mask, v.zero],
-                    ),
-                    n,
-                )
+            _vectors_then_tail(builder, v, count, lambda load, store: multiply_add(load, n))
 
         switch_on_count(builder, windows, BLOCK, "dots4x4", accumulate)
         values = [builder.load(total) for total in sums]
@@ -199,13 +177,6 @@ def axpys4x4(
         w_data = _data(context, builder, sig.args[5], w_value)
         s_data = _data(context, builder, sig.args[9], s_value)
         index = count.type
-        lanes = ir.Constant(index, v.lanes)
-        whole = builder.sdiv(count, lanes)
-        done = builder.mul(whole, lanes)
-        left = builder.sub(count, done)
-        mask = builder.icmp_signed("<", _lane_numbers(v, index), _splat(builder, left, v.lanes))
-        masked_load, masked_store = _masked_access(builder, v, mask.type)
-        alignment = ir.Constant(ir.IntType(32), v.width)
 
         def weight(i, j):
             at = builder.add(
@@ -228,23 +199,7 @@ def axpys4x4(
                         total = builder.call(v.fma, [weights[i][j], values[j], total])
                     store(total, d_data, d_starts[i])
 
-            with cgutils.for_range(builder, whole) as loop:
-                shift = builder.mul(loop.index, lanes)
-                step(
-                    lambda data, start: v.load(data, builder.add(start, shift)),
-                    lambda value, data, start: v.store(value, data, builder.add(start, shift)),
-                )
-            with builder.if_then(builder.icmp_signed(">", left, ir.Constant(index, 0))):
-                step(
-                    lambda data, start: builder.call(
-                        masked_load,
-                        [v.pointer(data, builder.add(start, done)), alignment, mask, v.zero],
-                    ),
-                    lambda value, data, start: builder.call(
-                        masked_store,
-                        [value, v.pointer(data, builder.add(start, done)), alignment, mask],
-                    ),
-                )
+            _vectors_then_tail(builder, v, count, step)
 
         switch_on_count(
             builder,
@@ -262,6 +217,38 @@ def axpys4x4(
         return context.get_dummy_value()
 
     return signature, codegen
+
+
+def _vectors_then_tail(builder, v, count, step):
+    """``step(load, store)`` for each whole vector of ``count`` values, then the masked rest.
+
+    ``load(data, start)`` and ``store(value, data, start)`` address the vector
+    at flat offset start + k (k the vector's first value); the rest's lanes
+    past ``count`` are neither read nor written.
+    """
+    index = count.type
+    lanes = ir.Constant(index, v.lanes)
+    whole = builder.sdiv(count, lanes)
+    done = builder.mul(whole, lanes)
+    left = builder.sub(count, done)
+    with cgutils.for_range(builder, whole) as loop:
+        shift = builder.mul(loop.index, lanes)
+        step(
+            lambda data, start: v.load(data, builder.add(start, shift)),
+            lambda value, data, start: v.store(value, data, builder.add(start, shift)),
+        )
+    mask = builder.icmp_signed("<", _lane_numbers(v, index), _splat(builder, left, v.lanes))
+    masked_load, masked_store = _masked_access(builder, v, mask.type)
+    alignment = ir.Constant(ir.IntType(32), v.width)
+    with builder.if_then(builder.icmp_signed(">", left, ir.Constant(index, 0))):
+        step(
+            lambda data, start: builder.call(
+                masked_load, [v.pointer(data, builder.add(start, done)), alignment, mask, v.zero]
+            ),
+            lambda value, data, start: builder.call(
+                masked_store, [value, v.pointer(data, builder.add(start, done)), alignment, mask]
+            ),
+        )
 
 
 def _masked_access(builder, v, mask_type):

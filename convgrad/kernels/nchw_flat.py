@@ -716,9 +716,9 @@ def _weight_block(
     # few input channels: four kernel taps share each load of grad_output instead
     taps = kh * kw
     flat_totals = totals.reshape(totals.size)  # tap t of (co, ci2) at (co*C_in/g + ci2)*taps + t
+    calls = (taps + BLOCK - 1) // BLOCK
     for ci2 in range(ci2_0, ci2_1):
         at = (group * cin_g + ci2) * planes * plane + base
-        calls = (taps + BLOCK - 1) // BLOCK
         for call in range(calls):  # as even as can be: one window makes a slow chain of sums
             t0, t1 = call * taps // calls, (call + 1) * taps // calls
             p0, q0 = t0 // kw, t0 % kw
@@ -1046,8 +1046,8 @@ def backward_shifted_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
     cols = np.empty((1, *fused_columns_shape(c_in // groups, kh, kw, x.itemsize)), x.dtype)
     height, width = _image_dims(x, nhwc)[2], _image_dims(x, nhwc)[3]
     copies = c_in if nhwc else 0  # NHWC images through NCHW copies (``_shifted_block``)
-    x_chw = np.empty((copies, height * width), x.dtype)
-    gi_chw = np.empty((1, copies, height, width), x.dtype)
+    x_chw = np.empty((1, copies, height, width), x.dtype)
+    gi_chw = np.empty_like(x_chw)
     _shifted_block(
         0, x, g, w_nchw, gi, pt, pl, dh, dw, groups, 1, images, gi_planes, grads, totals, bias,
         cols, nhwc, x_chw, gi_chw,
@@ -1195,11 +1195,11 @@ def _backward_shifted(
     working-memory budget; grad_input rows two bands read get both bands' sums,
     one after the other within the task.
     """
-    no_copy, no_gi_copy = np.empty((0, 0), x.dtype), np.empty((0, 0, 0, 0), x.dtype)
+    no_copy = np.empty((0, 0, 0, 0), x.dtype)
     for block in prange(totals.shape[0]):
         _shifted_block(
             block, x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals,
-            bias, cols, nhwc, no_copy, no_gi_copy,
+            bias, cols, nhwc, no_copy, no_copy,
         )  # fmt: skip
 
 
@@ -1212,7 +1212,7 @@ def _shifted_block(
 
     grad_input by weighted columns (``_input_columns``) when the weight has few
     columns per output channel, else by the 4 x 4 channel blocks' axpys.
-    NHWC with ``x_chw`` (C_in, H*W) and ``gi_chw`` (1, C_in, H, W) not empty
+    NHWC with ``x_chw`` and ``gi_chw`` (1, C_in, H, W) not empty
     (whole images, one band): each image and its grad_input are transposed
     into them, grad_input summed there and written back, so the planes
     take the NCHW rows' vector steps (``_rows.py``) instead of a channel's
@@ -1234,34 +1234,29 @@ def _shifted_block(
     gipf = gi_planes[block].reshape(c_in, kw, plane)
     kh = w.shape[2]
     wcols = _groups_weight_columns(w, groups, cols.shape[0])
-    via_chw = nhwc and x_chw.shape[0] > 0
+    via_chw = nhwc and x_chw.shape[1] > 0
     for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
         if not nhwc:
             gf = g[n].reshape(c_out, out_h * out_w)
-        gi_to, n_to, nhwc_to = gi, n, nhwc  # where grad_input's planes are added
+        # where the planes come from and grad_input's planes are added
+        x_to, gi_to, n_to, nhwc_to = x, gi, n, nhwc
         if via_chw:  # grad_input's values too, so that its sums run in the same order
-            _gather_grad(x[n], x_chw)
+            _gather_grad(x[n], x_chw[0].reshape(c_in, height * width))
             _gather_grad(gi[n], gi_chw[0].reshape(c_in, height * width))
-            gi_to, n_to, nhwc_to = gi_chw, 0, 0
+            x_to, gi_to, n_to, nhwc_to = x_chw, gi_chw, 0, 0
         for band in range(n_bands):
             i0, i1 = band_rows(band, n_bands, out_h, 1, pt, reach + 1, height)[:2]
             rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
             for c in range(c_in):
                 for q in range(kw):
-                    if via_chw:
-                        shifted_rows(
-                            images, ((block * c_in + c) * kw + q) * plane, rows, out_w, x_chw,
-                            c * x_chw.shape[1], width, pt - i0, height, width, pl - q * dw,
-                        )  # fmt: skip
-                        continue
-                    if nhwc or x.strides[3] != x.itemsize:
+                    if nhwc_to or x_to.strides[3] != x_to.itemsize:
                         target = images[block, c, q, :rows]
                         _shift_plane(x[n], c, pt - i0, pl - q * dw, target, nhwc)
                         continue
                     shifted_rows(
-                        images, ((block * c_in + c) * kw + q) * plane, rows, out_w, x,
-                        (n * x.strides[0] + c * x.strides[1]) // x.itemsize,
-                        x.strides[2] // x.itemsize, pt - i0, height, width, pl - q * dw,
+                        images, ((block * c_in + c) * kw + q) * plane, rows, out_w, x_to,
+                        (n_to * x_to.strides[0] + c * x_to.strides[1]) // x_to.itemsize,
+                        x_to.strides[2] // x_to.itemsize, pt - i0, height, width, pl - q * dw,
                     )  # fmt: skip
             gbase = i0 * out_w
             if nhwc:
