@@ -3,7 +3,9 @@
 At stride 1 the flat kernels copy each input channel into KW planes, plane q
 the zero-padded channel moved left by q*dw columns with grad_output's row
 pitch OW (``shifted_rows``), and add KW such planes of grad_input back into
-the channel (``add_shifted_rows``). Rows are short (8-64 values): as numba
+the channel (``add_shifted_rows``); where grad_input's weighted columns (``_columns.py``)
+fit in one piece, ``add_column_taps`` adds them into the channel's rows without the
+planes. Rows are short (8-64 values): as numba
 loops (a memcpy per row, or a row loop LLVM guards with overlap checks) the
 two took a third of lenet2's backward. Here each row is a few vectors with
 masked loads and stores: the lanes outside the image, or past the row, are
@@ -155,6 +157,73 @@ def add_shifted_rows(
                     builder.store(
                         builder.fadd(builder.load(total), row.load(s_data, at, mask)), total
                     )
+                row.store(builder.load(total), d_data, builder.add(target, first), in_row)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def add_column_taps(
+    typingctx, dst, dst_at, dst_step, rows, width, src, src_at, column_step, out_rows, pitch, top,
+    kh, kw, dh, pl, dw,
+):  # fmt: skip
+    """Weighted columns added into an image's rows at their taps' shifts (stride 1).
+
+        dst[dst_at + r*dst_step + c] += sum over q < kw of (sum over p < kh of
+            src[src_at + (p*kw + q)*column_step + o*pitch + c + pl - q*dw]),
+        o = r + top - p*dh,
+
+    for r < rows and c < width, each term where its output row o lies in
+    [0, out_rows) and its column c + pl - q*dw in [0, pitch). The sums run in
+    the order of the shifted planes that ``add_shifted_rows`` adds back (a
+    plane q's taps in order of p, from zero; the planes in order of q), so the
+    result has their bits without the planes. ``dst`` may be any strided array
+    whose rows are contiguous; ``src`` is C-contiguous.
+    """
+    if not (c_float_arrays(src) and _float_array_of(dst, src.dtype)):
+        return None
+    intp = types.intp
+    signature = types.void(dst, *[intp] * 4, src, *[intp] * 10)
+
+    def codegen(context, builder, sig, args):
+        d_value, d_at, d_step, rows, width, s_value, s_at, column_step = args[:8]
+        out_rows, pitch, top, kh, kw, dh, pl, dw = args[8:]
+        d_data, s_data, row = _arrays_and_row(context, builder, sig, d_value, s_value, 5)
+        zero = ir.Constant(rows.type, 0)
+        total = cgutils.alloca_once(builder, row.v.vector)
+        plane = cgutils.alloca_once(builder, row.v.vector)
+        with cgutils.for_range(builder, rows) as line:
+            target = builder.add(d_at, builder.mul(line.index, d_step))
+            loop, lanes = row.steps(width)
+            with loop as step:
+                first = builder.mul(step.index, lanes)
+                in_row = row.within(first, zero, width)
+                builder.store(row.load(d_data, builder.add(target, first), in_row), total)
+                with cgutils.for_range(builder, kw) as tap_column:
+                    q = tap_column.index
+                    move = builder.sub(pl, builder.mul(q, dw))
+                    # columns c with 0 <= c + move < pitch
+                    lo, hi = builder.sub(zero, move), builder.sub(pitch, move)
+                    mask = builder.and_(in_row, row.within(first, lo, hi))
+                    builder.store(row.v.zero, plane)
+                    with cgutils.for_range(builder, kh) as tap_row:
+                        p = tap_row.index
+                        o = builder.sub(builder.add(line.index, top), builder.mul(p, dh))
+                        inside = builder.and_(
+                            builder.icmp_signed(">=", o, zero),
+                            builder.icmp_signed("<", o, out_rows),
+                        )
+                        with builder.if_then(inside):
+                            column = builder.add(builder.mul(p, kw), q)
+                            at = builder.add(s_at, builder.mul(column, column_step))
+                            at = builder.add(at, builder.mul(o, pitch))
+                            at = builder.add(builder.add(at, move), first)
+                            builder.store(
+                                builder.fadd(builder.load(plane), row.load(s_data, at, mask)),
+                                plane,
+                            )
+                    builder.store(builder.fadd(builder.load(total), builder.load(plane)), total)
                 row.store(builder.load(total), d_data, builder.add(target, first), in_row)
         return context.get_dummy_value()
 

@@ -47,7 +47,7 @@ from ._blocks import axpys4x4, dots4x4
 from ._cache import CACHE
 from ._columns import COLUMNS_MAX, VECTOR_BYTES, weighted_columns
 from ._flags import FASTMATH
-from ._rows import add_shifted_rows, shifted_rows
+from ._rows import add_column_taps, add_shifted_rows, shifted_rows
 from ._wide import WideCompiler
 
 # Small helpers are repeated in each kernel module on purpose: numba's on-disk
@@ -1368,11 +1368,16 @@ def _input_columns(
     time, then added into gi plane (ci0 + b, tap (p, q)'s plane) at the tap's
     offset (``_tap``), a tap at a time for all b (each plane entry still gets
     its terms in tap order). The planes are zeroed first and added into gi
-    after, as in ``_input_block``.
+    after, as in ``_input_block``. Shifted planes of one image (NCHW rows) whose
+    columns fit one piece skip the planes: ``_add_columns_into_gi`` adds the
+    columns into gi's rows in the planes' order (the same bits).
     """
     cout_g, n_columns = wcols.shape
     taps, g_stride = kh * kw, gf.shape[1]
-    for b in range(width_b):
+    # one image's columns in one piece, added straight into gi's rows (no planes)
+    direct = shifted and not nhwc and count == 1 and length <= cols.shape[1]
+    direct = direct and gi.strides[3] == gi.itemsize
+    for b in range(0 if direct else width_b):
         for phase in range(gif.shape[1]):
             gif[ci0 + b, phase, base : base + count * rows * pitch] = 0
     lanes = VECTOR_BYTES // gif.itemsize
@@ -1396,6 +1401,11 @@ def _input_columns(
                     wcols, j, n_columns, in_pass, source, at, stride, cout_g, cols,
                     j * piece + k0 - c0, piece,
                 )  # fmt: skip
+        if direct:
+            _add_columns_into_gi(
+                cols, gi, first, ci0, width_b, kh, kw, pt, pl, dh, dw, rows, pitch, length, top_row
+            )
+            return
         # a tap at a time across the channels: taken a channel at a time, each
         # tap's window (in the plane the channel's taps share at stride 1) starts
         # one value past the last one's, and its loads, half-overlapping that
@@ -1413,6 +1423,28 @@ def _input_columns(
         gif, gi, first, count, ci0, width_b, sh, sw, pt, pl, dw, rows, pitch, base, nhwc,
         shifted, top_row,
     )  # fmt: skip
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add_columns_into_gi(
+    cols, gi, n, ci0, width_b, kh, kw, pt, pl, dh, dw, rows, pitch, length, top_row
+):  # fmt: skip
+    """gi[n, ci0:ci0 + width_b] += their weighted columns at the taps' shifts (stride 1, NCHW).
+
+    The columns of one band of output rows (``length`` pixels from row
+    ``top_row``, the band's planes ``rows`` tall), in one piece of ``cols``;
+    the sums in the order of ``_add_shifted`` over the planes they replace.
+    """
+    height, width = gi.shape[2], gi.shape[3]
+    r0, r1 = max(0, top_row - pt), min(height, top_row - pt + rows)
+    steps = gi.strides[0] // gi.itemsize, gi.strides[1] // gi.itemsize
+    row_step = gi.strides[2] // gi.itemsize
+    for b in range(width_b):
+        add_column_taps(
+            gi, n * steps[0] + (ci0 + b) * steps[1] + r0 * row_step, row_step, r1 - r0, width,
+            cols, b * kh * kw * cols.shape[1], cols.shape[1], length // pitch, pitch,
+            r0 + pt - top_row, kh, kw, dh, pl, dw,
+        )  # fmt: skip
 
 
 def _backward_padded(
