@@ -68,10 +68,13 @@ def _columns_of(array):
 
 @st.composite
 def tiles_cases(draw):
-    """Sizes around the tiles and blocks: rows and columns past whole tiles, groups, many pixels."""
+    """Sizes around the tiles and blocks: rows and columns past whole tiles, groups, many pixels.
+
+    Output channels past KC_INPUT: grad_input's terms in more than one pass.
+    """
     groups = draw(st.integers(1, 3))
     cin_g = draw(st.sampled_from([1, 5, 6, 7, 13, 48, 49, 70]))
-    cout_g = draw(st.sampled_from([1, 3, 16, 33, 64, 65, 130]))
+    cout_g = draw(st.sampled_from([1, 3, 16, 33, 64, 65, 130, gemm_tiles.KC_INPUT + 3]))
     n, height, width = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
     layout = draw(st.sampled_from([NCHW, NHWC]))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
