@@ -211,3 +211,13 @@ def test_pixel_parts_are_fixed_by_the_problem_and_bound_the_totals():
     weights = 2048 * 2048  # 32 MiB of totals per part: over PARTIALS_BYTES, one part
     assert parts(10**6, weights) == 1
     assert parts(10**6, 256 * 256) * 8 * 256 * 256 <= gemm_tiles.PARTIALS_BYTES
+
+
+def test_blocks_are_balanced_into_whole_rounds_of_threads():
+    balanced = gemm_tiles._balanced
+    assert balanced(17, 1, 2, 262) == 18  # pointwise's grad_input: 9 + 9, not 9 + 8
+    assert balanced(16, 1, 2, 262) == 16 and balanced(17, 1, 1, 262) == 17
+    assert balanced(5, 3, 2, 9) == 6  # 18 tasks
+    assert balanced(7, 1, 4, 8) == 8 and balanced(5, 1, 4, 7) == 5  # none up to 7: unchanged
+    assert balanced(17, 1, 2, 17) == 17  # never past the units there are
+    assert balanced(5, 8, 2, 100) == 5  # 40 tasks already

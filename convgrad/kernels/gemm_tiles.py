@@ -72,6 +72,19 @@ def _cuts(units, most, least, tasks):
 
 
 @njit(cache=CACHE)
+def _balanced(blocks, copies, threads, most):
+    """``blocks``, or the next count up to ``most`` giving ``copies * count`` whole rounds of tasks.
+
+    Equal tasks in a whole number of rounds of ``threads``: 17 blocks on 2
+    threads kept one thread waiting for the ninth (pointwise's grad_input).
+    """
+    for count in range(blocks, min(most, blocks + threads - 1) + 1):
+        if copies * count % threads == 0:
+            return count
+    return blocks
+
+
+@njit(cache=CACHE)
 def _span(part, parts, units, unit, length):
     """[start, stop) of part ``part`` of ``parts`` even parts of ``units`` units of ``unit``."""
     start, stop = part * units // parts * unit, (part + 1) * units // parts * unit
@@ -237,6 +250,7 @@ def grad_input_nhwc(g, w, gi, groups, threads):
     tiles = (pixels + TILE_ROWS - 1) // TILE_ROWS
     wanted = max(1, TASKS_PER_THREAD * threads // groups)
     blocks = _cuts(tiles, INPUT_BLOCK_TILES, LEAST_BLOCK_TILES, wanted)
+    blocks = _balanced(blocks, groups, threads, tiles)
     for task in prange(groups * blocks):
         group, block = task // blocks, task % blocks
         p0, p1 = _span(block, blocks, tiles, TILE_ROWS, pixels)
@@ -419,6 +433,7 @@ def grad_input_nchw(g, w, gi, groups, threads):
     panels = (pixels + nr - 1) // nr
     wanted = max(1, TASKS_PER_THREAD * threads // (n_batch * groups))
     blocks = _cuts(panels, INPUT_BLOCK_PANELS, 1, wanted)
+    blocks = _balanced(blocks, n_batch * groups, threads, panels)
     for task in prange(n_batch * groups * blocks):
         n, rest = task // (groups * blocks), task % (groups * blocks)
         group, block = rest // blocks, rest % blocks
