@@ -124,11 +124,11 @@ _FLAT_KERNELS: dict[str, Callable[..., None]] = {
 }
 _BIAS_KERNELS: dict[str, Callable[..., None]] = {
     "NCHW": nchw.grad_bias_nchw,
-    "NHWC": nhwc.grad_bias_nhwc,
+    "NHWC": nhwc.grad_bias_nhwc_parallel,
 }
 _SERIAL_BIAS_KERNELS: dict[str, Callable[..., None]] = {
     "NCHW": nchw.grad_bias_nchw_serial,
-    "NHWC": nhwc.grad_bias_nhwc,  # serial already: one pass along the channels
+    "NHWC": nhwc.grad_bias_nhwc,
 }
 
 # Rows vs channels: the longer inner vector wins, rows up to twice the

@@ -1,5 +1,6 @@
 """The kernel choice is a pure function of the problem: test it directly."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -180,12 +181,26 @@ def test_image_bands_only_for_images_too_big_for_the_budget():
 
 def test_bias_kernel_per_layout():
     assert _dispatch.select_bias_kernel(NCHW) is nchw.grad_bias_nchw
-    assert _dispatch.select_bias_kernel(NHWC) is nhwc.grad_bias_nhwc
-    # small grad_output: summed on the calling thread (NHWC's kernel is serial anyway)
+    assert _dispatch.select_bias_kernel(NHWC) is nhwc.grad_bias_nhwc_parallel
+    # small grad_output: summed on the calling thread
     small, large = _dispatch.SERIAL_BIAS_ELEMENTS, _dispatch.SERIAL_BIAS_ELEMENTS + 1
     assert _dispatch.select_bias_kernel(NCHW, elements=small) is nchw.grad_bias_nchw_serial
     assert _dispatch.select_bias_kernel(NCHW, elements=large) is nchw.grad_bias_nchw
     assert _dispatch.select_bias_kernel(NHWC, elements=small) is nhwc.grad_bias_nhwc
+    # NHWC's slices of channels: the serial kernel's bits at any thread count
+    g = np.random.default_rng(1).standard_normal((3, 7, 9, 50)).astype(np.float32)
+    serial = np.ones(50, np.float32)
+    nhwc.grad_bias_nhwc(g, serial)
+    np.testing.assert_allclose(serial - 1, g.sum(axis=(0, 1, 2), dtype=np.float64), rtol=1e-5)
+    before = numba.get_num_threads()
+    try:
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            numba.set_num_threads(threads)
+            sliced = np.ones(50, np.float32)
+            nhwc.grad_bias_nhwc_parallel(g, sliced)
+            assert sliced.tobytes() == serial.tobytes()
+    finally:
+        numba.set_num_threads(before)
     # either NCHW kernel: the same float64 sums, rounded once
     g = np.random.default_rng(0).standard_normal((2, 3, 100, 110)).astype(np.float32)
     want = g.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)

@@ -265,12 +265,48 @@ def _grad_weight_by_channel(x, g, gw, sh, sw, pt, pl, dh, dw, groups, blocks, to
 @njit(cache=CACHE, fastmath=FASTMATH)
 def grad_bias_nhwc(g, gb):
     """gb += sum of g over (n, i, j), accumulated in float64."""
-    n_batch, out_h, out_w, c_out = g.shape
-    acc = np.zeros(c_out, dtype=np.float64)
+    _add_channel_sums(g, gb, 0, g.shape[3])
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _add_channel_sums(g, gb, c0, c1):
+    """gb[c0:c1] += the sums of g's channels c0 .. c1 - 1 over (n, i, j), in float64.
+
+    Each channel's terms in pixel order, whatever the slice.
+    """
+    n_batch, out_h, out_w = g.shape[:3]
+    acc = np.zeros(c1 - c0, dtype=np.float64)
     for n in range(n_batch):
         for i in range(out_h):
             for j in range(out_w):
-                for co in range(c_out):
-                    acc[co] += g[n, i, j, co]
-    for co in range(c_out):
-        gb[co] += acc[co]
+                pixel = g[n, i, j, c0:c1]
+                for co in range(c1 - c0):
+                    acc[co] += pixel[co]
+    for co in range(c1 - c0):
+        gb[c0 + co] += acc[co]
+
+
+# grad_bias in parallel: a slice of the channels per thread, of at least this
+# many channels (a vector of each pixel's values or more), each summed over
+# every pixel in the serial kernel's order: the same bits at any thread count.
+# On 2 threads (2-core AMD EPYC) 0.72-0.89x the serial kernel's time on
+# grad_outputs of 32-256 channels (pointwise's 27 -> 22 us; memory-bound), 1.02x
+# on 16 channels, where one slice is all there is.
+BIAS_SLICE_CHANNELS = 16
+
+
+def grad_bias_nhwc_parallel(g, gb):
+    """``grad_bias_nhwc`` on numba's threads, a slice of the channels each (the same bits)."""
+    slices = min(numba.get_num_threads(), g.shape[3] // BIAS_SLICE_CHANNELS)
+    if slices <= 1:
+        grad_bias_nhwc(g, gb)
+        return
+    _grad_bias_slices(g, gb, slices)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _grad_bias_slices(g, gb, slices):
+    """``grad_bias_nhwc`` in ``slices`` even slices of the channels, one task each."""
+    c_out = g.shape[3]
+    for s in prange(slices):
+        _add_channel_sums(g, gb, s * c_out // slices, (s + 1) * c_out // slices)
