@@ -18,11 +18,21 @@ def allocate(shape: tuple[int, ...], dtype: np.dtype, *, zero: bool = True) -> n
     system refuses, so both come out as MemoryError.
     """
     try:
-        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        array = np.empty(shape, dtype)
     except ValueError as error:
         raise MemoryError(
             f"cannot allocate an array of shape {shape} and dtype {np.dtype(dtype)}: {error}"
         ) from None
+    if zero:
+        # zeros written here, not calloc's untouched fresh pages: a kernel adding
+        # into such a page reads the shared zero page first, and its write then
+        # copies the page and flushes the other cores' TLBs (an interrupt each,
+        # costly in a VM). A process whose heap malloc trimmed after each call
+        # took 250 such flushes per resnet_s2 NHWC backward, 11.1 ms against 8.2
+        # with the zeros written (2-core AMD EPYC VM); where malloc reuses memory
+        # it writes the zeros itself, as here.
+        array.fill(0)
+    return array
 
 
 def common_float_dtype(**arrays: object) -> np.dtype:
