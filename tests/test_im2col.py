@@ -1,6 +1,7 @@
 """The unfolded products (``kernels/im2col.py``): the kernel against the reference, its
 dispatch rule and its working memory."""
 
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import im2col
+from convgrad.kernels import im2col, im2col_nchw
 from convgrad.reference import conv2d_backward_reference
 
 
@@ -137,6 +138,33 @@ def test_same_bits_for_any_tile_span_split(layout):
         assert gb.tobytes() == first[2].tobytes()
         again = run(p, g, x, w, 2, parts, fold_spans)[0]
         assert again.tobytes() == gi.tobytes()  # the same spans: the same bits
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+def test_tile_products_give_the_same_bits_for_any_parts(layout):
+    """By register tiles every entry is summed in the same order whatever the spans."""
+    p = problem(layout, 2, 64, 64, 7)  # 576 columns: 9 panels of 64 float32 values
+    g, x, w = arrays(p)
+    first = run(p, g, x, w, 2, 1, 1, by_tiles=1)
+    assert_matches_reference(p, first, g, x, w)
+    for parts in (2, 4, 5, 8, 16):
+        got = run(p, g, x, w, 2, parts, 1, by_tiles=1)
+        for a, b in zip(got, first, strict=True):
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("module", [im2col, im2col_nchw])
+def test_tile_spans_are_whole_panels(module):
+    """Spans of the columns start on a panel (the last one may end short) and cover them all."""
+    for length, parts, unit in ((1152, 8, 64), (576, 5, 64), (100, 4, 32), (10, 3, 64)):
+        spans = [module._panel_span(part, parts, length, unit) for part in range(parts)]
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        for (_, stop), (start, _) in itertools.pairwise(spans):
+            assert stop == start
+        assert all(start % unit == 0 for start, _ in spans)
+    # resnet_s2: 1152 columns in 8 parts of 2 or 3 panels, not 144 columns each
+    spans = [im2col._panel_span(part, 8, 1152, 64) for part in range(8)]
+    assert {stop - start for start, stop in spans} == {128, 192}
 
 
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
