@@ -75,6 +75,34 @@ def _arrays_and_row(context, builder, sig, dst_value, src_value, src_arg):
     return d_data, s_data, _Row(builder, v, context.get_value_type(types.intp))
 
 
+def _add_planes_into_rows(builder, row, d_data, d_at, d_step, rows, width, planes, pl, dw, pitch,
+                          plane_term):  # fmt: skip
+    """dst[d_at + r*d_step + c] += the sum over q < planes, in order, of plane q's term.
+
+    For r < rows and c < width, a vector of columns at a time:
+    ``plane_term(r, q, column, mask)`` gives plane q's terms for the columns c
+    of the vector as ``column`` = c + pl - q*dw, the lanes outside ``mask``
+    (c past the row, or ``column`` outside [0, pitch)) zero.
+    """
+    zero = ir.Constant(rows.type, 0)
+    total = cgutils.alloca_once(builder, row.v.vector)
+    with cgutils.for_range(builder, rows) as line:
+        target = builder.add(d_at, builder.mul(line.index, d_step))
+        loop, lanes = row.steps(width)
+        with loop as step:
+            first = builder.mul(step.index, lanes)
+            in_row = row.within(first, zero, width)
+            builder.store(row.load(d_data, builder.add(target, first), in_row), total)
+            with cgutils.for_range(builder, planes) as plane:
+                move = builder.sub(pl, builder.mul(plane.index, dw))
+                # columns c with 0 <= c + move < pitch
+                lo, hi = builder.sub(zero, move), builder.sub(pitch, move)
+                mask = builder.and_(in_row, row.within(first, lo, hi))
+                term = plane_term(line.index, plane.index, builder.add(first, move), mask)
+                builder.store(builder.fadd(builder.load(total), term), total)
+            row.store(builder.load(total), d_data, builder.add(target, first), in_row)
+
+
 @intrinsic
 def shifted_rows(
     typingctx, dst, dst_at, rows, pitch, src, src_at, src_step, top, height, width, move
@@ -137,27 +165,15 @@ def add_shifted_rows(
     def codegen(context, builder, sig, args):
         d_value, d_at, d_step, rows, width, s_value, s_at, pitch, plane_step, planes, pl, dw = args
         d_data, s_data, row = _arrays_and_row(context, builder, sig, d_value, s_value, 5)
-        zero = ir.Constant(rows.type, 0)
-        total = cgutils.alloca_once(builder, row.v.vector)
-        with cgutils.for_range(builder, rows) as line:
-            target = builder.add(d_at, builder.mul(line.index, d_step))
-            source = builder.add(s_at, builder.mul(line.index, pitch))
-            loop, lanes = row.steps(width)
-            with loop as step:
-                first = builder.mul(step.index, lanes)
-                in_row = row.within(first, zero, width)
-                builder.store(row.load(d_data, builder.add(target, first), in_row), total)
-                with cgutils.for_range(builder, planes) as plane:
-                    move = builder.sub(pl, builder.mul(plane.index, dw))
-                    # columns c with 0 <= c + move < pitch
-                    lo, hi = builder.sub(zero, move), builder.sub(pitch, move)
-                    mask = builder.and_(in_row, row.within(first, lo, hi))
-                    at = builder.add(source, builder.mul(plane.index, plane_step))
-                    at = builder.add(builder.add(at, move), first)
-                    builder.store(
-                        builder.fadd(builder.load(total), row.load(s_data, at, mask)), total
-                    )
-                row.store(builder.load(total), d_data, builder.add(target, first), in_row)
+
+        def plane_term(line, q, column, mask):
+            at = builder.add(s_at, builder.mul(line, pitch))
+            at = builder.add(builder.add(at, builder.mul(q, plane_step)), column)
+            return row.load(s_data, at, mask)
+
+        _add_planes_into_rows(
+            builder, row, d_data, d_at, d_step, rows, width, planes, pl, dw, pitch, plane_term
+        )
         return context.get_dummy_value()
 
     return signature, codegen
@@ -191,40 +207,26 @@ def add_column_taps(
         out_rows, pitch, top, kh, kw, dh, pl, dw = args[8:]
         d_data, s_data, row = _arrays_and_row(context, builder, sig, d_value, s_value, 5)
         zero = ir.Constant(rows.type, 0)
-        total = cgutils.alloca_once(builder, row.v.vector)
         plane = cgutils.alloca_once(builder, row.v.vector)
-        with cgutils.for_range(builder, rows) as line:
-            target = builder.add(d_at, builder.mul(line.index, d_step))
-            loop, lanes = row.steps(width)
-            with loop as step:
-                first = builder.mul(step.index, lanes)
-                in_row = row.within(first, zero, width)
-                builder.store(row.load(d_data, builder.add(target, first), in_row), total)
-                with cgutils.for_range(builder, kw) as tap_column:
-                    q = tap_column.index
-                    move = builder.sub(pl, builder.mul(q, dw))
-                    # columns c with 0 <= c + move < pitch
-                    lo, hi = builder.sub(zero, move), builder.sub(pitch, move)
-                    mask = builder.and_(in_row, row.within(first, lo, hi))
-                    builder.store(row.v.zero, plane)
-                    with cgutils.for_range(builder, kh) as tap_row:
-                        p = tap_row.index
-                        o = builder.sub(builder.add(line.index, top), builder.mul(p, dh))
-                        inside = builder.and_(
-                            builder.icmp_signed(">=", o, zero),
-                            builder.icmp_signed("<", o, out_rows),
-                        )
-                        with builder.if_then(inside):
-                            column = builder.add(builder.mul(p, kw), q)
-                            at = builder.add(s_at, builder.mul(column, column_step))
-                            at = builder.add(at, builder.mul(o, pitch))
-                            at = builder.add(builder.add(at, move), first)
-                            builder.store(
-                                builder.fadd(builder.load(plane), row.load(s_data, at, mask)),
-                                plane,
-                            )
-                    builder.store(builder.fadd(builder.load(total), builder.load(plane)), total)
-                row.store(builder.load(total), d_data, builder.add(target, first), in_row)
+
+        def plane_term(line, q, column, mask):  # plane q's taps p, from zero, in order
+            builder.store(row.v.zero, plane)
+            with cgutils.for_range(builder, kh) as tap_row:
+                p = tap_row.index
+                o = builder.sub(builder.add(line, top), builder.mul(p, dh))
+                inside = builder.and_(
+                    builder.icmp_signed(">=", o, zero), builder.icmp_signed("<", o, out_rows)
+                )
+                with builder.if_then(inside):
+                    at = builder.mul(builder.add(builder.mul(p, kw), q), column_step)
+                    at = builder.add(builder.add(s_at, at), builder.mul(o, pitch))
+                    term = row.load(s_data, builder.add(at, column), mask)
+                    builder.store(builder.fadd(builder.load(plane), term), plane)
+            return builder.load(plane)
+
+        _add_planes_into_rows(
+            builder, row, d_data, d_at, d_step, rows, width, kw, pl, dw, pitch, plane_term
+        )
         return context.get_dummy_value()
 
     return signature, codegen
