@@ -44,6 +44,7 @@ from ._flags import FASTMATH
 from ._tile import tile_columns
 from .gemm_tiles import _block as tile_block
 from .gemm_tiles import _block_transposed as block_transposed
+from .gemm_tiles import _span as panel_span
 from .gemm_tiles import _workspaces as tile_workspaces
 from .nchw import grad_bias_nchw, grad_bias_nchw_serial
 from .nhwc import grad_bias_nhwc
@@ -53,18 +54,6 @@ from .nhwc import grad_bias_nhwc
 def _span(part, parts, length):
     """(start, stop) of part ``part`` of ``parts`` even parts of range(length)."""
     return part * length // parts, (part + 1) * length // parts
-
-
-@njit(cache=CACHE)
-def _panel_span(part, parts, length, unit):
-    """``_span`` in whole units of ``unit`` columns (the last one cut at ``length``).
-
-    The register tiles compute whole panels of NR columns: resnet_s2's spans of
-    144 columns took three 64-column panels each, a quarter of them padding.
-    """
-    units = (length + unit - 1) // unit
-    start, stop = part * units // parts * unit, (part + 1) * units // parts * unit
-    return min(length, start), min(length, stop)
 
 
 @njit(cache=CACHE, parallel=True)
@@ -165,8 +154,11 @@ def _products_tiles(cols, grads, w, gw, parts, weight_too, input_too):
     cols_flat, grads_flat = cols.reshape(cols.size), grads.reshape(grads.size)
     gw_flat, w_flat = gw.reshape(gw.size), w.reshape(w.size)
     nr = tile_columns(cols_flat)
+    # spans of whole panels: the tiles compute whole panels of NR columns, and
+    # resnet_s2's even spans of 144 columns took three of 64, a quarter padding
+    panels = -(-width // nr)
     for part in prange(parts):
-        s0, s1 = _panel_span(part, parts, width, nr)
+        s0, s1 = panel_span(part, parts, panels, nr, width)
         if s1 == s0:
             continue
         tile, a_edge, panel = tile_workspaces(cols_flat)

@@ -32,6 +32,7 @@ from ._flags import FASTMATH
 from ._tile import tile_columns
 from .gemm_tiles import _block as tile_block
 from .gemm_tiles import _block_transposed as block_transposed
+from .gemm_tiles import _span as panel_span
 from .gemm_tiles import _workspaces as tile_workspaces
 
 # Small helpers (``_span``) are repeated in each kernel module on purpose:
@@ -43,18 +44,6 @@ from .gemm_tiles import _workspaces as tile_workspaces
 def _span(part, parts, length):
     """(start, stop) of part ``part`` of ``parts`` even parts of range(length)."""
     return part * length // parts, (part + 1) * length // parts
-
-
-@njit(cache=CACHE)
-def _panel_span(part, parts, length, unit):
-    """``_span`` in whole units of ``unit`` columns (the last one cut at ``length``).
-
-    The register tiles compute whole panels of NR columns: resnet_s2's spans of
-    144 columns took three 64-column panels each, a quarter of them padding.
-    """
-    units = (length + unit - 1) // unit
-    start, stop = part * units // parts * unit, (part + 1) * units // parts * unit
-    return min(length, start), min(length, stop)
 
 
 @njit(cache=CACHE)
@@ -165,8 +154,11 @@ def _products_tiles(rows, grads, w, gw, parts, weight_too, input_too):
     rows_flat, grads_flat = rows.reshape(rows.size), grads.reshape(grads.size)
     w_flat, gw_flat = w.reshape(w.size), gw.reshape(gw.size)
     nr = tile_columns(rows_flat)
+    # spans of whole panels: the tiles compute whole panels of NR columns, and
+    # resnet_s2's even spans of 144 columns took three of 64, a quarter padding
+    panels = -(-columns // nr)
     for part in prange(parts):
-        s0, s1 = _panel_span(part, parts, columns, nr)
+        s0, s1 = panel_span(part, parts, panels, nr, columns)
         if s1 == s0:
             continue
         tile, a_edge, panel = tile_workspaces(rows_flat)
