@@ -13,23 +13,27 @@ from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
 from convgrad.kernels import direct_tiles
 from convgrad.kernels._columns import VECTOR_BYTES, VECTOR_REGISTERS
-from convgrad.kernels._tile import TAP_TILE_ROWS
+from convgrad.kernels._tile import SHORT_TAP_TILE_ROWS, TAP_TILE_ROWS
 from convgrad.reference import conv2d_backward_reference
 
 AVX512 = pytest.mark.skipif(VECTOR_REGISTERS < 32, reason="the direct tiles run on 32 registers")
 
 
 @njit
-def _taps_into(vectors, tile, a, a_at, a_row, a_step, taps, b, b_at, b_row, count):
-    direct_tiles._add_taps(vectors, tile, 0, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
+def _taps_into(mr, vectors, tile, a, a_at, a_row, a_step, taps, b, b_at, b_row, count):
+    direct_tiles._add_weight_taps(
+        mr, vectors, tile, 0, a, a_at, a_row, a_step, taps, b, b_at, b_row, count
+    )
 
 
-@pytest.mark.parametrize("vectors", [4, 2, 1])
+TILE_HEIGHTS = [(v, TAP_TILE_ROWS[v]) for v in (4, 2, 1)] + sorted(SHORT_TAP_TILE_ROWS.items())
+
+
+@pytest.mark.parametrize("vectors, mr", TILE_HEIGHTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("taps, count", [([0], 0), ([0], 7), ([5, 0, 301], 4), ([9, 70], 65)])
-def test_tile_add_taps_adds_each_windows_product(vectors, dtype, taps, count):
+def test_tile_add_taps_adds_each_windows_product(vectors, mr, dtype, taps, count):
     nr = vectors * VECTOR_BYTES // np.dtype(dtype).itemsize
-    mr = TAP_TILE_ROWS[vectors]
     rng = np.random.default_rng(count)
     a = rng.standard_normal(2000).astype(dtype)
     b_row = nr + 5
@@ -37,7 +41,7 @@ def test_tile_add_taps_adds_each_windows_product(vectors, dtype, taps, count):
     start = rng.standard_normal(mr * nr).astype(dtype)
     tile = start.copy()
     a_row, a_step = 11, 2
-    _taps_into(vectors, tile, a, 4, a_row, a_step, np.array(taps, np.intp), b, 3, b_row, count)
+    _taps_into(mr, vectors, tile, a, 4, a_row, a_step, np.array(taps, np.intp), b, 3, b_row, count)
     expected = start.astype(np.float64).reshape(mr, nr)
     rows, terms = np.arange(mr)[:, None], np.arange(count)[None, :]
     for s, offset in enumerate(taps):
@@ -47,6 +51,19 @@ def test_tile_add_taps_adds_each_windows_product(vectors, dtype, taps, count):
         expected += a_part @ b[b_rows].astype(np.float64)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(tile.reshape(mr, nr), expected, rtol=rtol, atol=rtol * 10)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 24, 32, 48, 96, 112, 130])
+@pytest.mark.parametrize("columns", [8, 16, 32, 64])
+def test_weight_tiles_take_the_height_padding_their_rows_least(rows, columns):
+    full, vectors, nr = direct_tiles.tap_tile_shape(columns, np.float32)
+    mr, shape_vectors, shape_nr = direct_tiles.weight_tile_shape(rows, columns, np.float32)
+    assert (shape_vectors, shape_nr) == (vectors, nr)
+    heights = {full, SHORT_TAP_TILE_ROWS.get(vectors, full)}
+    assert mr in heights
+    padded = {h: -(-rows // h) * h for h in heights}
+    assert padded[mr] == min(padded.values())
+    assert mr == full or padded[mr] < padded[full]  # the full height on a tie
 
 
 @st.composite

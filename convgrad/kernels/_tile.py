@@ -228,3 +228,13 @@ TAP_TILE_ROWS = {4: 6, 2: 14, 1: 24} if VECTOR_REGISTERS >= 32 else {4: 3, 2: 6,
 tile_add_taps_4 = _tap_tile(TAP_TILE_ROWS[4], 4, hide_step=False)
 tile_add_taps_2 = _tap_tile(TAP_TILE_ROWS[2], 2, hide_step=True)
 tile_add_taps_1 = _tap_tile(TAP_TILE_ROWS[1], 1, hide_step=False)
+
+# Shorter tiles of 2 and 1 vectors, for grad_weight: its C's rows (input
+# channels, or a kernel row's taps by them) are fixed by the problem, and the
+# last tile's rows past them are zeros multiplied. 32 input channels took 3
+# tiles of 14 rows (42 rows, a quarter of them zeros), 4 of 8 none: dilated's
+# grad_weight 0.78x the time, 1 thread; big_kernel's 7 x 16 rows 5 tiles of
+# 24, 7 of 16: 0.93x. ``direct_tiles.weight_tile_shape`` picks the height.
+SHORT_TAP_TILE_ROWS = {2: 8, 1: 16} if VECTOR_REGISTERS >= 32 else {2: 4, 1: 8}
+tile_add_taps_2_short = _tap_tile(SHORT_TAP_TILE_ROWS[2], 2, hide_step=True)
+tile_add_taps_1_short = _tap_tile(SHORT_TAP_TILE_ROWS[1], 1, hide_step=False)

@@ -41,9 +41,12 @@ from ._cache import CACHE
 from ._columns import VECTOR_BYTES
 from ._flags import FASTMATH
 from ._tile import (
+    SHORT_TAP_TILE_ROWS,
     TAP_TILE_ROWS,
     tile_add_taps_1,
+    tile_add_taps_1_short,
     tile_add_taps_2,
+    tile_add_taps_2_short,
     tile_add_taps_4,
 )
 from .gemm_tiles import _put
@@ -85,6 +88,19 @@ def tap_tile_shape(columns, dtype):
     return TAP_TILE_ROWS[vectors], vectors, vectors * lanes
 
 
+def weight_tile_shape(rows, columns, dtype):
+    """``tap_tile_shape`` for grad_weight's C of ``rows`` rows: the height padding them least.
+
+    NV's full height or, where there is one, its short one
+    (``_tile.SHORT_TAP_TILE_ROWS``); the full one where both pad alike.
+    """
+    mr, vectors, nr = tap_tile_shape(columns, dtype)
+    short = SHORT_TAP_TILE_ROWS.get(vectors, mr)
+    if -(-rows // short) * short < -(-rows // mr) * mr:
+        mr = short
+    return mr, vectors, nr
+
+
 @njit(cache=CACHE, inline="always")
 def _add_taps(vectors, tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count):
     """``_tile.tile_add_taps_V`` for V = ``vectors``."""
@@ -94,6 +110,22 @@ def _add_taps(vectors, tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_r
         tile_add_taps_2(tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
     else:
         tile_add_taps_1(tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
+
+
+SHORT_ROWS_2, SHORT_ROWS_1 = SHORT_TAP_TILE_ROWS[2], SHORT_TAP_TILE_ROWS[1]
+
+
+@njit(cache=CACHE, inline="always")
+def _add_weight_taps(
+    rows, vectors, tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count
+):  # fmt: skip
+    """``_add_taps`` for tiles of ``rows`` rows: V's full height or its short one."""
+    if vectors == 2 and rows == SHORT_ROWS_2:
+        tile_add_taps_2_short(tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
+    elif vectors == 1 and rows == SHORT_ROWS_1:
+        tile_add_taps_1_short(tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
+    else:
+        _add_taps(vectors, tile, tile_at, a, a_at, a_row, a_step, taps, b, b_at, b_row, count)
 
 
 @njit(cache=CACHE)
@@ -382,8 +414,8 @@ def grad_weight_nhwc(
                                 b_at = ((group * panels + panel) * capacity + t0) * nr
                                 tile = (tap * tap_tiles + (group * row_tiles + row_tile) * panels
                                         + panel) * tile_values  # fmt: skip
-                                _add_taps(
-                                    vectors, acc, tile, padded, a_at + ci0, 1, c_in, no_offset,
+                                _add_weight_taps(
+                                    mr, vectors, acc, tile, padded, a_at + ci0, 1, c_in, no_offset,
                                     packed, b_at, nr, kc,
                                 )  # fmt: skip
             pending += pixels
@@ -445,9 +477,9 @@ def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
     kh, kw, cin_g, c_out = kernel_order.shape
     out_w, c_in = (g.shape[3], x.shape[1]) if nchw else (g.shape[2], x.shape[3])
     cout_g = c_out // groups
-    mr, _, nr = tile_shape = tap_tile_shape(cout_g, gw.dtype)
     run = _taps_per_run(kw, dw, groups)
     rows, products = run * cin_g, kh * kw // run
+    mr, _, nr = tile_shape = weight_tile_shape(rows, cout_g, gw.dtype)
     tiles = products * groups * -(-rows // mr) * -(-cout_g // nr)
     threads = numba.get_num_threads()
     pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
