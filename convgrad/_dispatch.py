@@ -482,8 +482,8 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
 # run), with one vector's 0.99-1.31: those keep the flat kernels.
 DIRECT_MIN_VECTORS = {"NHWC": 1, "NCHW": 4}
 DIRECT_TILES = VECTOR_REGISTERS >= 32
-# Rows of C past an output row's end (the kernel's reach of them) are computed
-# and dropped: output rows at least this many times the reach long.
+# Rows of C past an output row's end (the wider padding's of them) are
+# computed and dropped: output rows at least this many times the reach long.
 DIRECT_MIN_WIDTH_PER_REACH = 3
 DIRECT_BAND_PIXELS = 512
 DIRECT_SLACK_PIXELS = 32  # pixels the tiles may read past a band
@@ -495,10 +495,9 @@ DIRECT_PARTS_PER_THREAD = 4
 
 
 def _direct_pitch(problem: Problem) -> int:
-    """Pixels per row of the direct kernels' padded bands (the wider of the two gradients')."""
+    """Pixels per row of the direct kernels' padded bands (``direct_tiles.band_pitch``)."""
     _, _, left, right = problem.geometry.padding
-    reach_w = (problem.kw - 1) * problem.geometry.dilation[1]
-    return problem.width + max(reach_w, left + right)
+    return problem.width + max(left, right)
 
 
 def _direct_task_bytes(problem: Problem, rows: int) -> int:

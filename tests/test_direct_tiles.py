@@ -217,6 +217,22 @@ def test_other_problems_keep_their_kernels(problem):
     assert not _dispatch.direct_suits(problem)
 
 
+@pytest.mark.parametrize("k, dilation", [(1, 1), (3, 1), (7, 1), (3, 2), (5, 3)])
+def test_band_rows_share_one_padding_between_them(k, dilation):
+    reach = (k - 1) * dilation
+    for left in range(reach + 1):
+        for right in range(reach + 1):
+            width = 20
+            out_w = width + left + right - reach
+            pitch = direct_tiles.band_pitch(width, out_w, left, reach)
+            assert pitch == width + max(left, right)
+            problem = describe(
+                NHWC, np.dtype(np.float32), (1, width, width, 4), (k, k, 4, 4),
+                stride=1, padding=((0, 0), (left, right)), dilation=dilation, groups=1,
+            )  # fmt: skip
+            assert _dispatch._direct_pitch(problem) == pitch
+
+
 @AVX512
 def test_the_direct_workspaces_fit_the_budget():
     for problem in (_problem(NHWC, 8, 64, 64, 56), _problem(NCHW, 8, 64, 64, 56, dtype=np.float64)):

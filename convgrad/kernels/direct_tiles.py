@@ -15,7 +15,9 @@ time); its pixels are then one flat run,
 a tap a fixed offset into it, so a register tile of MR consecutive pixels
 (``_tile.tile_add_taps_V``) reads every tap's window the same way. Pixels of
 the run past a row's end (PITCH - width of them) are computed and dropped
-(grad_input) or read as zeros (grad_weight's packed grad_output).
+(grad_input) or read as zeros (grad_weight's packed grad_output). A row's
+zeros past its right edge are also the next row's before its left edge
+(``band_pitch``), so PITCH is the width and the wider padding, not both.
 
 grad_input: a tile of MR pixels by NR input channels sums all KH*KW*C_out/g
 terms in registers, then is written; B is the weight, packed once per call
@@ -150,6 +152,23 @@ def _pack_weight(w, groups, nr, packed):
 
 
 @njit(cache=CACHE)
+def band_pitch(width, out_w, left, reach_w):
+    """Pixels per row of the padded bands: the image's ``width`` and its wider side's padding.
+
+    Stride 1, ``left`` the convolution's left padding, ``reach_w`` the
+    kernel's reach across; the right padding is what makes ``out_w``.
+    Output pixel x < OW reads a band row's pixels x to x + reach_w, with the
+    image's row from ``left``: past PITCH it runs into the next row's left
+    padding, which is zeros as far as PITCH + ``left`` (the input band; in
+    grad_input's band of grad_output the paddings swap sides, the same
+    sum). One padding between rows, not two: big_kernel's rows of 64 pixels
+    took 70, now 67.
+    """
+    right = out_w + reach_w - width - left
+    return width + max(left, right)
+
+
+@njit(cache=CACHE)
 def _taps_per_run(kw, dw, groups):
     """Taps of a kernel row that run as one: all KW where their windows are adjacent, else 1.
 
@@ -241,7 +260,8 @@ def grad_input_nhwc(
     gi_flat = gi.reshape(gi.size)
     panels = (cin_g + nr - 1) // nr
     top, left = (kh - 1) * dh - pt, (kw - 1) * dw - pl
-    pitch, reach = width + (kw - 1) * dw, (kh - 1) * dh
+    pitch = band_pitch(width, _sizes(g, nchw)[1], pl, (kw - 1) * dw)
+    reach = (kh - 1) * dh
     run = _taps_per_run(kw, dw, groups)
     taps = _tap_offsets(kh, kw // run, dh, dw, pitch, c_out)
     count = run * cout_g
@@ -380,7 +400,8 @@ def grad_weight_nhwc(
     cin_g, cout_g = c_in // groups, c_out // groups
     mr, vectors, nr = tile_shape
     parts = totals.shape[0]
-    pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
+    pitch = band_pitch(_sizes(x, nchw)[1], out_w, pl, (kw - 1) * dw)
+    reach = (kh - 1) * dh
     run = _taps_per_run(kw, dw, groups)
     rows = run * cin_g
     taps = _tap_offsets(kh, kw // run, dh, dw, pitch, c_in)
@@ -450,7 +471,8 @@ def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw):
     w_panels = _aligned_rows(1, groups * panels * kh * kw * (c_out // groups) * nr, gi.dtype)[0]
     _pack_weight(w, groups, nr, w_panels)
     threads = numba.get_num_threads()
-    pitch, reach = width + (kw - 1) * dw, (kh - 1) * dh
+    out_w = g.shape[3] if nchw else g.shape[2]
+    pitch, reach = band_pitch(width, out_w, pl, (kw - 1) * dw), (kh - 1) * dh
     band_pixels = (band_rows + reach) * pitch + mr + (kw - 1) * dw  # the tiles read past it
     paddeds = np.empty((threads, band_pixels * c_out), gi.dtype)
     tiles = _aligned_rows(threads, mr * nr, gi.dtype)
@@ -482,7 +504,8 @@ def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
     mr, _, nr = tile_shape = weight_tile_shape(rows, cout_g, gw.dtype)
     tiles = products * groups * -(-rows // mr) * -(-cout_g // nr)
     threads = numba.get_num_threads()
-    pitch, reach = out_w + (kw - 1) * dw, (kh - 1) * dh
+    width = x.shape[3] if nchw else x.shape[2]
+    pitch, reach = band_pitch(width, out_w, pl, (kw - 1) * dw), (kh - 1) * dh
     totals = np.zeros((parts, kh * kw * cin_g * c_out))
     sums = np.zeros((parts, c_out if gb.size else 0))
     accs = _aligned_rows(threads, tiles * mr * nr, gw.dtype)
