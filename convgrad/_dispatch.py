@@ -488,10 +488,14 @@ DIRECT_MIN_WIDTH_PER_REACH = 3
 DIRECT_BAND_PIXELS = 512
 DIRECT_SLACK_PIXELS = 32  # pixels the tiles may read past a band
 TAP_TILE_ROWS_MAX = max(TAP_TILE_ROWS.values())
-# grad_weight's parts: at most this many per thread (each part's totals are
-# zeroed, folded and added: 32 parts of 4 x 32 -> 32 @ 64 x 64 took
-# grad_weight 1.26 ms, 4 parts 0.91).
-DIRECT_PARTS_PER_THREAD = 4
+# grad_weight's parts: at most this many per thread. Each part's totals are
+# zeroed, folded into and added, and numba hands each thread an even run of
+# the parts, so more of them balance nothing: 32 parts of 4 x 32 -> 32 @ 64 x
+# 64 took grad_weight 1.26 ms, 4 parts 0.91; the whole backward with 1 part
+# per thread against 4, 2 threads: dilated 0.972, big_kernel 0.969,
+# resnet_3x3 0.974 (NCHW 0.968), its float64 0.979, 2 x 16 -> 32 @ 16 x 16
+# 0.897, 2 x 128 -> 128 @ 28 x 28 0.995.
+DIRECT_PARTS_PER_THREAD = 1
 
 
 def _direct_pitch(problem: Problem) -> int:

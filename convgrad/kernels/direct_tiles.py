@@ -51,7 +51,7 @@ from ._tile import (
     tile_add_taps_2_short,
     tile_add_taps_4,
 )
-from .gemm_tiles import _put
+from .gemm_tiles import _put, add_totals
 from .nchw_flat import _copy_items
 
 # Terms (pixels) of grad_weight's tiles per pass over the taps: KC pixels of
@@ -444,12 +444,9 @@ def grad_weight_nhwc(
                 _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr)
                 pending = 0
         _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr)
+    add_totals(gw.reshape(gw.size), totals)
     for part in range(1, parts):
-        totals[0] += totals[part]
         sums[0] += sums[part]
-    gw_flat = gw.reshape(gw.size)
-    for k in range(gw_flat.shape[0]):
-        gw_flat[k] += totals[0, k]
     for k in range(gb.shape[0]):
         gb[k] += sums[0, k]
 

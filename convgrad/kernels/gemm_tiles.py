@@ -60,6 +60,7 @@ LEAST_BLOCK_TILES = 2
 WEIGHT_PART_PIXELS = 4096
 PARTIALS_BYTES = 4 * 2**20
 TASKS_PER_THREAD = 4
+TOTALS_BLOCK = 4096  # grad_weight entries per task of the parts' final sum
 
 
 @njit(cache=CACHE)
@@ -295,13 +296,22 @@ def _weight_task(task, groups, blocks, nr, rows, columns, pixels, pixel_parts):
     return part, group, q0, q1, i0, i1, j0, j1
 
 
-@njit(cache=CACHE)
-def _add_totals(gw_flat, totals):
-    """gw += the parts' float64 totals, added in part order, rounded once."""
-    for part in range(1, totals.shape[0]):
-        totals[0] += totals[part]
-    for k in range(gw_flat.shape[0]):
-        gw_flat[k] += totals[0, k]
+@njit(cache=CACHE, parallel=True)
+def add_totals(gw_flat, totals):
+    """gw += the parts' float64 totals, added in part order, rounded once.
+
+    A block of TOTALS_BLOCK entries per task (each entry's sum in the same
+    order: the same bits at any thread count): one thread adding 8 parts'
+    totals of a 128 -> 128 3 x 3 weight read 9 MB.
+    """
+    size, parts = gw_flat.shape[0], totals.shape[0]
+    for block in prange((size + TOTALS_BLOCK - 1) // TOTALS_BLOCK):
+        k0, k1 = block * TOTALS_BLOCK, min(size, (block + 1) * TOTALS_BLOCK)
+        for part in range(1, parts):
+            for k in range(k0, k1):
+                totals[0, k] += totals[part, k]
+        for k in range(k0, k1):
+            gw_flat[k] += totals[0, k]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
@@ -332,7 +342,7 @@ def grad_weight_nhwc(x, g, gw, groups, pixel_parts, threads):
             i1 - i0, j1 - j0, p1 - p0, totals[part], i0 * c_out + group * cout_g + j0, c_out,
             True, tile, a_edge, panel, False,
         )  # fmt: skip
-    _add_totals(gw_flat, totals)
+    add_totals(gw_flat, totals)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -414,7 +424,7 @@ def grad_weight_nchw(x, g, gw, groups, pixel_parts, threads):
                 tile, a_edge, panel,
             )  # fmt: skip
             q += count
-    _add_totals(gw_flat, totals)
+    add_totals(gw_flat, totals)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
