@@ -35,6 +35,39 @@ def _multiply_add(dest, a, b):
         dest[k] += a[k] * b[k]
 
 
+# The two loops below take a run of pixels in one call, indexing rows of the
+# images directly: a call per pixel on its one-pixel views (``_multiply_add``)
+# cost more than the pixel's C multiply-adds (8 x 32 channels @ 112 x 112,
+# stride 2: grad_input 1.1 ms, torch's 0.19).
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+def _add_weighted_pixels(dest, first, step, weight, source, lo, hi):
+    """dest[first + j*step, c] += weight[c] * source[j, c] for lo <= j < hi (rows of pixels)."""
+    for j in range(lo, hi):
+        at = first + j * step
+        for c in range(source.shape[1]):
+            dest[at, c] += weight[c] * source[j, c]
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+def _add_pixel_products(acc, a, first, step, b, lo, hi):
+    """acc[c] += sum over lo <= j < hi of a[first + j*step, c] * b[j, c] (rows of pixels).
+
+    Four pixels' products summed before each read-modify-write of ``acc``:
+    one per pixel made each channel's sum wait on its previous store.
+    """
+    four = hi - (hi - lo) % 4
+    for j in range(lo, four, 4):
+        at = first + j * step
+        for c in range(b.shape[1]):
+            acc[c] += (a[at, c] * b[j, c] + a[at + step, c] * b[j + 1, c]) + (
+                a[at + 2 * step, c] * b[j + 2, c] + a[at + 3 * step, c] * b[j + 3, c]
+            )
+    for j in range(four, hi):
+        at = first + j * step
+        for c in range(b.shape[1]):
+            acc[c] += a[at, c] * b[j, c]
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
 def _multiply_add_pixels(dest, a, b):
     """dest[c] += sum over pixels k of a[k, c] * b[k, c]: a run of pixels of two image rows.
@@ -199,8 +232,7 @@ def _input_row(g, w, gi, n, r, sh, sw, pt, pl, dh, dw):
         i = shifted // sh
         for q in range(kw):
             j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-            for j in range(j_lo, j_hi):
-                _multiply_add(gi[n, r, j * sw + q * dw - pl], w[p, q, 0], g[n, i, j])
+            _add_weighted_pixels(gi[n, r], q * dw - pl, sw, w[p, q, 0], g[n, i], j_lo, j_hi)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
@@ -353,9 +385,7 @@ def _weight_row(x, g, block, bias_block, n, i, sh, sw, pt, pl, dh, dw):
             continue
         for q in range(kw):
             j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-            acc = block[p, q, 0]
-            for j in range(j_lo, j_hi):
-                _multiply_add(acc, x[n, r, j * sw + q * dw - pl], g[n, i, j])
+            _add_pixel_products(block[p, q, 0], x[n, r], q * dw - pl, sw, g[n, i], j_lo, j_hi)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
