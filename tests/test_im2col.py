@@ -4,6 +4,7 @@ dispatch rule and its working memory."""
 import itertools
 import tracemalloc
 
+import numba
 import numpy as np
 import pytest
 
@@ -151,6 +152,30 @@ def test_tile_products_give_the_same_bits_for_any_parts(layout):
         got = run(p, g, x, w, 2, parts, 1, by_tiles=1)
         for a, b in zip(got, first, strict=True):
             assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+@pytest.mark.parametrize("c_out", [70, 150])
+def test_tile_products_cut_for_idle_threads_give_the_same_bits(layout, c_out):
+    """Fewer column spans than threads: each span's products are cut again, never a sum.
+
+    A 1 x 1 kernel on 40 input channels is one span; on 2 or more threads its
+    grad_weight product is cut by output channels and grad_input's by pixels.
+    """
+    p = problem(layout, 3, 40, c_out, 15, k=1, padding=0, stride=2)
+    g, x, w = arrays(p)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        alone = run(p, g, x, w, 2, 1, 1, by_tiles=1)
+        numba.set_num_threads(max(2, threads))
+        for parts in (1, 2):
+            got = run(p, g, x, w, 2, parts, 1, by_tiles=1)
+            for a, b in zip(got, alone, strict=True):
+                assert a.tobytes() == b.tobytes()
+    finally:
+        numba.set_num_threads(threads)
+    assert_matches_reference(p, alone, g, x, w)
 
 
 def test_tile_spans_are_whole_panels():

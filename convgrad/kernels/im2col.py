@@ -33,6 +33,7 @@ grad_weight alone are exact for finite inputs only (the caller checks, as for
 the flat kernels). grad_input alone unfolds nothing and is exact for any input.
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -41,7 +42,7 @@ from . import im2col_nchw
 from ._cache import CACHE
 from ._cblas import NO_TRANS, TRANS, gemm_call
 from ._flags import FASTMATH
-from ._tile import tile_columns
+from ._tile import TILE_ROWS, tile_columns
 from .gemm_tiles import _block as tile_block
 from .gemm_tiles import _block_transposed as block_transposed
 from .gemm_tiles import _span as panel_span
@@ -147,8 +148,38 @@ def _products(cols, grads, w, gw, parts, weight_too, input_too, gemm, ilp64):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _products_tiles(cols, grads, w, gw, parts, weight_too, input_too):
-    """``_products`` by register tiles (``gemm_tiles``), the weight transposed for grad_input's."""
+def _products_tiles(cols, grads, w, gw, parts, weight_too, input_too, threads):
+    """``_products`` by register tiles (``gemm_tiles``), the weight transposed for grad_input's.
+
+    Columns too few for a span per thread (a 1 x 1 kernel on 64 input
+    channels is one panel: ``parts`` 1) leave threads idle: each span's
+    products are then cut once more, grad_weight's by its output channels
+    and grad_input's by pixels, in two passes (grad_input's overwrites the
+    columns grad_weight's reads). Every value is still one task's, computed
+    the same way: the same bits however they are cut.
+    """
+    splits = max(1, -(-threads // parts))
+    if splits == 1:
+        for part in prange(parts):
+            _span_products(cols, grads, w, gw, part, parts, 0, 1, weight_too, input_too)
+        return
+    if weight_too:
+        for task in prange(parts * splits):
+            part, split = task // splits, task % splits
+            _span_products(cols, grads, w, gw, part, parts, split, splits, True, False)
+    if input_too:
+        for task in prange(parts * splits):
+            part, split = task // splits, task % splits
+            _span_products(cols, grads, w, gw, part, parts, split, splits, False, True)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _span_products(cols, grads, w, gw, part, parts, split, splits, weight_too, input_too):
+    """Span ``part`` of ``parts`` of the columns: its products' cut ``split`` of ``splits``.
+
+    grad_weight's cut: whole panels of its output channels; grad_input's:
+    whole tiles of pixels.
+    """
     pixels, width = cols.shape
     c_out = grads.shape[1]
     cols_flat, grads_flat = cols.reshape(cols.size), grads.reshape(grads.size)
@@ -156,21 +187,23 @@ def _products_tiles(cols, grads, w, gw, parts, weight_too, input_too):
     nr = tile_columns(cols_flat)
     # spans of whole panels: the tiles compute whole panels of NR columns, and
     # resnet_s2's even spans of 144 columns took three of 64, a quarter padding
-    panels = -(-width // nr)
-    for part in prange(parts):
-        s0, s1 = panel_span(part, parts, panels, nr, width)
-        if s1 == s0:
-            continue
-        tile, a_edge, panel = tile_workspaces(cols_flat)
-        if weight_too:  # gw[s0:s1] += cols[:, s0:s1].T @ grads
+    s0, s1 = panel_span(part, parts, -(-width // nr), nr, width)
+    if s1 == s0:
+        return
+    tile, a_edge, panel = tile_workspaces(cols_flat)
+    if weight_too:  # gw[s0:s1, j0:j1] += cols[:, s0:s1].T @ grads[:, j0:j1]
+        j0, j1 = panel_span(split, splits, -(-c_out // nr), nr, c_out)
+        if j1 > j0:
             tile_block(
-                cols_flat, s0, 1, width, grads_flat, 0, c_out, s1 - s0, c_out, pixels,
-                gw_flat, s0 * c_out, c_out, True, tile, a_edge, panel, False,
+                cols_flat, s0, 1, width, grads_flat, j0, c_out, s1 - s0, j1 - j0, pixels,
+                gw_flat, s0 * c_out + j0, c_out, True, tile, a_edge, panel, False,
             )  # fmt: skip
-        if input_too:  # cols[:, s0:s1] = grads @ w[s0:s1].T
+    if input_too:  # cols[p0:p1, s0:s1] = grads[p0:p1] @ w[s0:s1].T
+        p0, p1 = panel_span(split, splits, -(-pixels // TILE_ROWS), TILE_ROWS, pixels)
+        if p1 > p0:
             block_transposed(
-                grads_flat, 0, c_out, 1, w_flat, s0 * c_out, c_out, pixels, s1 - s0, c_out,
-                cols_flat, s0, width, False, tile, a_edge, panel,
+                grads_flat, p0 * c_out, c_out, 1, w_flat, s0 * c_out, c_out, p1 - p0, s1 - s0,
+                c_out, cols_flat, p0 * width + s0, width, False, tile, a_edge, panel,
             )  # fmt: skip
 
 
@@ -272,7 +305,16 @@ def _unfolded_products(
                 _unfold(x[n0:n1], cols, *geometry)
             grads = g[n0:n1].reshape(-1, c_out)
             if by_tiles:
-                _products_tiles(cols, grads, weights, sums, parts, weight_too, input_too)
+                _products_tiles(
+                    cols,
+                    grads,
+                    weights,
+                    sums,
+                    parts,
+                    weight_too,
+                    input_too,
+                    numba.get_num_threads(),
+                )
             elif blas is None:
                 _products_matmul(cols, grads, weights, sums, weight_too, input_too)
             else:

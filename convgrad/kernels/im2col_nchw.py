@@ -23,13 +23,14 @@ Spans of the rows, one per task, fixed by the problem (``parts``), as in
 grad_output in grad_weight's product).
 """
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ._cache import CACHE
 from ._cblas import NO_TRANS, TRANS, gemm_call
 from ._flags import FASTMATH
-from ._tile import tile_columns
+from ._tile import TILE_ROWS, tile_columns
 from .gemm_tiles import _block as tile_block
 from .gemm_tiles import _block_transposed as block_transposed
 from .gemm_tiles import _span as panel_span
@@ -147,8 +148,32 @@ def _products(rows, grads, w, gw, parts, weight_too, input_too, gemm, ilp64):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _products_tiles(rows, grads, w, gw, parts, weight_too, input_too):
-    """``_products`` by register tiles (``gemm_tiles``), the rows transposed for grad_weight's."""
+def _products_tiles(rows, grads, w, gw, parts, weight_too, input_too, threads):
+    """``_products`` by register tiles (``gemm_tiles``), the rows transposed for grad_weight's.
+
+    As ``im2col._products_tiles``: with fewer spans than threads each span's
+    products are cut once more, grad_weight's by output channels (whole
+    tiles) and grad_input's by pixels (whole panels), in two passes; the
+    same bits however they are cut.
+    """
+    splits = max(1, -(-threads // parts))
+    if splits == 1:
+        for part in prange(parts):
+            _span_products(rows, grads, w, gw, part, parts, 0, 1, weight_too, input_too)
+        return
+    if weight_too:
+        for task in prange(parts * splits):
+            part, split = task // splits, task % splits
+            _span_products(rows, grads, w, gw, part, parts, split, splits, True, False)
+    if input_too:
+        for task in prange(parts * splits):
+            part, split = task // splits, task % splits
+            _span_products(rows, grads, w, gw, part, parts, split, splits, False, True)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _span_products(rows, grads, w, gw, part, parts, split, splits, weight_too, input_too):
+    """Span ``part`` of ``parts`` of the rows: its products' cut ``split`` of ``splits``."""
     columns, pixels = rows.shape
     c_out = grads.shape[0]
     rows_flat, grads_flat = rows.reshape(rows.size), grads.reshape(grads.size)
@@ -156,21 +181,23 @@ def _products_tiles(rows, grads, w, gw, parts, weight_too, input_too):
     nr = tile_columns(rows_flat)
     # spans of whole panels: the tiles compute whole panels of NR columns, and
     # resnet_s2's even spans of 144 columns took three of 64, a quarter padding
-    panels = -(-columns // nr)
-    for part in prange(parts):
-        s0, s1 = panel_span(part, parts, panels, nr, columns)
-        if s1 == s0:
-            continue
-        tile, a_edge, panel = tile_workspaces(rows_flat)
-        if weight_too:  # gw[:, s0:s1] += grads @ rows[s0:s1].T
+    s0, s1 = panel_span(part, parts, -(-columns // nr), nr, columns)
+    if s1 == s0:
+        return
+    tile, a_edge, panel = tile_workspaces(rows_flat)
+    if weight_too:  # gw[i0:i1, s0:s1] += grads[i0:i1] @ rows[s0:s1].T
+        i0, i1 = panel_span(split, splits, -(-c_out // TILE_ROWS), TILE_ROWS, c_out)
+        if i1 > i0:
             block_transposed(
-                grads_flat, 0, pixels, 1, rows_flat, s0 * pixels, pixels, c_out, s1 - s0,
-                pixels, gw_flat, s0, columns, True, tile, a_edge, panel,
+                grads_flat, i0 * pixels, pixels, 1, rows_flat, s0 * pixels, pixels, i1 - i0,
+                s1 - s0, pixels, gw_flat, i0 * columns + s0, columns, True, tile, a_edge, panel,
             )  # fmt: skip
-        if input_too:  # rows[s0:s1] = w[:, s0:s1].T @ grads
+    if input_too:  # rows[s0:s1, p0:p1] = w[:, s0:s1].T @ grads[:, p0:p1]
+        p0, p1 = panel_span(split, splits, -(-pixels // nr), nr, pixels)
+        if p1 > p0:
             tile_block(
-                w_flat, s0, 1, columns, grads_flat, 0, pixels, s1 - s0, pixels, c_out,
-                rows_flat, s0 * pixels, pixels, False, tile, a_edge, panel, False,
+                w_flat, s0, 1, columns, grads_flat, p0, pixels, s1 - s0, p1 - p0, c_out,
+                rows_flat, s0 * pixels + p0, pixels, False, tile, a_edge, panel, False,
             )  # fmt: skip
 
 
@@ -219,7 +246,9 @@ def unfolded_products(x, g, w, gi, gw, geometry, images_per_tile, parts, blas, b
         if weight_too:
             _unfold(x[n0:n1], rows, *geometry)
         if by_tiles:
-            _products_tiles(rows, grads, weights, sums, parts, weight_too, input_too)
+            _products_tiles(
+                rows, grads, weights, sums, parts, weight_too, input_too, numba.get_num_threads()
+            )
         elif blas is None:
             _products_matmul(rows, grads, weights, sums, weight_too, input_too)
         else:
