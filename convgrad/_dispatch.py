@@ -574,6 +574,37 @@ def direct_weight_parts(problem: Problem) -> int:
     return int(max(1, parts))
 
 
+# Short planes at stride 1 went to the unfolded products (``im2col_suits``,
+# measured against the flat kernels before the direct tiles existed); the
+# direct tiles take them where their columns (grad_input's input channels,
+# grad_weight's output channels, each padded up to whole tiles) are at most
+# DIRECT_MAX_PADDING padding and the batch has DIRECT_SHORT_PIXELS output
+# pixels per thread (fewer: their fixed costs and few bands lose). Whole
+# backward, 2 threads, direct / unfolded on a 2-core AMD EPYC (Zen 5), NHWC:
+# 64 x 64 -> 64 @ 8 x 8 0.84, 8 x 64 -> 64 @ 16 x 16 0.84, 16 x 64 -> 64 @ 12
+# x 12 0.87, 8 x 48 -> 64 @ 16 x 16 (a seventh padding) 0.92, 32 x 64 -> 128 @
+# 8 x 8 0.98, grad_input or grad_weight alone 0.80-0.90; NCHW 0.54-0.97. But 8
+# x 96 -> 96 @ 14 x 14 (a third padding) 1.07, and on fewer pixels 8 x 64 ->
+# 64 @ 12 x 12 0.97, 16 @ 8 x 8 1.01, 8 @ 8 x 8 1.22, 2 @ 14 x 14 1.28, 1 @ 7
+# x 7 2.3.
+DIRECT_MAX_PADDING = 1 / 6
+DIRECT_SHORT_PIXELS = 1024
+
+
+def direct_takes_short_planes(problem: Problem) -> bool:
+    """Whether the direct tiles take a problem whose short planes suit the unfolded products."""
+    groups = problem.geometry.groups
+    channels = (problem.c_in // groups, problem.c_out // groups)
+    padded = 0
+    for count in channels:
+        columns = direct_tiles.tap_tile_shape(count, problem.dtype)[2]
+        padded += -(-count // columns) * columns
+    if padded > (1 + DIRECT_MAX_PADDING) * sum(channels):
+        return False
+    pixels = problem.n * problem.out_h * problem.out_w
+    return pixels >= DIRECT_SHORT_PIXELS * numba.config.NUMBA_NUM_THREADS
+
+
 def direct_suits(problem: Problem) -> bool:
     """Whether the direct register-tile kernels take ``problem``'s gradients."""
     stride, padding, dilation, groups = problem.geometry
@@ -583,8 +614,8 @@ def direct_suits(problem: Problem) -> bool:
     top, bottom, left, right = padding
     if max(top, bottom) > reach_h or max(left, right) > reach_w or gemm_suits(problem):
         return False
-    if im2col_suits(problem):  # short planes: the unfolded products (measured there)
-        return False
+    if im2col_suits(problem) and not direct_takes_short_planes(problem):
+        return False  # short planes: the unfolded products (measured there)
     if problem.out_w < DIRECT_MIN_WIDTH_PER_REACH * reach_w:
         return False  # more than a quarter of the tiles' rows would be dropped
     narrowest = min(problem.c_in // groups, problem.c_out // groups)

@@ -234,6 +234,29 @@ def test_band_rows_share_one_padding_between_them(k, dilation):
 
 
 @AVX512
+@pytest.mark.parametrize(
+    "n, c_in, c_out, size, direct",
+    [
+        (64, 64, 64, 8, True),  # short planes the unfolded products would take
+        (8, 64, 64, 16, True),
+        (8, 48, 64, 16, True),  # a seventh of the tiles' columns padding
+        (8, 96, 96, 14, False),  # a third
+        (16, 64, 64, 8, False),  # 1024 output pixels: their fixed costs lose
+        (1, 64, 64, 7, False),
+    ],
+)
+def test_direct_tiles_take_short_planes_with_full_columns_and_pixels_enough(
+    n, c_in, c_out, size, direct
+):
+    p = _problem(NHWC, n, c_in, c_out, size)
+    assert _dispatch.im2col_suits(p)
+    threads = numba.config.NUMBA_NUM_THREADS
+    enough = n * p.out_h * p.out_w >= _dispatch.DIRECT_SHORT_PIXELS * threads
+    assert _dispatch.direct_takes_short_planes(p) == (direct and enough)
+    assert _dispatch.direct_suits(p) == (direct and enough)
+
+
+@AVX512
 def test_the_direct_workspaces_fit_the_budget():
     for problem in (_problem(NHWC, 8, 64, 64, 56), _problem(NCHW, 8, 64, 64, 56, dtype=np.float64)):
         assert _dispatch.direct_suits(problem)
