@@ -478,9 +478,13 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
 # NCHW: 8 x 64 -> 64 0.79, 8 x 64 -> 128 @ 28 x 28 0.70 (1 thread, grad_weight
 # alone 0.92, grad_input 0.84); with two vectors' channels the backward came
 # out 0.88 (8 x 32 -> 32 @ 56 x 56) but grad_weight alone 1.01 there and 1.27
-# on dilated's 4 x 32 -> 32 (the gate's case; its taps, 2 apart, are not one
-# run), with one vector's 0.99-1.31: those keep the flat kernels.
-DIRECT_MIN_VECTORS = {"NHWC": 1, "NCHW": 4}
+# on dilated's 4 x 32 -> 32 (its taps, 2 apart, are not one run). Since
+# grad_weight's short tiles and one part per thread, two vectors win in NCHW
+# too (direct / flat, interleaved through the API): dilated 0.91 (grad_input
+# alone 0.71, grad_weight 0.81), 8 x 32 -> 32 @ 56 x 56 0.86 (0.88, 0.80), 16
+# x 32 -> 32 @ 28 x 28 0.81 (0.76, 0.76), 8 x 32 -> 48 @ 40 x 40 0.90, 8 x 48
+# -> 48 @ 28 x 28 0.96; one vector's lost 0.99-1.31: those keep the flat kernels.
+DIRECT_MIN_VECTORS = {"NHWC": 1, "NCHW": 2}
 DIRECT_TILES = VECTOR_REGISTERS >= 32
 # Rows of C past an output row's end (the wider padding's of them) are
 # computed and dropped: output rows at least this many times the reach long.
@@ -510,8 +514,9 @@ def _direct_task_bytes(problem: Problem, rows: int) -> int:
     Padded bands of the input and grad_output (grad_input's task holds only
     the latter, grad_weight's both) and grad_weight's tiles of sums.
     """
-    reach_h = (problem.kh - 1) * problem.geometry.dilation[0]
-    pixels = (rows + reach_h + 1) * _direct_pitch(problem) + DIRECT_SLACK_PIXELS
+    dh, dw = problem.geometry.dilation
+    reach_h, reach_w = (problem.kh - 1) * dh, (problem.kw - 1) * dw
+    pixels = (rows + reach_h + 1) * _direct_pitch(problem) + reach_w + DIRECT_SLACK_PIXELS
     tiles = _direct_padded_weights(problem, TAP_TILE_ROWS_MAX, 1)
     return (pixels * (problem.c_in + problem.c_out) + tiles) * problem.dtype.itemsize
 

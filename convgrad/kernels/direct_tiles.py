@@ -506,7 +506,10 @@ def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
     totals = np.zeros((parts, kh * kw * cin_g * c_out))
     sums = np.zeros((parts, c_out if gb.size else 0))
     accs = _aligned_rows(threads, tiles * mr * nr, gw.dtype)
-    paddeds = np.empty((threads, (band_rows + reach + 1) * pitch * c_in + mr), gw.dtype)
+    # the last row's dropped pixels read up to the kernel's reach past it
+    # (more than a row where the pitch is shorter than the reach)
+    band_pixels = (band_rows + reach + 1) * pitch + (kw - 1) * dw
+    paddeds = np.empty((threads, band_pixels * c_in + mr), gw.dtype)
     packeds = _aligned_rows(threads, groups * -(-cout_g // nr) * band_rows * pitch * nr, gw.dtype)
     contiguous = kernel_order.flags.c_contiguous
     target = kernel_order if contiguous else np.zeros(kernel_order.shape, gw.dtype)
