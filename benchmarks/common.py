@@ -90,7 +90,10 @@ SHAPES: dict[str, Shape] = {
 # per gradient (the serial fused backward above 2**17), a 1x1 layer narrowing 256
 # channels to 64 (grad_weight's gemm tasks cut along the input channels) and a
 # stride-2 layer narrowing 128 channels to 32 (the unfolded products on few output
-# channels; NHWC's grad_input alone keeps the flat kernels).
+# channels; NHWC's grad_input alone keeps the flat kernels), a 1 x 1 stride-2
+# downsampling layer (the unfolded products on one column span, cut again per
+# thread) and 64 channels on 8 x 8 planes (the direct tiles on planes short
+# enough for the unfolded products).
 EXTRA_SHAPES: dict[str, Shape] = {
     "late_4x4": Shape(8, 256, 256, 4, 3, 1, 1, 1, 1, "float32"),
     "late_7x7": Shape(8, 512, 512, 7, 3, 1, 1, 1, 1, "float32"),
@@ -104,6 +107,8 @@ EXTRA_SHAPES: dict[str, Shape] = {
     "strided_narrow": Shape(8, 128, 32, 14, 3, 2, 1, 1, 1, "float32"),
     "depthwise_late": Shape(8, 1024, 1024, 7, 3, 1, 1, 1, 1024, "float32"),
     "depthwise_5x5": Shape(8, 240, 240, 28, 5, 1, 2, 1, 240, "float32"),
+    "downsample_1x1": Shape(8, 64, 128, 56, 1, 2, 0, 1, 1, "float32"),
+    "short_64": Shape(64, 64, 64, 8, 3, 1, 1, 1, 1, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES

@@ -42,13 +42,14 @@ GATE_CASES = [
     ("seed", "NHWC"),  # the same in NHWC (no relayout: the flat kernels read it)
     ("mnist_b64", "NCHW"),  # flat, one input channel; the fused flat backward
     ("cifar_b32", "NHWC"),  # the same after a relayout, three input channels
-    ("dilated", "NCHW"),  # flat, dilation 2
-    ("dilated", "NHWC"),  # direct register tiles (AVX-512 CPUs; flat elsewhere), 14 x 2 tiles
+    ("dilated", "NCHW"),  # direct tiles from NCHW's gathers (AVX-512; flat elsewhere)
+    ("dilated", "NHWC"),  # direct register tiles (AVX-512 CPUs; flat elsewhere), 14 x 2, 8 x 2
     ("pointwise", "NCHW"),  # gemm
     ("pointwise", "NHWC"),  # gemm, channels-last
     ("depthwise", "NCHW"),  # depthwise planes (backward), rows (single gradients)
     ("depthwise_s2", "NCHW"),  # depthwise phase planes (backward), rows
     ("depthwise", "NHWC"),  # depthwise channels
+    ("depthwise_s2", "NHWC"),  # depthwise channels at stride 2, a run of pixels per call
     ("resnet_s2", "NCHW"),  # unfolded products at stride 2, NCHW's channel-major rows
     ("late_4x4", "NHWC"),  # unfolded products, NHWC's weight order
     ("late_4x4_narrow", "NHWC"),  # channels (planes too short for flat, too narrow to unfold)
@@ -60,6 +61,8 @@ GATE_CASES = [
     ("strided_narrow", "NHWC"),  # unfolded products on 32 output channels; flat grad_input
     ("depthwise_late", "NCHW"),  # depthwise tiles (backward) on 7 x 7, NCHW's gathers
     ("depthwise_5x5", "NHWC"),  # depthwise tiles, NHWC, 25 taps
+    ("downsample_1x1", "NHWC"),  # unfolded products on one column span, cut per thread
+    ("short_64", "NHWC"),  # direct tiles on short planes the unfolded products would take
 ]
 GATE_BENCHMARKS = [
     "grad_input.GradInput.time_grad_input",
