@@ -109,6 +109,7 @@ EXTRA_SHAPES: dict[str, Shape] = {
     "depthwise_5x5": Shape(8, 240, 240, 28, 5, 1, 2, 1, 240, "float32"),
     "downsample_1x1": Shape(8, 64, 128, 56, 1, 2, 0, 1, 1, "float32"),
     "short_64": Shape(64, 64, 64, 8, 3, 1, 1, 1, 1, "float32"),
+    "layer2_128": Shape(8, 128, 128, 28, 3, 1, 1, 1, 1, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES

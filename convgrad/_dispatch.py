@@ -508,16 +508,20 @@ def _direct_pitch(problem: Problem) -> int:
     return problem.width + max(left, right)
 
 
-def _direct_task_bytes(problem: Problem, rows: int) -> int:
+def _direct_task_bytes(problem: Problem, rows: int, slices: int = 1) -> int:
     """One direct task's workspaces at most, for bands of ``rows`` rows.
 
     Padded bands of the input and grad_output (grad_input's task holds only
-    the latter, grad_weight's both) and grad_weight's tiles of sums.
+    the latter, grad_weight's both) and grad_weight's tiles of sums (a
+    ``slices``-th of them, a tile more for the uneven cut).
     """
     dh, dw = problem.geometry.dilation
     reach_h, reach_w = (problem.kh - 1) * dh, (problem.kw - 1) * dw
     pixels = (rows + reach_h + 1) * _direct_pitch(problem) + reach_w + DIRECT_SLACK_PIXELS
     tiles = _direct_padded_weights(problem, TAP_TILE_ROWS_MAX, 1)
+    if slices > 1:
+        panel = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize
+        tiles = tiles // slices + TAP_TILE_ROWS_MAX * panel
     return (pixels * (problem.c_in + problem.c_out) + tiles) * problem.dtype.itemsize
 
 
@@ -536,24 +540,54 @@ def _weight_values(problem: Problem) -> int:
 
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
-def direct_band_rows(problem: Problem) -> int:
-    """Output rows per band of the direct kernels (0: not even one row's workspaces fit)."""
+def _band_rows(problem: Problem, slices: int) -> int:
+    """``direct_band_rows`` where grad_weight's tiles are cut in ``slices``."""
     rows = max(1, min(problem.out_h, -(-DIRECT_BAND_PIXELS // _direct_pitch(problem))))
     allowed = _workspace_budget(problem) // (2 * numba.config.NUMBA_NUM_THREADS)
-    while rows > 1 and _direct_task_bytes(problem, rows) > allowed:
+    while rows > 1 and _direct_task_bytes(problem, rows, slices) > allowed:
         rows //= 2
-    return rows if _direct_task_bytes(problem, rows) <= allowed else 0
+    return rows if _direct_task_bytes(problem, rows, slices) <= allowed else 0
 
 
-def _direct_totals_room(problem: Problem) -> int:
+def direct_band_rows(problem: Problem) -> int:
+    """Output rows per band of the direct kernels (0: not even one row's workspaces fit)."""
+    return _band_rows(problem, max(1, direct_weight_slices(problem)))
+
+
+def _direct_totals_room(problem: Problem, slices: int = 1) -> int:
     """Budget bytes left for grad_weight's float64 totals beside one task per thread.
 
     Less grad_input's packed weight too (its input channels padded to whole panels).
     """
-    tasks = numba.config.NUMBA_NUM_THREADS * _direct_task_bytes(problem, direct_band_rows(problem))
+    rows = _band_rows(problem, slices)
+    tasks = numba.config.NUMBA_NUM_THREADS * _direct_task_bytes(problem, rows, slices)
     panel = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize
     packed = _direct_padded_weights(problem, panel, 0)
     return _workspace_budget(problem) - tasks - packed * problem.dtype.itemsize
+
+
+@lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
+def direct_weight_slices(problem: Problem) -> int:
+    """Runs of grad_weight's tiles, one task each, that the direct kernel cuts a part into.
+
+    1 where a part of the bands per thread fits, each with its own float64
+    totals (the faster: 8 x 64 -> 64 @ 56 x 56 sliced took 1.04x as long);
+    else one part, its tiles in a run per thread (one copy of the totals; each
+    task pads and packs every band itself): 8 x 128 -> 128 @ 28 x 28, whose
+    two parts' totals pass the budget, takes grad_weight 0.90x the unfolded
+    products' time so. 0 where neither fits.
+    """
+    threads, totals, rows = (
+        numba.config.NUMBA_NUM_THREADS,
+        8 * _weight_values(problem),
+        _band_rows(problem, 1),
+    )
+    if rows >= 1:
+        parts = min(problem.n * -(-problem.out_h // rows), threads)  # parallel tasks
+        if _direct_totals_room(problem) >= parts * totals:
+            return 1
+    sliced = threads > 1 and _band_rows(problem, threads) >= 1
+    return threads if sliced and _direct_totals_room(problem, threads) >= totals else 0
 
 
 def _direct_units(problem: Problem) -> int:
@@ -570,6 +604,8 @@ def direct_weight_parts(problem: Problem) -> int:
     thread's share 4/3.5 of the mean, grad_weight 4.9 ms where its
     single-thread time, 8.4 ms, promised 4.2).
     """
+    if direct_weight_slices(problem) > 1:
+        return 1
     units = _direct_units(problem)
     threads = numba.config.NUMBA_NUM_THREADS
     parts = min(units, _direct_totals_room(problem) // (8 * _weight_values(problem)))
@@ -628,10 +664,7 @@ def direct_suits(problem: Problem) -> bool:
     least = DIRECT_MIN_VECTORS[problem.layout.name] * lanes
     if narrowest < least or problem.terms <= SERIAL_MAX_TERMS:
         return False
-    if direct_band_rows(problem) < 1:
-        return False
-    parts = min(_direct_units(problem), numba.config.NUMBA_NUM_THREADS)  # parallel tasks
-    return _direct_totals_room(problem) >= parts * 8 * _weight_values(problem)
+    return direct_weight_slices(problem) > 0
 
 
 def _direct_choice(operation: str, problem: Problem, exact: KernelChoice | None) -> KernelChoice:
@@ -647,12 +680,13 @@ def _direct_choice(operation: str, problem: Problem, exact: KernelChoice | None)
     if operation == "grad_input":
         kernel = direct_tiles.grad_input_direct
         return KernelChoice(kernel, layout, (*args, nchw), exact=exact, writes_input=True)
-    parts = direct_weight_parts(problem)
+    parts, slices = direct_weight_parts(problem), direct_weight_slices(problem)
     if operation == "grad_weight":
         kernel = direct_tiles.grad_weight_direct
-        return KernelChoice(kernel, layout, (*args, parts, nchw), exact=exact)
+        return KernelChoice(kernel, layout, (*args, parts, nchw, slices), exact=exact)
     kernel = direct_tiles.backward_direct  # grad_bias summed with grad_weight
-    return KernelChoice(kernel, layout, (*args, parts, nchw), finite_only=True, writes_input=True)
+    weight_args = (*args, parts, nchw, slices)
+    return KernelChoice(kernel, layout, weight_args, finite_only=True, writes_input=True)
 
 
 def banded(choice: KernelChoice) -> bool:

@@ -78,14 +78,15 @@ def direct_cases(draw):
     height = draw(st.integers((kh - 1) * dh + 1 - pads[0] - pads[1], 13))
     width = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[2] - pads[3]), 13))
     n = draw(st.integers(1, 3))
-    band_rows, parts, seed = (
+    band_rows, parts, slices, seed = (
         draw(st.integers(1, 6)),
         draw(st.integers(1, 4)),
+        draw(st.integers(1, 3)),
         draw(st.integers(0, 99)),
     )
     dims = (n, groups * cin_g, groups * cout_g, max(height, 1), width, kh, kw)
     nchw = draw(st.booleans())
-    return dtype, groups, dims, (dh, dw), tuple(pads), band_rows, parts, seed, nchw
+    return dtype, groups, dims, (dh, dw), tuple(pads), band_rows, parts, slices, seed, nchw
 
 
 def _case_arrays(dtype, groups, dims, seed):
@@ -96,7 +97,7 @@ def _case_arrays(dtype, groups, dims, seed):
     return x, w, rng
 
 
-def _run_direct(x, w, g, pads, dilation, groups, band_rows, parts, nchw=False):
+def _run_direct(x, w, g, pads, dilation, groups, band_rows, parts, nchw=False, slices=1):
     """The three gradients of NHWC arrays by backward_direct, on NCHW copies if ``nchw``."""
     top, _, left, _ = pads
     if nchw:
@@ -104,7 +105,7 @@ def _run_direct(x, w, g, pads, dilation, groups, band_rows, parts, nchw=False):
         w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
     gi = np.full(x.shape, np.nan, x.dtype)  # every value must be written
     gw, gb = np.zeros(w.shape, w.dtype), np.zeros(w.shape[0 if nchw else 3], g.dtype)
-    args = (top, left, *dilation, groups, band_rows, parts, int(nchw))
+    args = (top, left, *dilation, groups, band_rows, parts, int(nchw), slices)
     direct_tiles.backward_direct(x, g, w, gi, gw, gb, *args)
     if nchw:
         return gi.transpose(0, 2, 3, 1), gw.transpose(2, 3, 1, 0), gb
@@ -116,15 +117,15 @@ def _run_direct(x, w, g, pads, dilation, groups, band_rows, parts, nchw=False):
 # a band pitch (3 + 2 pixels) shorter than the kernel's reach (6): grad_weight's
 # dropped pixels read past the last row by more than a row (found reading past
 # the workspace, NaN garbage times zero)
-@example((np.float32, 1, (1, 64, 1, 10, 3, 2, 4), (2, 2), (0, 0, 2, 2), 3, 1, 14, False))
+@example((np.float32, 1, (1, 64, 1, 10, 3, 2, 4), (2, 2), (0, 0, 2, 2), 3, 1, 1, 14, False))
 def test_direct_kernels_match_the_reference(case):
-    dtype, groups, dims, dilation, pads, band_rows, parts, seed, nchw = case
+    dtype, groups, dims, dilation, pads, band_rows, parts, slices, seed, nchw = case
     x, w, rng = _case_arrays(dtype, groups, dims, seed)
     top, bottom, left, right = pads
     out_h = x.shape[1] + top + bottom - (w.shape[0] - 1) * dilation[0]
     out_w = x.shape[2] + left + right - (w.shape[1] - 1) * dilation[1]
     g = rng.standard_normal((x.shape[0], out_h, out_w, w.shape[3])).astype(dtype)
-    gi, gw, gb = _run_direct(x, w, g, pads, dilation, groups, band_rows, parts, nchw)
+    gi, gw, gb = _run_direct(x, w, g, pads, dilation, groups, band_rows, parts, nchw, slices)
     padding = ((top, bottom), (left, right))
     gi_ref, gw_ref, gb_ref = conv2d_backward_reference(
         g, x, w, padding=padding, dilation=dilation, groups=groups, layout="NHWC"
@@ -153,6 +154,20 @@ def test_direct_kernels_give_the_same_bits_at_any_thread_count():
     for k in range(2, len(results)):  # each layout's bits at every thread count
         same = zip(results[k], results[k % 2], strict=True)
         assert all(np.array_equal(a, b) for a, b in same)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_grad_weight_gives_the_same_bits_however_its_tiles_are_cut(groups):
+    # a part's tiles cut into runs, one task each: every tile sums its terms as uncut
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 11, 13, 96)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 96 // groups, 80)).astype(np.float32)
+    g = rng.standard_normal((2, 11, 13, 80)).astype(np.float32)
+    for parts in (1, 2):
+        uncut = _run_direct(x, w, g, (1, 1, 1, 1), (1, 1), groups, 4, parts)
+        for slices in (2, 3, 7, 10_000):  # more runs than tiles: one tile each
+            cut = _run_direct(x, w, g, (1, 1, 1, 1), (1, 1), groups, 4, parts, slices=slices)
+            assert all(np.array_equal(a, b) for a, b in zip(cut, uncut, strict=True))
 
 
 def test_grad_weight_adds_into_what_is_there():
@@ -262,12 +277,32 @@ def test_direct_tiles_take_short_planes_with_full_columns_and_pixels_enough(
 
 @AVX512
 def test_the_direct_workspaces_fit_the_budget():
-    for problem in (_problem(NHWC, 8, 64, 64, 56), _problem(NCHW, 8, 64, 64, 56, dtype=np.float64)):
-        assert _dispatch.direct_suits(problem)
-        rows = _dispatch.direct_band_rows(problem)
-        tasks = numba.config.NUMBA_NUM_THREADS * _dispatch._direct_task_bytes(problem, rows)
+    for problem in (
+        _problem(NHWC, 8, 64, 64, 56),
+        _problem(NCHW, 8, 64, 64, 56, dtype=np.float64),
+        _problem(NHWC, 8, 128, 128, 28),  # two parts' totals would not fit
+    ):
+        if not _dispatch.direct_suits(problem):
+            assert problem.c_in == 128 and numba.config.NUMBA_NUM_THREADS > 2
+            continue  # many threads' tasks leave no room for its totals
+        rows, slices = _dispatch.direct_band_rows(problem), _dispatch.direct_weight_slices(problem)
+        task = _dispatch._direct_task_bytes(problem, rows, slices)
         totals = _dispatch.direct_weight_parts(problem) * 8 * _dispatch._weight_values(problem)
-        assert rows >= 1 and tasks + totals <= _dispatch._workspace_budget(problem)
+        used = numba.config.NUMBA_NUM_THREADS * task + totals
+        assert rows >= 1 and used <= _dispatch._workspace_budget(problem)
+
+
+@AVX512
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS != 2, reason="sized for 2 threads' tasks")
+def test_grad_weight_cuts_its_tiles_where_the_parts_totals_do_not_fit():
+    wide = _problem(NHWC, 8, 128, 128, 28)  # float64 totals 1.2 MB a part; budget 4 MiB
+    assert _dispatch.direct_weight_slices(wide) == 2 and _dispatch.direct_weight_parts(wide) == 1
+    choice = _dispatch.select_backward_kernel(wide)
+    assert choice.kernel is direct_tiles.backward_direct and choice.args[-2:] == (0, 2)
+    narrow = _problem(NHWC, 8, 64, 64, 56)
+    assert (
+        _dispatch.direct_weight_slices(narrow) == 1 and _dispatch.direct_weight_parts(narrow) == 2
+    )
 
 
 @AVX512

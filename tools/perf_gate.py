@@ -63,6 +63,7 @@ GATE_CASES = [
     ("depthwise_5x5", "NHWC"),  # depthwise tiles, NHWC, 25 taps
     ("downsample_1x1", "NHWC"),  # unfolded products on one column span, cut per thread
     ("short_64", "NHWC"),  # direct tiles on short planes the unfolded products would take
+    ("layer2_128", "NHWC"),  # direct tiles, grad_weight's tiles cut in a run per thread
 ]
 GATE_BENCHMARKS = [
     "grad_input.GradInput.time_grad_input",

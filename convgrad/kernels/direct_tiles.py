@@ -29,6 +29,8 @@ time; A is the padded input read at the tap's offset, B grad_output's band
 packed in panels of NR channels. Tiles accumulate in the dtype over at most
 BLOCK_TERMS pixels, then fold into float64 totals per part of the images'
 bands; the parts (fixed by the problem) are added in order and rounded once.
+Where a copy of the totals per part would not fit, one part's tiles are cut
+into runs (``slices``), a task each over every band: the same sums, one copy.
 
 Both multiply the zero padding by the data: exact only for finite inputs
 (the dispatch names the kernels to run otherwise). Every value's sum runs in
@@ -359,30 +361,36 @@ def _pack_grads(g, n, y0, y1, pitch, groups, nr, target, capacity, sums, nchw):
 
 
 @njit(cache=CACHE)
-def _fold_tiles(acc, totals, rows, c_out, groups, mr, nr):
-    """totals[tap, row, group*C_out/g + co] += acc's MR x NR tiles (in their order); acc = 0."""
+def _fold_tiles(acc, totals, rows, c_out, groups, mr, nr, first, last):
+    """totals[tap, row, group*C_out/g + co] += acc's tiles first <= t < last; acc = 0.
+
+    Tiles numbered tap, group, row tile, output-channel panel (the last
+    fastest); acc holds those of the run, in order.
+    """
     cout_g = c_out // groups
     row_tiles, panels = (rows + mr - 1) // mr, (cout_g + nr - 1) // nr
     taps = totals.shape[0] // (rows * c_out)
-    at = 0
+    tile = 0
     for tap in range(taps):
         for group in range(groups):
             for row_tile in range(row_tiles):
                 for panel in range(panels):
-                    columns = min(nr, cout_g - panel * nr)
-                    for i in range(min(mr, rows - row_tile * mr)):
-                        row = row_tile * mr + i
-                        out = (tap * rows + row) * c_out + group * cout_g + panel * nr
-                        for j in range(columns):
-                            totals[out + j] += acc[at + i * nr + j]
-                    at += mr * nr
+                    if first <= tile < last:
+                        at = (tile - first) * mr * nr
+                        columns = min(nr, cout_g - panel * nr)
+                        for i in range(min(mr, rows - row_tile * mr)):
+                            row = row_tile * mr + i
+                            out = (tap * rows + row) * c_out + group * cout_g + panel * nr
+                            for j in range(columns):
+                                totals[out + j] += acc[at + i * nr + j]
+                    tile += 1
     acc[:] = 0
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nhwc(
     x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, nchw, tile_shape, totals, sums, accs,
-    paddeds, packeds,
+    paddeds, packeds, slices,
 ):  # fmt: skip
     """gw += the weight gradient of x (N, H, W, C_in) and g (N, OH, OW, C_out).
 
@@ -390,9 +398,12 @@ def grad_weight_nhwc(
     NR). The images' bands of ``band_rows`` output rows, in order, in as many
     even parts as ``totals`` has rows, each summed into its own float64
     totals (and grad_bias into its row of ``sums``, unless gb is empty), added
-    in part order into gw (and gb). A part's tiles, padded input band and
-    packed grad_output are its thread's (``accs``, ``paddeds``, ``packeds``).
-    With ``nchw``, x and g are (N, C, H, W) arrays.
+    in part order into gw (and gb). Each part's tiles are cut into ``slices``
+    even runs, one task each over all of the part's pixels: the tasks' totals
+    are apart without a copy of them per task (each task pads and packs the
+    bands itself; a tile's sums run the same however cut). A task's tiles,
+    padded input band and packed grad_output are its thread's (``accs``,
+    ``paddeds``, ``packeds``). With ``nchw``, x and g are (N, C, H, W) arrays.
     """
     n_batch, c_in = x.shape[0], _sizes(x, nchw)[2]
     out_h, out_w, c_out = _sizes(g, nchw)
@@ -407,43 +418,49 @@ def grad_weight_nhwc(
     taps = _tap_offsets(kh, kw // run, dh, dw, pitch, c_in)
     panels, row_tiles = (cout_g + nr - 1) // nr, (rows + mr - 1) // mr
     tap_tiles = groups * row_tiles * panels  # tiles of one tap's C
+    all_tiles = taps.shape[0] * tap_tiles
     tile_values = mr * nr
     bands = (out_h + band_rows - 1) // band_rows
     units = n_batch * bands
     capacity = band_rows * pitch  # pixels of a band in a packed panel
     no_offset = np.zeros(1, np.intp)  # a tap's offset goes into a_at
-    for part in prange(parts):
+    no_sums = np.zeros(0)
+    for task in prange(parts * slices):
+        part, piece = task // slices, task % slices
+        first, last = piece * all_tiles // slices, (piece + 1) * all_tiles // slices
         thread = numba.get_thread_id()
         acc, padded, packed = accs[thread], paddeds[thread], packeds[thread]
         acc[:] = 0
+        bias = sums[part] if piece == 0 else no_sums  # one task per part sums grad_bias
         pending = 0
         for unit in range(part * units // parts, (part + 1) * units // parts):
             n, band = unit // bands, unit % bands
             y0 = band * band_rows
             y1 = min(out_h, y0 + band_rows)
             _pad_rows(x, n, y0, y1 - y0 + reach, pt, pl, padded, pitch, nchw)
-            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity, sums[part], nchw)
+            _pack_grads(g, n, y0, y1, pitch, groups, nr, packed, capacity, bias, nchw)
             pixels = (y1 - y0) * pitch
             for t0 in range(0, pixels, KC):
                 kc = min(KC, pixels - t0)
+                tile = 0  # tap-major, as _fold_tiles's
                 for tap in range(taps.shape[0]):
-                    a_at = t0 * c_in + taps[tap]
                     for group in range(groups):
                         for row_tile in range(row_tiles):
                             ci0 = group * cin_g + row_tile * mr
                             for panel in range(panels):
-                                b_at = ((group * panels + panel) * capacity + t0) * nr
-                                tile = (tap * tap_tiles + (group * row_tiles + row_tile) * panels
-                                        + panel) * tile_values  # fmt: skip
-                                _add_weight_taps(
-                                    mr, vectors, acc, tile, padded, a_at + ci0, 1, c_in, no_offset,
-                                    packed, b_at, nr, kc,
-                                )  # fmt: skip
+                                if first <= tile < last:
+                                    b_at = ((group * panels + panel) * capacity + t0) * nr
+                                    _add_weight_taps(
+                                        mr, vectors, acc, (tile - first) * tile_values, padded,
+                                        t0 * c_in + taps[tap] + ci0, 1, c_in, no_offset, packed,
+                                        b_at, nr, kc,
+                                    )  # fmt: skip
+                                tile += 1
             pending += pixels
             if pending >= BLOCK_TERMS:
-                _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr)
+                _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr, first, last)
                 pending = 0
-        _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr)
+        _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr, first, last)
     add_totals(gw.reshape(gw.size), totals)
     for part in range(1, parts):
         sums[0] += sums[part]
@@ -483,13 +500,13 @@ def grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw):
         gi[...] = target
 
 
-def grad_weight_direct(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts, nchw):
+def grad_weight_direct(x, g, gw, pt, pl, dh, dw, groups, band_rows, parts, nchw, slices=1):
     """The weight gradient, added into gw, for arrays of any strides (as ``grad_input_direct``)."""
     no_bias = np.empty(0, gw.dtype)
-    _weight_and_bias(x, g, gw, no_bias, pt, pl, dh, dw, groups, band_rows, parts, nchw)
+    _weight_and_bias(x, g, gw, no_bias, pt, pl, dh, dw, groups, band_rows, parts, nchw, slices)
 
 
-def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw):
+def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw, slices):
     """``grad_weight_nhwc`` with its workspaces; gb (C-contiguous, or empty) gets grad_bias."""
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
     kernel_order = gw.transpose(2, 3, 1, 0) if nchw else gw  # (KH, KW, C_in/g, C_out)
@@ -505,7 +522,8 @@ def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
     pitch, reach = band_pitch(width, out_w, pl, (kw - 1) * dw), (kh - 1) * dh
     totals = np.zeros((parts, kh * kw * cin_g * c_out))
     sums = np.zeros((parts, c_out if gb.size else 0))
-    accs = _aligned_rows(threads, tiles * mr * nr, gw.dtype)
+    slices = max(1, min(slices, tiles))
+    accs = _aligned_rows(threads, -(-tiles // slices) * mr * nr, gw.dtype)  # a slice's tiles
     # the last row's dropped pixels read up to the kernel's reach past it
     # (more than a row where the pitch is shorter than the reach)
     band_pixels = (band_rows + reach + 1) * pitch + (kw - 1) * dw
@@ -515,13 +533,13 @@ def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
     target = kernel_order if contiguous else np.zeros(kernel_order.shape, gw.dtype)
     grad_weight_nhwc(
         x, g, target, gb, pt, pl, dh, dw, groups, band_rows, nchw, tile_shape, totals, sums,
-        accs, paddeds, packeds,
+        accs, paddeds, packeds, slices,
     )  # fmt: skip
     if not contiguous:
         kernel_order += target
 
 
-def backward_direct(x, g, w, gi, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw):
+def backward_direct(x, g, w, gi, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw, slices=1):
     """All three gradients: gi written, gw and gb added into (grad_bias summed with gw).
 
     Exact for finite inputs only, like its kernels; returns None (the caller
@@ -529,8 +547,8 @@ def backward_direct(x, g, w, gi, gw, gb, pt, pl, dh, dw, groups, band_rows, part
     """
     grad_input_direct(g, w, gi, pt, pl, dh, dw, groups, band_rows, nchw)
     if gb.flags.c_contiguous:
-        _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw)
+        _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nchw, slices)
         return
     sums = np.zeros(gb.shape, gb.dtype)
-    _weight_and_bias(x, g, gw, sums, pt, pl, dh, dw, groups, band_rows, parts, nchw)
+    _weight_and_bias(x, g, gw, sums, pt, pl, dh, dw, groups, band_rows, parts, nchw, slices)
     gb += sums
