@@ -625,9 +625,11 @@ def direct_weight_parts(problem: Problem) -> int:
 # 64 x 64 -> 64 @ 8 x 8 0.84, 8 x 64 -> 64 @ 16 x 16 0.84, 16 x 64 -> 64 @ 12
 # x 12 0.87, 8 x 48 -> 64 @ 16 x 16 (a seventh padding) 0.92, 32 x 64 -> 128 @
 # 8 x 8 0.98, grad_input or grad_weight alone 0.80-0.90; NCHW 0.54-0.97. But 8
-# x 96 -> 96 @ 14 x 14 (a third padding) 1.07, and on fewer pixels 8 x 64 ->
-# 64 @ 12 x 12 0.97, 16 @ 8 x 8 1.01, 8 @ 8 x 8 1.22, 2 @ 14 x 14 1.28, 1 @ 7
-# x 7 2.3.
+# x 96 -> 96 @ 14 x 14 (a third padding in 4-vector tiles) 1.07, and on fewer
+# pixels 8 x 64 -> 64 @ 12 x 12 0.97, 16 @ 8 x 8 1.01, 8 @ 8 x 8 1.22, 2 @ 14 x
+# 14 1.28, 1 @ 7 x 7 2.3. Since tiles narrower where they pad less
+# (``direct_tiles.tap_tile_shape``), 96 and 80 channels are not padded: 16 x 96
+# -> 96 @ 14 x 14 0.66 (NCHW too), 16 x 80 -> 80 0.59 (NCHW 0.56).
 DIRECT_MAX_PADDING = 1 / 6
 DIRECT_SHORT_PIXELS = 1024
 

@@ -53,6 +53,26 @@ def test_tile_add_taps_adds_each_windows_product(vectors, mr, dtype, taps, count
     np.testing.assert_allclose(tile.reshape(mr, nr), expected, rtol=rtol, atol=rtol * 10)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("columns", [1, 8, 16, 17, 24, 32, 33, 48, 64, 80, 96, 112, 128, 160, 256])
+def test_tap_tiles_take_the_width_quickest_over_its_padding(columns, dtype):
+    mr, vectors, nr = direct_tiles.tap_tile_shape(columns, dtype)
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    assert nr == vectors * lanes and mr == TAP_TILE_ROWS[vectors]
+
+    def time(v):  # the columns padded to whole panels, at the tile's speed
+        return -(-columns // (v * lanes)) * v * lanes / direct_tiles.TILE_SPEED[v]
+
+    assert all(time(vectors) <= time(v) for v in (1, 2, 4))
+    assert all(time(vectors) < time(v) for v in (1, 2, 4) if v > vectors)  # wider on a tie
+
+
+def test_tap_tiles_pad_96_and_80_channels_least():
+    assert direct_tiles.tap_tile_shape(96, np.float32)[2] == 32  # 3 panels, not 2 of 64
+    assert direct_tiles.tap_tile_shape(80, np.float32)[2] == 16
+    assert direct_tiles.tap_tile_shape(64, np.float32)[2] == 64
+
+
 @pytest.mark.parametrize("rows", [1, 7, 24, 32, 48, 96, 112, 130])
 @pytest.mark.parametrize("columns", [8, 16, 32, 64])
 def test_weight_tiles_take_the_height_padding_their_rows_least(rows, columns):

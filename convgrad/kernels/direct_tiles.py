@@ -81,15 +81,30 @@ def _aligned_rows(rows, values, dtype):
     return block[start : start + rows * width].reshape(rows, width)
 
 
-def tap_tile_shape(columns, dtype):
-    """(MR, NV, NR): the tap tile for C rows ``columns`` wide, the fewest vectors holding them.
+# Relative speed of the tap tiles by vectors a row (per core, single thread:
+# 6 x 4 255-262 GFLOP/s, 14 x 2 250-258, 24 x 1 232-236): a narrower tile
+# that pads C's columns less wins where it pads them enough less.
+TILE_SPEED = {4: 1.0, 2: 0.98, 1: 0.90}
 
-    NV of 1, 2 or 4 vector registers (wider rows take panels of 4), NR = NV
-    registers' values, MR = ``_tile.TAP_TILE_ROWS[NV]``.
+
+def tap_tile_shape(columns, dtype):
+    """(MR, NV, NR): the tap tile for C rows ``columns`` wide, quickest over their padding.
+
+    NV of 4, 2 or 1 vector registers, whichever takes the least time for the
+    columns padded up to whole panels of NR = NV registers' values
+    (TILE_SPEED; the wider on a tie); MR = ``_tile.TAP_TILE_ROWS[NV]``. 96
+    float32 columns take 3 panels of 2 vectors (4 vectors: 128 columns, 8 x
+    96 -> 96 @ 28 x 28 0.78x the time so), 48 or 80 take 1-vector panels
+    (0.84x, 0.71x).
     """
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
-    vectors = 1 if columns <= lanes else 2 if columns <= 2 * lanes else 4
-    return TAP_TILE_ROWS[vectors], vectors, vectors * lanes
+    best, best_time = 4, np.inf
+    for vectors in (4, 2, 1):
+        nr = vectors * lanes
+        time = -(-columns // nr) * nr / TILE_SPEED[vectors]
+        if time < best_time:
+            best, best_time = vectors, time
+    return TAP_TILE_ROWS[best], best, best * lanes
 
 
 def weight_tile_shape(rows, columns, dtype):
