@@ -26,9 +26,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Seconds between two libraries' turns in ``interleaved_medians`` (see there);
-# the same as ``convgrad.bench``'s, kept here so that asv can time old commits.
+# Seconds between two libraries' turns in ``interleaved_medians`` (see there)
+# and of untimed warm-up after; the same as ``convgrad.bench``'s, kept here so
+# that asv can time old commits.
 PAUSE_BETWEEN_LIBRARIES_S = 0.05
+WARM_UP_S = 0.02
 
 
 class Shape(NamedTuple):
@@ -216,8 +218,9 @@ def interleaved_medians(
     machine state, so their ratio is steadier than two separate timings. A
     pause between libraries lets the last one's spinning threads settle:
     torch's OpenMP threads spin for milliseconds after a call, and a 2 ms pause
-    left convgrad's next calls up to 1.8x slower (``convgrad.bench``). One
-    untimed call after it wakes the next contender's threads.
+    left convgrad's next calls up to 1.8x slower (``convgrad.bench``). The next
+    contender then runs untimed for WARM_UP_S: an idle virtual CPU wakes slowly,
+    and numba's TBB workers sleep soon after a kernel (as ``convgrad.bench``).
     """
     for call in calls.values():
         call()
@@ -225,7 +228,10 @@ def interleaved_medians(
     for _ in range(rounds):
         for name, call in calls.items():
             time.sleep(PAUSE_BETWEEN_LIBRARIES_S)
-            call()  # untimed: wakes this contender's threads
+            warm_until = time.perf_counter() + WARM_UP_S
+            call()  # untimed: wakes this contender's threads, at least once
+            while time.perf_counter() < warm_until:
+                call()
             samples[name].append(seconds_per_call(call, 0.02))
     return {name: float(np.median(times)) for name, times in samples.items()}
 

@@ -29,9 +29,23 @@ from .suite import SUITE, Shape
 # convgrad's cifar_b32 took 1.20 ms and mnist_b64 0.82 ms, after 20-200 ms
 # 0.94-0.97 and 0.45-0.47 (0.88 and 0.41 with no torch call before); torch's own
 # times do not depend on the pause (2.10-2.38 and 1.39-1.45 ms). After the
-# pause one untimed call wakes the next contender's threads (an idle virtual
-# CPU can take milliseconds to wake), so neither side is timed waking them.
+# pause the next contender runs untimed for WARM_UP_S: an idle virtual CPU
+# wakes slowly, and numba's TBB workers (which sleep soon after a kernel, where
+# OpenMP's spin) ran the next few milliseconds of kernels at up to half speed.
+# With one untimed call convgrad's direct backward of 4 x 64 -> 64 @ 32 x 32
+# (dilation 4) took 1.69-1.98 ms in the median, 2.4-2.6 after 200 ms pauses;
+# warmed 20 ms, 1.52-1.57 after either, as run back to back (torch's 1.21-1.34
+# either way). Neither side is timed waking up.
 PAUSE_BETWEEN_LIBRARIES_S = 0.05
+WARM_UP_S = 0.02
+
+
+def warm_up(call: Callable[[], object], seconds: float = WARM_UP_S) -> None:
+    """Run ``call`` untimed, at least once, for ``seconds``: wakes its threads and CPU."""
+    until = time.perf_counter() + seconds
+    call()
+    while time.perf_counter() < until:
+        call()
 
 
 def make_arrays(shape: Shape, layout: str, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -99,7 +113,7 @@ def measure(
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
             time.sleep(PAUSE_BETWEEN_LIBRARIES_S)
             call, count = calls[name], repeats[name]
-            call()  # untimed: wakes this contender's threads
+            warm_up(call)
             start = time.perf_counter()
             for _ in range(count):
                 call()
