@@ -448,7 +448,11 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
         writes = operation == "grad_input"
         return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks), writes_input=writes)
     exact = _loop_kernel(operation, problem, layout)
-    if operation != "forward" and direct_suits(problem):
+    if (
+        operation != "forward"
+        and direct_suits(problem)
+        and not _weight_cut_fine(operation, problem)
+    ):
         return _direct_choice(operation, problem, exact)
     if operation != "forward" and im2col_suits(problem, operation):
         return _im2col_choice(problem, operation)._replace(
@@ -518,11 +522,17 @@ def _direct_task_bytes(problem: Problem, rows: int, slices: int = 1) -> int:
     dh, dw = problem.geometry.dilation
     reach_h, reach_w = (problem.kh - 1) * dh, (problem.kw - 1) * dw
     pixels = (rows + reach_h + 1) * _direct_pitch(problem) + reach_w + DIRECT_SLACK_PIXELS
-    tiles = _direct_padded_weights(problem, TAP_TILE_ROWS_MAX, 1)
-    if slices > 1:
-        panel = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize
-        tiles = tiles // slices + TAP_TILE_ROWS_MAX * panel
+    tiles = _run_values(problem, slices)
     return (pixels * (problem.c_in + problem.c_out) + tiles) * problem.dtype.itemsize
+
+
+def _run_values(problem: Problem, slices: int) -> int:
+    """Values of grad_weight's tiles in one of ``slices`` runs at most (a tile more if cut)."""
+    tiles = _direct_padded_weights(problem, TAP_TILE_ROWS_MAX, 1)
+    if slices == 1:
+        return tiles
+    panel = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize
+    return tiles // slices + TAP_TILE_ROWS_MAX * panel
 
 
 def _direct_padded_weights(problem: Problem, extra_rows: int, extra_columns: int) -> int:
@@ -541,12 +551,26 @@ def _weight_values(problem: Problem) -> int:
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
 def _band_rows(problem: Problem, slices: int) -> int:
-    """``direct_band_rows`` where grad_weight's tiles are cut in ``slices``."""
-    rows = max(1, min(problem.out_h, -(-DIRECT_BAND_PIXELS // _direct_pitch(problem))))
-    allowed = _workspace_budget(problem) // (2 * numba.config.NUMBA_NUM_THREADS)
+    """``direct_band_rows`` where grad_weight's tiles are cut in ``slices``.
+
+    As many as DIRECT_BAND_PIXELS take, halved while one task's workspaces
+    pass a thread's half of the budget; or, cut, its share of what the larger
+    of grad_input's packed weight and the runs' totals leaves.
+    """
+    rows = _direct_rows_wanted(problem)
+    budget, threads = _workspace_budget(problem), numba.config.NUMBA_NUM_THREADS
+    allowed = budget // (2 * threads)
+    if slices > 1:  # beside grad_input's packed weight, then the runs' totals
+        run_totals = threads * 8 * _run_values(problem, slices)
+        allowed = (budget - max(_packed_weight_bytes(problem), run_totals)) // threads
     while rows > 1 and _direct_task_bytes(problem, rows, slices) > allowed:
         rows //= 2
     return rows if _direct_task_bytes(problem, rows, slices) <= allowed else 0
+
+
+def _direct_rows_wanted(problem: Problem) -> int:
+    """Output rows of about DIRECT_BAND_PIXELS pixels: a band's rows with room to spare."""
+    return max(1, min(problem.out_h, -(-DIRECT_BAND_PIXELS // _direct_pitch(problem))))
 
 
 def direct_band_rows(problem: Problem) -> int:
@@ -557,25 +581,42 @@ def direct_band_rows(problem: Problem) -> int:
 def _direct_totals_room(problem: Problem, slices: int = 1) -> int:
     """Budget bytes left for grad_weight's float64 totals beside one task per thread.
 
-    Less grad_input's packed weight too (its input channels padded to whole panels).
+    grad_input's packed weight (its input channels padded to whole panels) is
+    freed before grad_weight's workspaces are made, but must fit beside the
+    tasks too: -1 where it does not.
     """
     rows = _band_rows(problem, slices)
     tasks = numba.config.NUMBA_NUM_THREADS * _direct_task_bytes(problem, rows, slices)
+    budget = _workspace_budget(problem)
+    return budget - tasks if tasks + _packed_weight_bytes(problem) <= budget else -1
+
+
+def _packed_weight_bytes(problem: Problem) -> int:
+    """grad_input's packed weight: its input channels padded to whole panels."""
     panel = gemm_tiles.TILE_COLUMNS_BYTES // problem.dtype.itemsize
-    packed = _direct_padded_weights(problem, panel, 0)
-    return _workspace_budget(problem) - tasks - packed * problem.dtype.itemsize
+    return _direct_padded_weights(problem, panel, 0) * problem.dtype.itemsize
+
+
+# Runs of grad_weight's tiles per thread where the weight's totals fit no
+# other way: at most this many (each task pads and packs every band again),
+# in NCHW one (its bands are gathered from the planes a value at a time: 4 x
+# 256 -> 256 @ 28 x 28 in 32 runs took 1.63x the time of the unfolded
+# products, 2 x 256 -> 256 @ 56 x 56 in 64 5.3x the flat kernels').
+DIRECT_MAX_RUNS_PER_THREAD = 64
 
 
 @lru_cache(maxsize=512)  # pure: the same problem always gets the same answer
 def direct_weight_slices(problem: Problem) -> int:
-    """Runs of grad_weight's tiles, one task each, that the direct kernel cuts a part into.
+    """Runs of grad_weight's tiles, one task each, that the direct kernel cuts the tiles into.
 
     1 where a part of the bands per thread fits, each with its own float64
-    totals (the faster: 8 x 64 -> 64 @ 56 x 56 sliced took 1.04x as long);
-    else one part, its tiles in a run per thread (one copy of the totals; each
-    task pads and packs every band itself): 8 x 128 -> 128 @ 28 x 28, whose
-    two parts' totals pass the budget, takes grad_weight 0.90x the unfolded
-    products' time so. 0 where neither fits.
+    totals of the whole weight (the faster: 8 x 64 -> 64 @ 56 x 56 cut took
+    1.04x as long); else one part, its tiles cut into the fewest runs (the
+    threads' count times a power of two) whose totals, a row per thread of one
+    run's tiles, fit (each task pads and packs every band itself): 8 x 128 ->
+    128 @ 28 x 28, whose two parts' totals pass the budget, takes grad_weight
+    0.90x the unfolded products' time so, 4 x 256 -> 256 @ 28 x 28 (4.7 MB of
+    totals) the backward 0.76x. 0 where neither fits.
     """
     threads, totals, rows = (
         numba.config.NUMBA_NUM_THREADS,
@@ -586,8 +627,19 @@ def direct_weight_slices(problem: Problem) -> int:
         parts = min(problem.n * -(-problem.out_h // rows), threads)  # parallel tasks
         if _direct_totals_room(problem) >= parts * totals:
             return 1
-    sliced = threads > 1 and _band_rows(problem, threads) >= 1
-    return threads if sliced and _direct_totals_room(problem, threads) >= totals else 0
+    best, best_rows = 0, 0  # the fewest runs with half the rows wanted, else the most rows
+    most = DIRECT_MAX_RUNS_PER_THREAD if problem.layout is NHWC else 1
+    for runs_per_thread in (2**k for k in range(most.bit_length())):
+        slices = threads * runs_per_thread
+        rows = _band_rows(problem, slices) if slices > 1 else 0
+        run_totals = threads * 8 * _run_values(problem, slices)
+        if rows < 1 or _direct_totals_room(problem, slices) < run_totals:
+            continue
+        if rows > best_rows:
+            best, best_rows = slices, rows
+        if 2 * rows >= _direct_rows_wanted(problem):
+            break
+    return best
 
 
 def _direct_units(problem: Problem) -> int:
@@ -666,7 +718,30 @@ def direct_suits(problem: Problem) -> bool:
     least = DIRECT_MIN_VECTORS[problem.layout.name] * lanes
     if narrowest < least or problem.terms <= SERIAL_MAX_TERMS:
         return False
-    return direct_weight_slices(problem) > 0
+    slices = direct_weight_slices(problem)
+    if im2col_suits(problem) and slices > DIRECT_SHORT_MAX_RUNS * numba.config.NUMBA_NUM_THREADS:
+        return False  # short planes cut fine: the unfolded products (measured)
+    return slices > 0
+
+
+# Short planes (the unfolded products' too) take the direct tiles cut into at
+# most this many runs a thread: 4 x 128 -> 256 @ 28 x 28 in 2 took the
+# backward 0.81-0.95x the unfolded products' time, 16 x 256 -> 256 @ 14 x 14
+# in 8 1.02-1.06x.
+DIRECT_SHORT_MAX_RUNS = 2
+
+
+# grad_weight alone leaves the direct tiles where its tiles are cut into more
+# runs per thread than this (every run pads and packs every band again): 2 x
+# 256 -> 256 @ 56 x 56 in 32 runs a thread took grad_weight 1.34x the time of
+# the kernels before, though its backward 0.63x (grad_input's gain).
+DIRECT_WEIGHT_ALONE_MAX_RUNS = 16
+
+
+def _weight_cut_fine(operation: str, problem: Problem) -> bool:
+    """Whether grad_weight alone would take the direct tiles cut finer than it gains by."""
+    runs = direct_weight_slices(problem) / numba.config.NUMBA_NUM_THREADS
+    return operation == "grad_weight" and runs > DIRECT_WEIGHT_ALONE_MAX_RUNS
 
 
 def _direct_choice(operation: str, problem: Problem, exact: KernelChoice | None) -> KernelChoice:

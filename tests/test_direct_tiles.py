@@ -178,13 +178,14 @@ def test_direct_kernels_give_the_same_bits_at_any_thread_count():
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_grad_weight_gives_the_same_bits_however_its_tiles_are_cut(groups):
-    # a part's tiles cut into runs, one task each: every tile sums its terms as uncut
+    # one part's tiles cut into runs, one task each with the run's own totals: every
+    # tile sums its terms as uncut (a cut problem is one part whatever ``parts`` says)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 11, 13, 96)).astype(np.float32)
     w = rng.standard_normal((3, 3, 96 // groups, 80)).astype(np.float32)
     g = rng.standard_normal((2, 11, 13, 80)).astype(np.float32)
+    uncut = _run_direct(x, w, g, (1, 1, 1, 1), (1, 1), groups, 4, 1)
     for parts in (1, 2):
-        uncut = _run_direct(x, w, g, (1, 1, 1, 1), (1, 1), groups, 4, parts)
         for slices in (2, 3, 7, 10_000):  # more runs than tiles: one tile each
             cut = _run_direct(x, w, g, (1, 1, 1, 1), (1, 1), groups, 4, parts, slices=slices)
             assert all(np.array_equal(a, b) for a, b in zip(cut, uncut, strict=True))
@@ -301,15 +302,20 @@ def test_the_direct_workspaces_fit_the_budget():
         _problem(NHWC, 8, 64, 64, 56),
         _problem(NCHW, 8, 64, 64, 56, dtype=np.float64),
         _problem(NHWC, 8, 128, 128, 28),  # two parts' totals would not fit
+        _problem(NHWC, 4, 256, 256, 28),  # nor one copy: runs' totals, a row per thread
     ):
         if not _dispatch.direct_suits(problem):
-            assert problem.c_in == 128 and numba.config.NUMBA_NUM_THREADS > 2
+            assert problem.c_in >= 128 and numba.config.NUMBA_NUM_THREADS > 2
             continue  # many threads' tasks leave no room for its totals
         rows, slices = _dispatch.direct_band_rows(problem), _dispatch.direct_weight_slices(problem)
-        task = _dispatch._direct_task_bytes(problem, rows, slices)
+        threads = numba.config.NUMBA_NUM_THREADS
+        tasks = threads * _dispatch._direct_task_bytes(problem, rows, slices)
         totals = _dispatch.direct_weight_parts(problem) * 8 * _dispatch._weight_values(problem)
-        used = numba.config.NUMBA_NUM_THREADS * task + totals
-        assert rows >= 1 and used <= _dispatch._workspace_budget(problem)
+        if slices > 1:
+            totals = threads * 8 * _dispatch._run_values(problem, slices)
+        budget = _dispatch._workspace_budget(problem)
+        assert rows >= 1 and tasks + totals <= budget
+        assert tasks + _dispatch._packed_weight_bytes(problem) <= budget  # grad_input's
 
 
 @AVX512
@@ -323,6 +329,23 @@ def test_grad_weight_cuts_its_tiles_where_the_parts_totals_do_not_fit():
     assert (
         _dispatch.direct_weight_slices(narrow) == 1 and _dispatch.direct_weight_parts(narrow) == 2
     )
+    # a 256 x 256 weight: 4.7 MB of totals in one copy; runs of a sixteenth or less
+    assert _dispatch.direct_weight_slices(_problem(NHWC, 4, 256, 256, 28)) >= 16
+    # NCHW gathers its bands: one run per thread at most, else not the direct tiles
+    assert not _dispatch.direct_suits(_problem(NCHW, 4, 256, 256, 28))
+    # cut into 32 runs a thread: the backward takes them (grad_input's gain), grad_weight
+    # alone not
+    wide = _problem(NHWC, 2, 256, 256, 56)
+    assert _dispatch.direct_weight_slices(wide) > 2 * _dispatch.DIRECT_WEIGHT_ALONE_MAX_RUNS
+    assert _dispatch.select_backward_kernel(wide).kernel is direct_tiles.backward_direct
+    assert _dispatch.select_kernel("grad_input", wide).kernel is direct_tiles.grad_input_direct
+    assert (
+        _dispatch.select_kernel("grad_weight", wide).kernel is not direct_tiles.grad_weight_direct
+    )
+    # short planes cut finer than DIRECT_SHORT_MAX_RUNS a thread: the unfolded products
+    short = _problem(NHWC, 16, 256, 256, 14)
+    assert _dispatch.direct_weight_slices(short) > 2 * _dispatch.DIRECT_SHORT_MAX_RUNS
+    assert _dispatch.im2col_suits(short) and not _dispatch.direct_suits(short)
 
 
 @AVX512

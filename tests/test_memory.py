@@ -28,6 +28,8 @@ SHAPES = {
     "many_images_7x7": (64, 64, 64, 7, 3, 1, 1),  # unfolded, several tiles (NCHW: copies)
     "narrow_strided": (8, 128, 32, 14, 3, 2, 1),  # unfolded on 32 channels (NCHW: copies)
     "resnet_layer2": (8, 128, 128, 28, 3, 1, 1),  # direct, grad_weight tiles cut per thread
+    "vgg_conv3": (4, 256, 256, 28, 3, 1, 1),  # NHWC direct: 32 runs' totals, not the weight's
+    "wide_56": (2, 256, 256, 56, 3, 1, 1),  # NHWC direct in 64 runs of one band row
     "stem_batch": (16, 3, 32, 96, 7, 2, 3),  # fused, fewer image blocks than 8
     "imagenet_stem": (2, 3, 64, 224, 7, 2, 3),  # fused, in bands of rows (phase planes)
     "few_channels_big": (2, 3, 64, 112, 3, 1, 1),  # single gradients, not fused

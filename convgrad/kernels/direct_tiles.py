@@ -402,6 +402,21 @@ def _fold_tiles(acc, totals, rows, c_out, groups, mr, nr, first, last):
     acc[:] = 0
 
 
+@njit(cache=CACHE)
+def _fold_run(acc, total, slices, rows, c_out, groups, mr, nr, first, last):
+    """The run's tiles in acc into its totals; acc = 0.
+
+    By ``_fold_tiles`` into the part's totals, or where the tiles are cut in
+    ``slices`` > 1, tile for tile into the run's own (``grad_weight_nhwc``).
+    """
+    if slices == 1:
+        _fold_tiles(acc, total, rows, c_out, groups, mr, nr, first, last)
+        return
+    for k in range((last - first) * mr * nr):
+        total[k] += acc[k]
+    acc[:] = 0
+
+
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def grad_weight_nhwc(
     x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, nchw, tile_shape, totals, sums, accs,
@@ -413,19 +428,21 @@ def grad_weight_nhwc(
     NR). The images' bands of ``band_rows`` output rows, in order, in as many
     even parts as ``totals`` has rows, each summed into its own float64
     totals (and grad_bias into its row of ``sums``, unless gb is empty), added
-    in part order into gw (and gb). Each part's tiles are cut into ``slices``
-    even runs, one task each over all of the part's pixels: the tasks' totals
-    are apart without a copy of them per task (each task pads and packs the
-    bands itself; a tile's sums run the same however cut). A task's tiles,
-    padded input band and packed grad_output are its thread's (``accs``,
-    ``paddeds``, ``packeds``). With ``nchw``, x and g are (N, C, H, W) arrays.
+    in part order into gw (and gb). Or, with ``slices`` > 1, one part whose
+    tiles are cut into that many even runs, one task each over all the
+    pixels (each task pads and packs the bands itself), its float64 totals in
+    its thread's row of ``totals`` (the run's tiles in order) and added into
+    gw as the run ends: no copy of the whole weight's totals at all, and a
+    tile's sums run the same however cut. A task's tiles, padded input band
+    and packed grad_output are its thread's (``accs``, ``paddeds``,
+    ``packeds``). With ``nchw``, x and g are (N, C, H, W) arrays.
     """
     n_batch, c_in = x.shape[0], _sizes(x, nchw)[2]
     out_h, out_w, c_out = _sizes(g, nchw)
     kh, kw = gw.shape[0], gw.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
     mr, vectors, nr = tile_shape
-    parts = totals.shape[0]
+    parts = totals.shape[0] if slices == 1 else 1
     pitch = band_pitch(_sizes(x, nchw)[1], out_w, pl, (kw - 1) * dw)
     reach = (kh - 1) * dh
     run = _taps_per_run(kw, dw, groups)
@@ -440,12 +457,16 @@ def grad_weight_nhwc(
     capacity = band_rows * pitch  # pixels of a band in a packed panel
     no_offset = np.zeros(1, np.intp)  # a tap's offset goes into a_at
     no_sums = np.zeros(0)
+    gw_flat = gw.reshape(gw.size)
     for task in prange(parts * slices):
         part, piece = task // slices, task % slices
         first, last = piece * all_tiles // slices, (piece + 1) * all_tiles // slices
         thread = numba.get_thread_id()
         acc, padded, packed = accs[thread], paddeds[thread], packeds[thread]
         acc[:] = 0
+        total = totals[part] if slices == 1 else totals[thread]
+        if slices > 1:
+            total[: (last - first) * tile_values] = 0
         bias = sums[part] if piece == 0 else no_sums  # one task per part sums grad_bias
         pending = 0
         for unit in range(part * units // parts, (part + 1) * units // parts):
@@ -473,10 +494,13 @@ def grad_weight_nhwc(
                                 tile += 1
             pending += pixels
             if pending >= BLOCK_TERMS:
-                _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr, first, last)
+                _fold_run(acc, total, slices, rows, c_out, groups, mr, nr, first, last)
                 pending = 0
-        _fold_tiles(acc, totals[part], rows, c_out, groups, mr, nr, first, last)
-    add_totals(gw.reshape(gw.size), totals)
+        _fold_run(acc, total, slices, rows, c_out, groups, mr, nr, first, last)
+        if slices > 1:  # the run's totals are whole: into gw, rounded once
+            _fold_tiles(total, gw_flat, rows, c_out, groups, mr, nr, first, last)
+    if slices == 1:
+        add_totals(gw_flat, totals)
     for part in range(1, parts):
         sums[0] += sums[part]
     for k in range(gb.shape[0]):
@@ -535,9 +559,13 @@ def _weight_and_bias(x, g, gw, gb, pt, pl, dh, dw, groups, band_rows, parts, nch
     threads = numba.get_num_threads()
     width = x.shape[3] if nchw else x.shape[2]
     pitch, reach = band_pitch(width, out_w, pl, (kw - 1) * dw), (kh - 1) * dh
-    totals = np.zeros((parts, kh * kw * cin_g * c_out))
-    sums = np.zeros((parts, c_out if gb.size else 0))
     slices = max(1, min(slices, tiles))
+    if slices > 1:  # one part; a row of its run's totals per thread
+        parts = 1
+        totals = np.empty((threads, -(-tiles // slices) * mr * nr))
+    else:
+        totals = np.zeros((parts, kh * kw * cin_g * c_out))
+    sums = np.zeros((parts, c_out if gb.size else 0))
     accs = _aligned_rows(threads, -(-tiles // slices) * mr * nr, gw.dtype)  # a slice's tiles
     # the last row's dropped pixels read up to the kernel's reach past it
     # (more than a row where the pitch is shorter than the reach)
