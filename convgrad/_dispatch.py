@@ -616,7 +616,7 @@ def direct_weight_slices(problem: Problem) -> int:
     run's tiles, fit (each task pads and packs every band itself): 8 x 128 ->
     128 @ 28 x 28, whose two parts' totals pass the budget, takes grad_weight
     0.90x the unfolded products' time so, 4 x 256 -> 256 @ 28 x 28 (4.7 MB of
-    totals) the backward 0.76x. 0 where neither fits.
+    totals) the backward 0.83x (32 runs). 0 where neither fits.
     """
     threads, totals, rows = (
         numba.config.NUMBA_NUM_THREADS,
