@@ -94,8 +94,10 @@ SHAPES: dict[str, Shape] = {
 # stride-2 layer narrowing 128 channels to 32 (the unfolded products on few output
 # channels; NHWC's grad_input alone keeps the flat kernels), a 1 x 1 stride-2
 # downsampling layer (the unfolded products on one column span, cut again per
-# thread) and 64 channels on 8 x 8 planes (the direct tiles on planes short
-# enough for the unfolded products).
+# thread), 64 channels on 8 x 8 planes (the direct tiles on planes short
+# enough for the unfolded products), 128 and 256 channels at 28 x 28 (the
+# direct grad_weight's tiles cut into runs: one a thread, 16 a thread) and 96
+# channels (tiles of 2 vectors, three panels).
 EXTRA_SHAPES: dict[str, Shape] = {
     "late_4x4": Shape(8, 256, 256, 4, 3, 1, 1, 1, 1, "float32"),
     "late_7x7": Shape(8, 512, 512, 7, 3, 1, 1, 1, 1, "float32"),
@@ -112,6 +114,8 @@ EXTRA_SHAPES: dict[str, Shape] = {
     "downsample_1x1": Shape(8, 64, 128, 56, 1, 2, 0, 1, 1, "float32"),
     "short_64": Shape(64, 64, 64, 8, 3, 1, 1, 1, 1, "float32"),
     "layer2_128": Shape(8, 128, 128, 28, 3, 1, 1, 1, 1, "float32"),
+    "vgg_conv3": Shape(4, 256, 256, 28, 3, 1, 1, 1, 1, "float32"),
+    "mid_96": Shape(8, 96, 96, 28, 3, 1, 1, 1, 1, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES

@@ -64,6 +64,8 @@ GATE_CASES = [
     ("downsample_1x1", "NHWC"),  # unfolded products on one column span, cut per thread
     ("short_64", "NHWC"),  # direct tiles on short planes the unfolded products would take
     ("layer2_128", "NHWC"),  # direct tiles, grad_weight's tiles cut in a run per thread
+    ("vgg_conv3", "NHWC"),  # direct tiles, runs with their own totals, 16 a thread
+    ("mid_96", "NHWC"),  # direct tiles of 2 vectors on 96 channels
 ]
 GATE_BENCHMARKS = [
     "grad_input.GradInput.time_grad_input",
