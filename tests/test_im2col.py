@@ -141,6 +141,41 @@ def test_same_bits_for_any_tile_span_split(layout):
         assert again.tobytes() == gi.tobytes()  # the same spans: the same bits
 
 
+def test_one_span_products_are_cut_in_two():
+    """A product of one span of columns is two BLAS tasks, whatever the thread count."""
+    assert im2col.product_splits(1) == im2col.PRODUCT_MIN_TASKS == 2
+    assert [im2col.product_splits(parts) for parts in (2, 3, 8)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("layout", [NCHW, NHWC])
+@pytest.mark.parametrize("c_out", [7, 70])
+def test_blas_products_cut_for_idle_threads(layout, c_out, monkeypatch):
+    """A span's BLAS products cut again (grad_weight's by output channels, grad_input's
+    by pixels) agree with the uncut ones to rounding, keep grad_bias's bits, and do
+    not depend on the thread count."""
+    p = problem(layout, 3, 40, c_out, 15, k=1, padding=0, stride=2)  # 40 columns: one span
+    g, x, w = arrays(p)
+    monkeypatch.setattr(im2col, "PRODUCT_MIN_TASKS", 1)
+    uncut = run(p, g, x, w, 2, 1, 1)
+    scale = [np.abs(a).max() for a in uncut]
+    threads = numba.get_num_threads()
+    for tasks in (2, 5):
+        monkeypatch.setattr(im2col, "PRODUCT_MIN_TASKS", tasks)
+        try:
+            numba.set_num_threads(1)
+            alone = run(p, g, x, w, 2, 1, 1)
+            numba.set_num_threads(max(2, threads))
+            got = run(p, g, x, w, 2, 1, 1)
+        finally:
+            numba.set_num_threads(threads)
+        for a, b in zip(got, alone, strict=True):
+            assert a.tobytes() == b.tobytes()
+        for a, b, top in zip(got, uncut, scale, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * top)
+        assert got[2].tobytes() == uncut[2].tobytes()
+    assert_matches_reference(p, uncut, g, x, w)
+
+
 @pytest.mark.parametrize("layout", [NCHW, NHWC])
 def test_tile_products_give_the_same_bits_for_any_parts(layout):
     """By register tiles every entry is summed in the same order whatever the spans."""
@@ -261,7 +296,7 @@ def test_nchw_short_rows_run_on_nhwc_copies_when_they_fit():
     """Output rows of at most 10 pixels: NHWC copies, if they and a tile fit the budget."""
     p = problem(NCHW, 32, 64, 64, 7)  # 32 images, 7-pixel rows
     choice = _dispatch.select_backward_kernel(p)
-    assert choice.layout is NHWC and choice.args[-1] == 1  # nhwc
+    assert choice.layout is NHWC and choice.args[11] == 1  # nhwc (args[-1] is by_tiles)
     tile = choice.args[8]
     assert 1 <= tile < p.n
     item = p.dtype.itemsize

@@ -61,7 +61,7 @@ GATE_CASES = [
     ("strided_narrow", "NHWC"),  # unfolded products on 32 output channels; flat grad_input
     ("depthwise_late", "NCHW"),  # depthwise tiles (backward) on 7 x 7, NCHW's gathers
     ("depthwise_5x5", "NHWC"),  # depthwise tiles, NHWC, 25 taps
-    ("downsample_1x1", "NHWC"),  # unfolded products on one column span, cut per thread
+    ("downsample_1x1", "NHWC"),  # unfolded products on one column span, cut in two (BLAS)
     ("short_64", "NHWC"),  # direct tiles on short planes the unfolded products would take
     ("layer2_128", "NHWC"),  # direct tiles, grad_weight's tiles cut in a run per thread
     ("vgg_conv3", "NHWC"),  # direct tiles, runs with their own totals, 16 a thread

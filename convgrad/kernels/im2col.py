@@ -21,7 +21,8 @@ copies, and no reordered weight.
 Both products run as single-threaded BLAS gemm calls from numba's threads,
 OpenBLAS held at one thread (as in ``gemm.py``), each task on its own span of
 the KH*KW*C_in columns: the second product overwrites only the span the first
-one read. ``parts`` (the spans), ``images_per_tile`` and ``fold_spans`` come
+one read. Fewer spans than PRODUCT_MIN_TASKS are cut again (``product_splits``).
+``parts`` (the spans), the cuts, ``images_per_tile`` and ``fold_spans`` come
 from the problem, not the thread count, so the bits do not depend on it.
 grad_weight's tiles are summed in the dtype (beta = 1), a few tiles at most
 within the working-memory budget. Without a cblas gemm to call, the same
@@ -49,6 +50,22 @@ from .gemm_tiles import _span as panel_span
 from .gemm_tiles import _workspaces as tile_workspaces
 from .nchw import grad_bias_nchw, grad_bias_nchw_serial
 from .nhwc import grad_bias_nhwc
+
+# Products cut into fewer spans of columns than PRODUCT_MIN_TASKS are cut again,
+# grad_weight's along its output channels and grad_input's along the pixels:
+# a 1 x 1 kernel at stride 2 on 64 input channels, or 3 x 3 on 16, is one span
+# (``_dispatch.im2col_parts``), one task on one thread while the others wait.
+# Fixed, not the thread count, so the bits do not depend on it. Measured (2-core
+# AMD EPYC, Zen 4, OpenBLAS SkylakeX, the products of 8 images): 8 x 64 -> 128
+# @ 56 x 56 1 x 1 stride 2 2.48 -> 1.30 ms in two cuts (four 1.30, eight
+# 1.41); 8 x 16 -> 32 @ 56 x 56 3 x 3 stride 2 1.41 -> 1.05 (four 1.42); two
+# spans cut in two took 1.12x the time (8 x 32 -> 64 3 x 3 stride 2), so two.
+PRODUCT_MIN_TASKS = 2
+
+
+def product_splits(parts: int) -> int:
+    """Tasks per span of columns in the BLAS products: at least PRODUCT_MIN_TASKS in all."""
+    return -(-PRODUCT_MIN_TASKS // parts)
 
 
 @njit(cache=CACHE)
@@ -118,33 +135,41 @@ def _fold(cols, gi, c_spans, sh, sw, pt, pl, dh, dw, kh, kw, out_h, out_w):
 
 
 @njit(cache=CACHE, parallel=True)
-def _products(cols, grads, w, gw, parts, weight_too, input_too, gemm, ilp64):
-    """Per span of cols' columns (one per task): grad_weight's product, then grad_input's.
+def _products(cols, grads, w, gw, parts, splits, weight_too, input_too, gemm, ilp64):
+    """Per span of cols' columns: grad_weight's product, then grad_input's.
 
     cols (pixels, KH*KW*C_in) and grads (pixels, C_out), w and gw (KH*KW*C_in,
     C_out), all C-contiguous: gw[s0:s1] += cols[:, s0:s1].T @ grads, then
     cols[:, s0:s1] = grads @ w[s0:s1].T, overwriting only the span the first
     read. ``weight_too``/``input_too``: which of the two to run (the other's
-    matrix argument is then unused).
+    matrix argument is then unused). Each span's products are cut into
+    ``splits`` tasks (``product_splits``), grad_weight's along its output
+    channels and grad_input's along the pixels, in two passes (grad_input's
+    overwrites the columns grad_weight's reads); never along the summed axis.
     """
     pixels, width = cols.shape
     c_out, item = grads.shape[1], cols.itemsize
-    for part in prange(parts):
-        s0, s1 = _span(part, parts, width)
-        if s1 == s0:
-            continue
-        if weight_too:
-            gemm_call(
-                gemm, ilp64, TRANS, NO_TRANS, s1 - s0, c_out, pixels,
-                cols.ctypes.data + s0 * item, width, grads.ctypes.data, c_out,
-                1.0, gw, s0 * c_out, c_out,
-            )  # fmt: skip
-        if input_too:
-            gemm_call(
-                gemm, ilp64, NO_TRANS, TRANS, pixels, s1 - s0, c_out,
-                grads.ctypes.data, c_out, w.ctypes.data + s0 * c_out * item, c_out,
-                0.0, cols, s0, width,
-            )  # fmt: skip
+    if weight_too:
+        for task in prange(parts * splits):
+            s0, s1 = _span(task // splits, parts, width)
+            o0, o1 = _span(task % splits, splits, c_out)
+            if s1 > s0 and o1 > o0:
+                gemm_call(
+                    gemm, ilp64, TRANS, NO_TRANS, s1 - s0, o1 - o0, pixels,
+                    cols.ctypes.data + s0 * item, width, grads.ctypes.data + o0 * item, c_out,
+                    1.0, gw, s0 * c_out + o0, c_out,
+                )  # fmt: skip
+    if input_too:
+        for task in prange(parts * splits):
+            s0, s1 = _span(task // splits, parts, width)
+            p0, p1 = _span(task % splits, splits, pixels)
+            if s1 > s0 and p1 > p0:
+                gemm_call(
+                    gemm, ilp64, NO_TRANS, TRANS, p1 - p0, s1 - s0, c_out,
+                    grads.ctypes.data + p0 * c_out * item, c_out,
+                    w.ctypes.data + s0 * c_out * item, c_out,
+                    0.0, cols, p0 * width + s0, width,
+                )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
@@ -280,12 +305,12 @@ def _unfolded_products(
     gw None (and x with it): grad_input alone; gi None (and w): grad_weight
     alone. NCHW goes to ``im2col_nchw`` (``fold_spans`` is NHWC's).
     """
-    blas = gemm_for(g.dtype)
+    blas, splits = gemm_for(g.dtype), product_splits(parts)
     with one_blas_thread():
         if not nhwc:
             geometry = (sh, sw, pt, pl, dh, dw)
             im2col_nchw.unfolded_products(
-                x, g, w, gi, gw, geometry, images_per_tile, parts, blas, by_tiles
+                x, g, w, gi, gw, geometry, images_per_tile, parts, blas, by_tiles, splits
             )
             return
         weight_too, input_too = gw is not None, gi is not None
@@ -318,6 +343,6 @@ def _unfolded_products(
             elif blas is None:
                 _products_matmul(cols, grads, weights, sums, weight_too, input_too)
             else:
-                _products(cols, grads, weights, sums, parts, weight_too, input_too, *blas)
+                _products(cols, grads, weights, sums, parts, splits, weight_too, input_too, *blas)
             if input_too:
                 _fold(cols, gi[n0:n1], fold_spans, *geometry)

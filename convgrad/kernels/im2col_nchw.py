@@ -120,31 +120,38 @@ def _gather_grads(g, grads):
 
 
 @njit(cache=CACHE, parallel=True)
-def _products(rows, grads, w, gw, parts, weight_too, input_too, gemm, ilp64):
-    """Per span of the rows (one per task): grad_weight's product, then grad_input's.
+def _products(rows, grads, w, gw, parts, splits, weight_too, input_too, gemm, ilp64):
+    """Per span of the rows: grad_weight's product, then grad_input's.
 
     rows (C_in*KH*KW, pixels), grads (C_out, pixels), w and gw (C_out,
     C_in*KH*KW), all C-contiguous: gw[:, s0:s1] += grads @ rows[s0:s1].T, then
-    rows[s0:s1] = w[:, s0:s1].T @ grads.
+    rows[s0:s1] = w[:, s0:s1].T @ grads. Each span's products are cut into
+    ``splits`` tasks as in ``im2col._products``: grad_weight's along its
+    output channels, grad_input's along the pixels, in two passes.
     """
     columns, pixels = rows.shape
     c_out, item = grads.shape[0], rows.itemsize
-    for part in prange(parts):
-        s0, s1 = _span(part, parts, columns)
-        if s1 == s0:
-            continue
-        if weight_too:
-            gemm_call(
-                gemm, ilp64, NO_TRANS, TRANS, c_out, s1 - s0, pixels,
-                grads.ctypes.data, pixels, rows.ctypes.data + s0 * pixels * item, pixels,
-                1.0, gw, s0, columns,
-            )  # fmt: skip
-        if input_too:
-            gemm_call(
-                gemm, ilp64, TRANS, NO_TRANS, s1 - s0, pixels, c_out,
-                w.ctypes.data + s0 * item, columns, grads.ctypes.data, pixels,
-                0.0, rows, s0 * pixels, pixels,
-            )  # fmt: skip
+    if weight_too:
+        for task in prange(parts * splits):
+            s0, s1 = _span(task // splits, parts, columns)
+            o0, o1 = _span(task % splits, splits, c_out)
+            if s1 > s0 and o1 > o0:
+                gemm_call(
+                    gemm, ilp64, NO_TRANS, TRANS, o1 - o0, s1 - s0, pixels,
+                    grads.ctypes.data + o0 * pixels * item, pixels,
+                    rows.ctypes.data + s0 * pixels * item, pixels,
+                    1.0, gw, o0 * columns + s0, columns,
+                )  # fmt: skip
+    if input_too:
+        for task in prange(parts * splits):
+            s0, s1 = _span(task // splits, parts, columns)
+            p0, p1 = _span(task % splits, splits, pixels)
+            if s1 > s0 and p1 > p0:
+                gemm_call(
+                    gemm, ilp64, TRANS, NO_TRANS, s1 - s0, p1 - p0, c_out,
+                    w.ctypes.data + s0 * item, columns, grads.ctypes.data + p0 * item, pixels,
+                    0.0, rows, s0 * pixels + p0, pixels,
+                )  # fmt: skip
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
@@ -214,13 +221,16 @@ def tile_values(c_in, c_out, kh, kw, out_h, out_w):
     return out_h * out_w * (c_in * kh * kw + c_out)
 
 
-def unfolded_products(x, g, w, gi, gw, geometry, images_per_tile, parts, blas, by_tiles=0):
+def unfolded_products(
+    x, g, w, gi, gw, geometry, images_per_tile, parts, blas, by_tiles=0, splits=1
+):
     """grad_weight added into gw and grad_input written into gi (NCHW), a tile of images at a time.
 
     ``geometry`` is (sh, sw, pt, pl, dh, dw); gw None (and x): grad_input
     alone; gi None (and w): grad_weight alone. ``blas``: (address, ilp64) of
     the cblas gemm, or None for ``np.matmul``; ``by_tiles``: the products by
-    register tiles instead. The caller holds OpenBLAS at one thread.
+    register tiles instead; ``splits``: BLAS tasks per span (``im2col.product_splits``).
+    The caller holds OpenBLAS at one thread.
     """
     weight_too, input_too = gw is not None, gi is not None
     image, weight_like = (x if gi is None else gi), (w if gw is None else gw)
@@ -252,6 +262,6 @@ def unfolded_products(x, g, w, gi, gw, geometry, images_per_tile, parts, blas, b
         elif blas is None:
             _products_matmul(rows, grads, weights, sums, weight_too, input_too)
         else:
-            _products(rows, grads, weights, sums, parts, weight_too, input_too, *blas)
+            _products(rows, grads, weights, sums, parts, splits, weight_too, input_too, *blas)
         if input_too:
             _fold(rows, gi[n0:n1], *geometry)
