@@ -235,3 +235,46 @@ def test_runs_of_channels_never_change_a_value(dtype):
     tol = 1e-4 if dtype == np.float32 else 1e-11
     for got, expected in zip(results[0], want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+
+
+# stride, dilation, kernel, padding (top, bottom, left, right): every step pair the
+# three-tap grad_weight loop specialises ((1, 1), (2, 1), (1, d), other), kernels of
+# one, two and three taps a phase at stride 2 and 3, and padding that shifts the phases
+NHWC_STEPS = [
+    ((1, 1), (1, 1), (3, 3), (1, 1, 1, 1)),
+    ((1, 1), (1, 2), (3, 5), (1, 2, 4, 3)),
+    ((2, 2), (1, 1), (3, 3), (1, 1, 1, 1)),
+    ((2, 2), (1, 1), (3, 3), (0, 1, 0, 1)),
+    ((2, 2), (2, 2), (3, 3), (2, 2, 2, 2)),
+    ((2, 2), (1, 1), (5, 5), (2, 2, 2, 2)),
+    ((1, 2), (1, 1), (3, 4), (1, 0, 2, 1)),
+    ((3, 3), (1, 1), (5, 7), (2, 2, 3, 0)),
+]
+
+
+@pytest.mark.parametrize("float32", [False, True])
+@pytest.mark.parametrize("case", range(len(NHWC_STEPS)))
+def test_nhwc_gradients_at_every_step_match_the_naive_loops(case, float32):
+    """NHWC depthwise through the API, all three gradients and each alone, on 37 channels
+    (whole vectors and a remainder) and images wide enough for the runs of four pixels and
+    the phases' inner pixels: grad_input is written (never read), grad_weight's taps go
+    three at a time where all three are inside the image."""
+    stride, dilation, kernel, pads = NHWC_STEPS[case]
+    rng = np.random.default_rng(case)
+    g, x, w = random_problem(rng, 2, 37, 19, 33, kernel, pads, dilation, stride)
+    want = expected_gradients(g, x, w, pads, dilation, stride)
+    if float32:
+        g, x, w = (a.astype(np.float32) for a in (g, x, w))
+    g_, x_ = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (g, x))
+    w_ = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    options = {
+        "stride": stride, "padding": (pads[:2], pads[2:]), "dilation": dilation, "groups": 37,
+        "layout": "NHWC",
+    }  # fmt: skip
+    tol = {"rtol": 1e-4, "atol": 1e-4} if float32 else {"rtol": 1e-12, "atol": 1e-12}
+    backward = convgrad.conv2d_backward(g_, x_, w_, **options)
+    for k, mask in enumerate([(True, False, False), (False, True, False), (False, False, True)]):
+        alone = convgrad.conv2d_backward(g_, x_, w_, **options, output_mask=mask)[k]
+        for got in (backward[k], alone):
+            got = got.transpose((0, 3, 1, 2) if k == 0 else (3, 2, 0, 1)) if k < 2 else got
+            np.testing.assert_allclose(got, want[k], **tol)

@@ -224,6 +224,9 @@ def _input_row(g, w, gi, n, r, sh, sw, pt, pl, dh, dw):
                     if 0 <= j < out_w:
                         _multiply_add(gi[n, r, col], w[p, q, 0], g[n, r + pt - p * dh, j])
         return
+    if sw > 1:
+        _strided_input_row(g, w, gi[n, r], n, r, sh, sw, pt, pl, dh, dw)
+        return
     _zero(gi[n, r])
     for p in range(kh):
         shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
@@ -236,67 +239,185 @@ def _input_row(g, w, gi, n, r, sh, sw, pt, pl, dh, dw):
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _products4(a, k, c, b0, b1, b2, b3):
-    """a[k, c]*b0 + a[k+1, c]*b1 + a[k+2, c]*b2 + a[k+3, c]*b3: four pixels of one channel."""
-    return (a[k, c] * b0 + a[k + 1, c] * b1) + (a[k + 2, c] * b2 + a[k + 3, c] * b3)
-
-
-@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
-def _add_three_taps(acc, q, a, k, c, dw, b0, b1, b2, b3):
-    """acc[q + t, 0, c] += tap q + t's four products (``_products4`` at k + t*dw), t < 3."""
-    acc[q, 0, c] += _products4(a, k, c, b0, b1, b2, b3)
-    acc[q + 1, 0, c] += _products4(a, k + dw, c, b0, b1, b2, b3)
-    acc[q + 2, 0, c] += _products4(a, k + 2 * dw, c, b0, b1, b2, b3)
+def _output_row(r, p, sh, pt, dh, out_h):
+    """The output row whose kernel row p reads input row r, or -1 if none."""
+    shifted = r + pt - p * dh  # = i * sh for that output row i
+    if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
+        return -1
+    return shifted // sh
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
-def _multiply_add_3_taps(acc, q, a, b, dw):
-    """acc[q + t, 0, c] += sum over pixels k of a[k + t*dw, c] * b[k, c], for t < 3.
+def _phase_one_tap(row, first, step, wa, oa, src, lo, hi, add):
+    """row[first + m*step, c] = (or += if ``add``) wa[c] * src[m + oa, c], for lo <= m < hi."""
+    if add:
+        for m in range(lo, hi):
+            at = first + m * step
+            for c in range(row.shape[1]):
+                row[at, c] += wa[c] * src[m + oa, c]
+    else:
+        for m in range(lo, hi):
+            at = first + m * step
+            for c in range(row.shape[1]):
+                row[at, c] = wa[c] * src[m + oa, c]
 
-    Three taps of a kernel row at once: ``b`` is a run of grad_output pixels,
-    ``a`` the input pixels they read (2*dw more). The taps share each load of
-    ``b``, and four pixels' products are summed before each read-modify-write
-    of ``acc``; ``noalias`` (``acc`` is a workspace of its own) spares the
-    vectorised loop its run-time overlap checks.
-    """
-    pixels, channels = b.shape
-    four = pixels - pixels % 4
-    for k in range(0, four, 4):
-        for c in range(channels):
-            b0, b1, b2, b3 = b[k, c], b[k + 1, c], b[k + 2, c], b[k + 3, c]
-            if dw == 1:  # a literal 1 inlined: the taps share their loads of ``a``
-                _add_three_taps(acc, q, a, k, c, 1, b0, b1, b2, b3)
-            else:
-                _add_three_taps(acc, q, a, k, c, dw, b0, b1, b2, b3)
-    for k in range(four, pixels):
-        for t in range(3):
-            _multiply_add(acc[q + t, 0], a[k + t * dw], b[k])
+
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+def _phase_two_taps(row, first, step, wa, oa, wb, ob, src, lo, hi, add):
+    """row[first + m*step, c] = (or +=) wa[c]*src[m + oa, c] + wb[c]*src[m + ob, c], m in lo..hi."""
+    if add:
+        for m in range(lo, hi):
+            at = first + m * step
+            for c in range(row.shape[1]):
+                row[at, c] += wa[c] * src[m + oa, c] + wb[c] * src[m + ob, c]
+    else:
+        for m in range(lo, hi):
+            at = first + m * step
+            for c in range(row.shape[1]):
+                row[at, c] = wa[c] * src[m + oa, c] + wb[c] * src[m + ob, c]
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _weight_row_taps(acc, x_row, g_row, pl, dw):
-    """acc[q, 0] += sum over j of x_row[j + q*dw - pl] * g_row[j], for every tap q of a kernel row.
+def _strided_input_row(g, w, row, n, r, sh, sw, pt, pl, dh, dw):
+    """row = grad_input's row r at column stride sw > 1: a pass per kernel row and column phase.
 
-    Stride 1; ``acc`` is (KW, 1, C). Taps go three at a time over the pixels
-    valid for all three (``_multiply_add_3_taps``); each tap's other pixels
-    (near the edges) and the taps left over from threes, one tap at a time.
+    Tap q sends grad_output pixel j to column j*sw + q*dw - pl, so the taps of
+    one phase rho = (q*dw - pl) mod sw reach the columns rho + m*sw, pixel m
+    of those taking grad_output pixel m + (rho + pl - q*dw) // sw. The pixels
+    all of whose phase's taps fall inside grad_output take them two at a time,
+    the first kernel row's written and the others' added: no zeroing pass,
+    and one read-modify-write per two taps (tap by tap, a 3 x 3 kernel at
+    stride 2 took a zeroing pass and six passes over half the row). The few
+    other pixels are zeroed and take their taps one at a time.
+    """
+    width = row.shape[0]
+    out_h, out_w = g.shape[1], g.shape[2]
+    kh, kw = w.shape[0], w.shape[1]
+    for rho in range(min(sw, width)):
+        count = (width - rho + sw - 1) // sw  # columns rho, rho + sw, ... of the row
+        lo, hi, taps = 0, count, 0  # the pixels m all of whose taps are inside grad_output
+        for q in range(kw):
+            if (q * dw - pl) % sw == rho:
+                offset = (rho + pl - q * dw) // sw
+                lo, hi, taps = max(lo, -offset), min(hi, out_w - offset), taps + 1
+        lo, hi = (min(lo, count), max(min(lo, count), hi)) if taps else (0, 0)
+        written = False
+        for p in range(kh):
+            i = _output_row(r, p, sh, pt, dh, out_h)
+            if i < 0 or hi <= lo:
+                continue
+            pending = -1  # a tap waiting for a second one
+            for q in range(kw):
+                if (q * dw - pl) % sw != rho:
+                    continue
+                if pending < 0:
+                    pending = q
+                    continue
+                oa, ob = (rho + pl - pending * dw) // sw, (rho + pl - q * dw) // sw
+                _phase_two_taps(
+                    row, rho, sw, w[p, pending, 0], oa, w[p, q, 0], ob, g[n, i], lo, hi, written
+                )  # fmt: skip
+                written, pending = True, -1
+            if pending >= 0:
+                oa = (rho + pl - pending * dw) // sw
+                _phase_one_tap(row, rho, sw, w[p, pending, 0], oa, g[n, i], lo, hi, written)
+                written = True
+        for m in range(count):
+            if written and lo <= m < hi:
+                continue  # written above
+            col = rho + m * sw
+            for c in range(row.shape[1]):
+                row[col, c] = 0
+            for p in range(kh):
+                i = _output_row(r, p, sh, pt, dh, out_h)
+                if i < 0:
+                    continue
+                for q in range(kw):
+                    j = col + pl - q * dw
+                    if j % sw == 0 and 0 <= j // sw < out_w:
+                        _multiply_add(row[col], w[p, q, 0], g[n, i, j // sw])
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _products4(a, k, sw, c, b0, b1, b2, b3):
+    """a[k, c]*b0 + a[k+sw, c]*b1 + a[k+2sw, c]*b2 + a[k+3sw, c]*b3: four pixels of one channel."""
+    return (a[k, c] * b0 + a[k + sw, c] * b1) + (a[k + 2 * sw, c] * b2 + a[k + 3 * sw, c] * b3)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _add_three_taps(acc, q, a, k, c, sw, dw, b0, b1, b2, b3):
+    """acc[q + t, 0, c] += tap q + t's four products (``_products4`` at k + t*dw), t < 3."""
+    acc[q, 0, c] += _products4(a, k, sw, c, b0, b1, b2, b3)
+    acc[q + 1, 0, c] += _products4(a, k + dw, sw, c, b0, b1, b2, b3)
+    acc[q + 2, 0, c] += _products4(a, k + 2 * dw, sw, c, b0, b1, b2, b3)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, inline="always")
+def _three_taps_fours(acc, q, a, b, four, sw, dw):
+    """``_multiply_add_3_taps``' pixels below ``four``, four at a time."""
+    for k in range(0, four, 4):
+        at = k * sw
+        for c in range(b.shape[1]):
+            b0, b1, b2, b3 = b[k, c], b[k + 1, c], b[k + 2, c], b[k + 3, c]
+            _add_three_taps(acc, q, a, at, c, sw, dw, b0, b1, b2, b3)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, pipeline_class=NoAliasCompiler)
+def _multiply_add_3_taps(acc, q, a, b, sw, dw):
+    """acc[q + t, 0, c] += sum over pixels k of a[k*sw + t*dw, c] * b[k, c], for t < 3.
+
+    Three taps of a kernel row at once: ``b`` is a run of grad_output pixels,
+    ``a`` the input pixels they read. The taps share each load of ``b``, the
+    input row is read in order once (tap by tap, a stride-2 pass read every
+    other pixel, twice over), and four pixels' products are summed before
+    each read-modify-write of ``acc``; ``noalias`` (``acc`` is a workspace of
+    its own) spares the vectorised loop its run-time overlap checks.
+    """
+    pixels = b.shape[0]
+    four = pixels - pixels % 4
+    # literal steps inlined: the taps and pixels share their loads of ``a``
+    if sw == 1 and dw == 1:
+        _three_taps_fours(acc, q, a, b, four, 1, 1)
+    elif sw == 2 and dw == 1:
+        _three_taps_fours(acc, q, a, b, four, 2, 1)
+    elif sw == 1:
+        _three_taps_fours(acc, q, a, b, four, 1, dw)
+    else:
+        _three_taps_fours(acc, q, a, b, four, sw, dw)
+    for k in range(four, pixels):
+        for t in range(3):
+            _multiply_add(acc[q + t, 0], a[k * sw + t * dw], b[k])
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _weight_row_taps(acc, x_row, g_row, pl, sw, dw):
+    """acc[q, 0] += sum over j of x_row[j*sw + q*dw - pl] * g_row[j], each tap q of a kernel row.
+
+    ``acc`` is (KW, 1, C). Taps go three at a time over the pixels valid for
+    all three (``_multiply_add_3_taps``); each tap's other pixels (near the
+    edges) and the taps left over from threes, one tap at a time.
     """
     kw, width, out_w = acc.shape[0], x_row.shape[0], g_row.shape[0]
     threes = kw - kw % 3
     for q in range(kw):
-        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, 1)
+        j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
         lo = hi = j_hi  # the pixels done three taps at a time: none
         if q < threes:
             first = q - q % 3
-            lo = _valid_range(out_w, width, first * dw - pl, 1)[0]
-            hi = max(lo, _valid_range(out_w, width, (first + 2) * dw - pl, 1)[1])
+            lo = _valid_range(out_w, width, first * dw - pl, sw)[0]
+            hi = max(lo, _valid_range(out_w, width, (first + 2) * dw - pl, sw)[1])
             if q == first and hi > lo:
-                run = x_row[lo + first * dw - pl : hi + (first + 2) * dw - pl]
-                _multiply_add_3_taps(acc, q, run, g_row[lo:hi], dw)
+                start = lo * sw + first * dw - pl
+                run = x_row[start : (hi - 1) * sw + (first + 2) * dw - pl + 1]
+                _multiply_add_3_taps(acc, q, run, g_row[lo:hi], sw, dw)
         for j0, j1 in ((j_lo, min(j_hi, lo)), (max(j_lo, hi), j_hi)):
-            if j1 > j0:
+            if j1 <= j0:
+                continue
+            if sw == 1:
                 left = j0 + q * dw - pl
                 _multiply_add_pixels(acc[q, 0], x_row[left : left + j1 - j0], g_row[j0:j1])
+            else:
+                _add_pixel_products(acc[q, 0], x_row, q * dw - pl, sw, g_row, j0, j1)
 
 
 # Blocked sums, as in nhwc.py: rows are summed a block of at most about
@@ -372,20 +493,14 @@ def _add_row(acc, g_row):
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _weight_row(x, g, block, bias_block, n, i, sh, sw, pt, pl, dh, dw):
     """block[p, q, 0] += output row (n, i)'s terms of every tap; bias_block += its sum (if any)."""
-    height, width, out_w = x.shape[1], x.shape[2], g.shape[2]
-    kh, kw = block.shape[0], block.shape[1]
+    height, kh = x.shape[1], block.shape[0]
     if bias_block.shape[0] > 0:
         _add_row(bias_block, g[n, i])
     for p in range(kh):
         r = i * sh + p * dh - pt
         if r < 0 or r >= height:
             continue
-        if sw == 1:  # the pixels each tap reads are a run of the input row
-            _weight_row_taps(block[p], x[n, r], g[n, i], pl, dw)
-            continue
-        for q in range(kw):
-            j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
-            _add_pixel_products(block[p, q, 0], x[n, r], q * dw - pl, sw, g[n, i], j_lo, j_hi)
+        _weight_row_taps(block[p], x[n, r], g[n, i], pl, sw, dw)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
