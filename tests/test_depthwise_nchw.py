@@ -278,3 +278,29 @@ def test_nhwc_gradients_at_every_step_match_the_naive_loops(case, float32):
         for got in (backward[k], alone):
             got = got.transpose((0, 3, 1, 2) if k == 0 else (3, 2, 0, 1)) if k < 2 else got
             np.testing.assert_allclose(got, want[k], **tol)
+
+
+@pytest.mark.parametrize("case", [2, 5, 7])  # strides 2 and 3: the phase passes, three-tap runs
+def test_nhwc_strided_gradients_keep_nan_and_inf_exact(case):
+    """The strided NHWC passes read only pixels inside the image: an Inf in the input and a
+    NaN in grad_output reach exactly the values the naive loops give them."""
+    stride, dilation, kernel, pads = NHWC_STEPS[case]
+    g, x, w = random_problem(
+        np.random.default_rng(case), 2, 37, 19, 33, kernel, pads, dilation, stride
+    )
+    x[1, 5, 9, 16] = np.inf
+    g[0, 3, 4, 2] = np.nan
+    want = expected_gradients(g, x, w, pads, dilation, stride)
+    g_, x_ = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (g, x))
+    w_ = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    options = {
+        "stride": stride, "padding": (pads[:2], pads[2:]), "dilation": dilation, "groups": 37,
+        "layout": "NHWC",
+    }  # fmt: skip
+    gi, gw, gb = convgrad.conv2d_backward(g_, x_, w_, **options)
+    for got, expected in ((gi.transpose(0, 3, 1, 2), want[0]), (gw.transpose(3, 2, 0, 1), want[1])):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.isnan(gb), np.isnan(want[2]))

@@ -229,10 +229,9 @@ def _input_row(g, w, gi, n, r, sh, sw, pt, pl, dh, dw):
         return
     _zero(gi[n, r])
     for p in range(kh):
-        shifted = r + pt - p * dh  # = i * sh for the output row i that reads row r
-        if shifted < 0 or shifted % sh != 0 or shifted // sh >= out_h:
+        i = _output_row(r, p, sh, pt, dh, out_h)
+        if i < 0:
             continue
-        i = shifted // sh
         for q in range(kw):
             j_lo, j_hi = _valid_range(out_w, width, q * dw - pl, sw)
             _add_weighted_pixels(gi[n, r], q * dw - pl, sw, w[p, q, 0], g[n, i], j_lo, j_hi)
