@@ -815,8 +815,9 @@ def fused_workspace_bytes(problem: Problem, bands: int = 1) -> int:
     For each block of images, for a band of output rows (``bands`` per image):
     the input's planes and grad_input's (shifted copies at stride 1, phase
     planes otherwise), grad_output's planes (strided) or NCHW copy (NHWC,
-    stride 1), grad_input's weighted columns (few columns per output channel) and
-    float64 partials of grad_weight and grad_bias.
+    stride 1), NCHW copies of an NHWC image and its grad_input
+    (``nchw_copies_bytes``), grad_input's weighted columns (few columns per
+    output channel) and float64 partials of grad_weight and grad_bias.
     """
     (stride_h, stride_w), itemsize = problem.geometry.stride, problem.dtype.itemsize
     band = -(-problem.out_h // bands)
@@ -835,7 +836,7 @@ def fused_workspace_bytes(problem: Problem, bands: int = 1) -> int:
         grads = problem.c_out * band * pitch
     weight = problem.c_out * cin_g * problem.kh * problem.kw
     values = 2 * problem.c_in * planes + grads + columns_values
-    return values * itemsize + 8 * (weight + problem.c_out)
+    return values * itemsize + 8 * (weight + problem.c_out) + nchw_copies_bytes(problem, bands)
 
 
 # The fused backward takes each image in bands of output rows when
@@ -861,17 +862,23 @@ def _fused_fixed_bytes(problem: Problem) -> int:
     return weight * problem.dtype.itemsize if problem.layout is NHWC else 0
 
 
+def nchw_copies_bytes(problem: Problem, bands: int = 1) -> int:
+    """The shifted kernels' NCHW copies of an NHWC image and its grad_input, per block.
+
+    Made at stride 1 for whole images (one band) of more than one channel (one
+    channel's NHWC image is its NCHW plane already).
+    """
+    if problem.layout is not NHWC or problem.geometry.stride != (1, 1):
+        return 0
+    if bands != 1 or problem.c_in == 1:
+        return 0
+    return 2 * problem.c_in * problem.height * problem.width * problem.dtype.itemsize
+
+
 def serial_fits(problem: Problem, extra_bytes: int = 0) -> bool:
     """Whether the serial fused kernel's one block of workspaces (and ``extra_bytes``) fits."""
     budget = _workspace_budget(problem) - _fused_fixed_bytes(problem)
     return fused_workspace_bytes(problem) + extra_bytes <= budget
-
-
-def serial_copies_bytes(problem: Problem) -> int:
-    """The serial shifted kernel's NCHW copies of an NHWC image and its grad_input (stride 1)."""
-    if problem.layout is not NHWC or problem.geometry.stride != (1, 1):
-        return 0
-    return 2 * problem.c_in * problem.height * problem.width * problem.dtype.itemsize
 
 
 def fused_blocks(problem: Problem) -> int:
@@ -1193,7 +1200,7 @@ def select_backward_kernel(problem: Problem) -> KernelChoice | None:
     shifted = problem.geometry.stride == (1, 1)
     kernel = nchw_flat.backward_shifted_serial if shifted else nchw_flat.backward_padded_serial
     serial = KernelChoice(kernel, problem.layout, (*_flat_args(problem), nhwc), finite_only=True)
-    if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem, serial_copies_bytes(problem)):
+    if problem.terms <= SERIAL_MAX_TERMS and serial_fits(problem):
         return serial
     if direct_suits(problem):
         return _direct_choice("backward", problem, None)

@@ -420,13 +420,17 @@ def test_fused_workspace_estimate_matches_the_kernel():
         assert 0.9 * peak <= estimate <= 1.1 * peak + 4096, (layout, stride, peak, estimate)
 
 
-def test_serial_kernel_counts_its_nhwc_image_copies():
-    """NHWC at stride 1 copies an image and its grad_input into NCHW order: the serial choice
-    must fit them in the budget; NCHW and strided problems copy nothing."""
+def test_shifted_kernels_count_their_nhwc_image_copies():
+    """NHWC at stride 1 copies an image and its grad_input into NCHW order (whole images of
+    several channels): the fused kernels' workspaces must count them; NCHW, strided
+    problems, images in bands and one-channel images copy nothing."""
     nhwc = problem(NHWC, n=1, c_in=6, c_out=16, size=12, k=5, padding=0)
-    assert _dispatch.serial_copies_bytes(nhwc) == 2 * 6 * 12 * 12 * 4
-    assert _dispatch.serial_copies_bytes(problem(NCHW, n=1, c_in=6, c_out=16, size=12)) == 0
-    assert (
-        _dispatch.serial_copies_bytes(problem(NHWC, n=1, c_in=6, c_out=16, size=12, stride=2)) == 0
-    )
+    copies = 2 * 6 * 12 * 12 * 4
+    assert _dispatch.nchw_copies_bytes(nhwc) == copies
+    nchw = problem(NCHW, n=1, c_in=6, c_out=16, size=12, k=5, padding=0)
+    assert _dispatch.fused_workspace_bytes(nhwc) - _dispatch.fused_workspace_bytes(nchw) >= copies
+    assert _dispatch.nchw_copies_bytes(nhwc, bands=2) == 0
+    assert _dispatch.nchw_copies_bytes(problem(NCHW, n=1, c_in=6, c_out=16, size=12)) == 0
+    assert _dispatch.nchw_copies_bytes(problem(NHWC, n=1, c_in=6, c_out=16, size=12, stride=2)) == 0
+    assert _dispatch.nchw_copies_bytes(problem(NHWC, n=1, c_in=1, c_out=16, size=12)) == 0
     assert _dispatch.select_backward_kernel(nhwc).kernel is nchw_flat.backward_shifted_serial

@@ -1014,9 +1014,14 @@ def backward_nchw_flat(
     bias = np.zeros((n_blocks, c_out), dtype=np.float64)
     w = _as_nchw_weight(w, nhwc)
     cols = np.empty((n_blocks, *fused_columns_shape(c_in // groups, kh, kw, x.itemsize)), x.dtype)
+    # NHWC images of several channels through NCHW copies, whole images (``_shifted_block``)
+    height, width = _image_dims(x, nhwc)[2], _image_dims(x, nhwc)[3]
+    copies = c_in if nhwc and c_in > 1 and n_bands == 1 else 0
+    x_chw = line_aligned_empty((n_blocks, copies, height, width), x.dtype)
+    gi_chw = line_aligned_empty(x_chw.shape, x.dtype)
     _backward_shifted(
         x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, cols,
-        nhwc,
+        nhwc, x_chw, gi_chw,
     )  # fmt: skip
     _add_partials(gw, gb, totals, bias, nhwc)
 
@@ -1045,7 +1050,8 @@ def backward_shifted_serial(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
     grads = np.empty((1, c_out, row) if nhwc else (0, 0, 0), x.dtype)
     cols = np.empty((1, *fused_columns_shape(c_in // groups, kh, kw, x.itemsize)), x.dtype)
     height, width = _image_dims(x, nhwc)[2], _image_dims(x, nhwc)[3]
-    copies = c_in if nhwc else 0  # NHWC images through NCHW copies (``_shifted_block``)
+    # NHWC images through NCHW copies (``_shifted_block``)
+    copies = c_in if nhwc and c_in > 1 else 0
     x_chw = np.empty((1, copies, height, width), x.dtype)
     gi_chw = np.empty_like(x_chw)
     _shifted_block(
@@ -1177,8 +1183,9 @@ def _shift_plane(image, c, top, move, target, nhwc):
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _backward_shifted(
-    x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, cols, nhwc
-):
+    x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals, bias, cols,
+    nhwc, x_chw, gi_chw,
+):  # fmt: skip
     """The fused backward for NCHW, stride 1, on shifted planes: grad_output is not copied.
 
     The padded-plane kernels give grad_output the image planes' row pitch, which
@@ -1195,11 +1202,10 @@ def _backward_shifted(
     working-memory budget; grad_input rows two bands read get both bands' sums,
     one after the other within the task.
     """
-    no_copy = np.empty((0, 0, 0, 0), x.dtype)
     for block in prange(totals.shape[0]):
         _shifted_block(
             block, x, g, w, gi, pt, pl, dh, dw, groups, n_bands, images, gi_planes, grads, totals,
-            bias, cols, nhwc, no_copy, no_copy,
+            bias, cols, nhwc, x_chw, gi_chw,
         )  # fmt: skip
 
 
@@ -1234,16 +1240,20 @@ def _shifted_block(
     gipf = gi_planes[block].reshape(c_in, kw, plane)
     kh = w.shape[2]
     wcols = _groups_weight_columns(w, groups, cols.shape[0])
-    via_chw = nhwc and x_chw.shape[1] > 0
+    via_chw = nhwc and c_in > 1 and x_chw.shape[1] > 0
     for n in range(block * n_batch // n_blocks, (block + 1) * n_batch // n_blocks):
         if not nhwc:
             gf = g[n].reshape(c_out, out_h * out_w)
         # where the planes come from and grad_input's planes are added
         x_to, gi_to, n_to, nhwc_to = x, gi, n, nhwc
-        if via_chw:  # grad_input's values too, so that its sums run in the same order
-            _gather_grad(x[n], x_chw[0].reshape(c_in, height * width))
-            _gather_grad(gi[n], gi_chw[0].reshape(c_in, height * width))
-            x_to, gi_to, n_to, nhwc_to = x_chw, gi_chw, 0, 0
+        if nhwc and c_in == 1:  # one channel: an NHWC image is its NCHW plane, where it lies
+            x_to = x.reshape(n_batch, 1, height, width)
+            gi_to, nhwc_to = gi.reshape(n_batch, 1, height, width), 0
+        elif via_chw:  # grad_input's values too, so that its sums run in the same order
+            _gather_grad(x[n], x_chw[block].reshape(c_in, height * width))
+            _gather_grad(gi[n], gi_chw[block].reshape(c_in, height * width))
+            x_to, gi_to = x_chw[block : block + 1], gi_chw[block : block + 1]
+            n_to, nhwc_to = 0, 0
         for band in range(n_bands):
             i0, i1 = band_rows(band, n_bands, out_h, 1, pt, reach + 1, height)[:2]
             rows, length = i1 - i0 + reach, (i1 - i0) * out_w  # padded rows i0 .. i1 + reach
@@ -1287,7 +1297,7 @@ def _shifted_block(
                         dw, rows, out_w, 0, length, nhwc_to, True, gbase, i0,
                     )  # fmt: skip
         if via_chw:
-            _put_transposed(gi_chw[0], gi[n])
+            _put_transposed(gi_chw[block], gi[n])
 
 
 # grad_input by weighted columns (``_columns.py``) where a block of input
