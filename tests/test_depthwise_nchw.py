@@ -83,6 +83,61 @@ def test_phase_planes_match_the_naive_loops(problem, seed):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=100, deadline=None)
+@given(problem=depthwise_problems(strides=(1, 3)), seed=st.integers(0, 2**16))
+def test_phase_planes_grad_weight_alone_matches_the_naive_loops(problem, seed):
+    """``grad_weight_nchw_depthwise_strided``: added into gw, which starts nonzero."""
+    *_, pads, dilation, stride = problem
+    g, x, w = random_problem(np.random.default_rng(seed), *problem)
+    start = np.random.default_rng(seed + 1).standard_normal(w.shape)
+    gw = start.copy()
+    nchw_depthwise.grad_weight_nchw_depthwise_strided(
+        x, g, gw, *stride, *pads, *dilation, x.shape[1]
+    )
+    expected = expected_gradients(g, x, w, pads, dilation, stride)[1]
+    np.testing.assert_allclose(gw, start + expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_api_grad_weight_alone_at_stride_2_by_phase_planes(dtype):
+    """grad_weight without grad_input (with and without grad_bias) through the API: the
+    phase planes where the dispatch sends them, exact kernels when the input has an Inf."""
+    rng = np.random.default_rng(5)
+    pads, dilation, strides = (1, 1, 1, 1), (1, 1), (2, 2)
+    g, x, w = random_problem(rng, 2, 6, 31, 30, (3, 3), pads, dilation, strides, dtype)
+    options = {"padding": 1, "groups": 6, "stride": 2}
+    problem = describe(NCHW, np.dtype(dtype), x.shape, w.shape, **options, dilation=1)
+    choice = _dispatch.select_kernel("grad_weight", problem)
+    assert choice.kernel is nchw_depthwise.grad_weight_nchw_depthwise_strided
+    assert choice.exact is not None  # finite inputs only
+    wide = [a.astype(np.float64) for a in (g, x, w)]
+    expected = expected_gradients(*wide, pads, dilation, strides)
+    rtol, atol = (1e-12, 1e-12) if dtype == np.float64 else (1e-5, 1e-4)
+    for mask in ((False, True, False), (False, True, True)):
+        gi, gw, gb = convgrad.conv2d_backward(g, x, w, **options, output_mask=mask)
+        assert gi is None and (gb is None) == (not mask[2])
+        np.testing.assert_allclose(gw, expected[1], rtol=rtol, atol=atol)
+    # an Inf in the input meets only grad_output values: no NaN (the zero columns of the
+    # phase planes would make one), the row kernel's result
+    x[1, 4, 2, 3] = np.inf
+    gw = convgrad.conv2d_backward(g, x, w, **options, output_mask=(False, True, False))[1]
+    exact = np.zeros_like(w)
+    row_kernel = _dispatch._loop_kernel("grad_weight", problem, NCHW)
+    row_kernel.kernel(x, g, exact, *row_kernel.args)
+    np.testing.assert_array_equal(gw, exact)
+    assert np.isinf(gw[4]).any() and not np.isnan(gw).any()
+    # stride 1 and NHWC keep their kernels
+    stride_1 = describe(
+        NCHW, np.dtype(dtype), x.shape, w.shape, stride=1, padding=1, dilation=1, groups=6
+    )
+    assert _dispatch.select_kernel("grad_weight", stride_1).kernel is not choice.kernel
+    nhwc = describe(
+        NHWC, np.dtype(dtype), NHWC.image_shape(2, 6, 31, 30), NHWC.weight_shape(6, 1, 3, 3),
+        **options, dilation=1,
+    )  # fmt: skip
+    assert _dispatch.select_kernel("grad_weight", nhwc).kernel is not choice.kernel
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("kernel", "dilation"), [((3, 3), (1, 1)), ((3, 3), (2, 1)), ((5, 4), (1, 2))]

@@ -47,7 +47,7 @@ GATE_CASES = [
     ("pointwise", "NCHW"),  # gemm
     ("pointwise", "NHWC"),  # gemm, channels-last
     ("depthwise", "NCHW"),  # depthwise planes (backward), rows (single gradients)
-    ("depthwise_s2", "NCHW"),  # depthwise phase planes (backward), rows
+    ("depthwise_s2", "NCHW"),  # depthwise phase planes (backward, grad_weight), rows
     ("depthwise", "NHWC"),  # depthwise channels
     ("depthwise_s2", "NHWC"),  # depthwise channels at stride 2, a run of pixels per call
     ("resnet_s2", "NCHW"),  # unfolded products at stride 2, NCHW's channel-major rows

@@ -452,37 +452,59 @@ def backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr,
 
     Writes gi too (pixels no tap reaches get 0) and adds into gw and gb.
     """
-    n_batch, channels, height, width = x.shape
+    for c in prange(x.shape[1]):
+        _strided_channel(x, g, w, gi, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw, True)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def grad_weight_nchw_depthwise_strided(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups):
+    """grad_weight alone (added into gw) of ``backward_nchw_depthwise_strided``: no grad_input.
+
+    Exact for finite inputs only, as the backward (the phase planes' zero
+    columns meet grad_output's values).
+    """
+    no_input = np.empty((0, 0, 0, 0), x.dtype)
+    bias = np.zeros(x.shape[1], x.dtype)  # summed on the way, as the backward does; unused
+    for c in prange(x.shape[1]):
+        _strided_channel(x, g, gw, no_input, gw, bias, c, sh, sw, pt, pb, pl, pr, dh, dw, False)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH)
+def _strided_channel(x, g, w, gi, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw, input_too):
+    """Channel c's gradients on phase planes: gi[:, c] written if ``input_too``; gw, gb added."""
+    n_batch, height, width = x.shape[0], x.shape[2], x.shape[3]
     out_h = g.shape[2]
-    kh, kw = w.shape[2], w.shape[3]
+    kh, kw = gw.shape[2], gw.shape[3]
     pitch = (width + pl + pr + sw - 1) // sw
     reach_h, reach_w = ((kh - 1) * dh) // sh, ((kw - 1) * dw) // sw
     rows = max((height + pt + pb + sh - 1) // sh, out_h + reach_h) + 1
     margin = reach_h * pitch + reach_w  # the farthest a tap reaches
     rows_per_dot = max(1, DOT_TERMS // pitch)
-    for c in prange(channels):
-        x_ph = np.zeros((sh * sw, rows * pitch), x.dtype)
-        g_pad = np.zeros(margin + rows * pitch, x.dtype)
-        gi_ph = np.empty((sh * sw, rows * pitch), x.dtype)
-        totals = np.zeros((kh, kw))
-        bias = 0.0
-        for n in range(n_batch):
-            _place_phases(x[n, c], x_ph, pt, pl, sh, sw, pitch)
-            _place(g[n, c], g_pad[margin:], 0, 0, pitch)
-            g_rows = g_pad[margin : margin + out_h * pitch]
-            bias += _plane_sum(g_rows)
+    x_ph = np.zeros((sh * sw, rows * pitch), x.dtype)
+    g_pad = np.zeros(margin + rows * pitch, x.dtype)
+    gi_ph = np.empty((sh * sw, rows * pitch if input_too else 0), x.dtype)
+    totals = np.zeros((kh, kw))
+    bias = 0.0
+    for n in range(n_batch):
+        _place_phases(x[n, c], x_ph, pt, pl, sh, sw, pitch)
+        _place(g[n, c], g_pad[margin:], 0, 0, pitch)
+        g_rows = g_pad[margin : margin + out_h * pitch]
+        bias += _plane_sum(g_rows)
+        if input_too:
             gi_ph[:] = 0
-            for p in range(kh):
-                for q in range(kw):
-                    phase, offset = _tap(p, q, sh, sw, dh, dw, pitch)
-                    for m0 in range(0, g_rows.shape[0], rows_per_dot * pitch):
-                        length = min(rows_per_dot * pitch, g_rows.shape[0] - m0)
-                        window = x_ph[phase, offset + m0 : offset + m0 + length]
-                        totals[p, q] += _dot(window, g_rows[m0 : m0 + length])
-                    source = g_pad[margin - offset : margin - offset + rows * pitch]
-                    _add1(gi_ph[phase], w[c, 0, p, q], source)
-            _copy_valid_phases(gi[n, c], gi_ph, pt, pl, sh, sw, pitch)
         for p in range(kh):
             for q in range(kw):
-                gw[c, 0, p, q] += totals[p, q]
-        gb[c] += bias
+                phase, offset = _tap(p, q, sh, sw, dh, dw, pitch)
+                for m0 in range(0, g_rows.shape[0], rows_per_dot * pitch):
+                    length = min(rows_per_dot * pitch, g_rows.shape[0] - m0)
+                    window = x_ph[phase, offset + m0 : offset + m0 + length]
+                    totals[p, q] += _dot(window, g_rows[m0 : m0 + length])
+                if input_too:
+                    source = g_pad[margin - offset : margin - offset + rows * pitch]
+                    _add1(gi_ph[phase], w[c, 0, p, q], source)
+        if input_too:
+            _copy_valid_phases(gi[n, c], gi_ph, pt, pl, sh, sw, pitch)
+    for p in range(kh):
+        for q in range(kw):
+            gw[c, 0, p, q] += totals[p, q]
+    gb[c] += bias
