@@ -449,7 +449,7 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
         return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks), writes_input=writes)
     exact = _loop_kernel(operation, problem, layout)
     if operation == "grad_weight" and depthwise_weight_planes_suit(problem, layout):
-        kernel = nchw_depthwise.grad_weight_nchw_depthwise_strided
+        kernel = nchw_depthwise.grad_weight_nchw_depthwise
         return KernelChoice(kernel, NCHW, _flat_args(problem), exact=exact)
     if (
         operation != "forward"
@@ -466,17 +466,16 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     return flat_choice(operation, problem)._replace(exact=exact)
 
 
-# NCHW depthwise grad_weight alone at strides above 1 takes the backward's
-# phase planes without grad_input (``grad_weight_nchw_depthwise_strided``):
-# the row kernel took 4.8-5.0 ms on 8 x 32 @ 112 x 112 and 8 x 128 @ 56 x 56 at
-# stride 2, the planes 0.86-0.90 ms (2-core AMD EPYC Zen 4, 2 threads), and the
-# whole backward's planes kernel 2.3-2.6 ms (its grad_input would not fit the
-# budget as a thrown-away result). Stride 1 keeps the row kernel (1.9 ms there).
+# NCHW depthwise grad_weight alone takes the backward's planes without
+# grad_input (``nchw_depthwise.grad_weight_nchw_depthwise``), where one plane
+# per thread fits the budget: the row kernel took 1.5-3.3x its time at stride 1
+# (8 x 32 @ 112^2 to 8 x 512 @ 14^2, 3 x 3 and 5 x 5) and 4.8-5.7x at stride 2
+# (8 x 32 @ 112^2, 8 x 128 @ 56^2: 4.1-5.0 ms, twice the whole backward, whose
+# thrown-away grad_input would not fit the budget), 2-core AMD EPYC Zen 4.
 def depthwise_weight_planes_suit(problem: Problem, layout: Layout) -> bool:
-    """Whether NCHW depthwise grad_weight alone goes by phase planes (finite inputs)."""
-    strided = problem.geometry.stride != (1, 1)
+    """Whether NCHW depthwise grad_weight alone goes by the planes (finite inputs)."""
     depthwise = is_depthwise(problem) and problem.geometry.groups > 1
-    return depthwise and strided and layout is NCHW and depthwise_fits(problem)
+    return depthwise and layout is NCHW and depthwise_fits(problem, tiles=False)
 
 
 # Dense stride-1 problems run the direct products by register tiles
@@ -930,16 +929,16 @@ def depthwise_tiles_suit(problem: Problem) -> bool:
     return small and problem.layout is NCHW
 
 
-def depthwise_workspace_bytes(problem: Problem) -> int:
+def depthwise_workspace_bytes(problem: Problem, tiles: bool | None = None) -> int:
     """Bytes of one task's workspace in the depthwise backward the dispatch picks.
 
-    The tiles kernel's tiles and sums (``depthwise_tiles_suit``); else, stride
-    1, ``backward_nchw_depthwise``'s planes; other strides, the phase planes of
-    ``backward_nchw_depthwise_strided``.
+    The tiles kernel's tiles and sums (``depthwise_tiles_suit``, or ``tiles``
+    where given); else, stride 1, ``backward_nchw_depthwise``'s planes; other
+    strides, the phase planes of ``backward_nchw_depthwise_strided``.
     """
     top, bottom, left, right = problem.geometry.padding
     (sh, sw), (dh, dw) = problem.geometry.stride, problem.geometry.dilation
-    if depthwise_tiles_suit(problem):
+    if depthwise_tiles_suit(problem) if tiles is None else tiles:
         block = depthwise_tiles.lanes(problem.dtype.itemsize)
         values = depthwise_tiles.tile_values(
             problem.height, problem.width, problem.out_h, problem.out_w,
@@ -964,20 +963,23 @@ def depthwise_workspace_bytes(problem: Problem) -> int:
     return values * problem.dtype.itemsize
 
 
-def depthwise_fits(problem: Problem, extra_bytes: int = 0) -> bool:
+def depthwise_fits(problem: Problem, extra_bytes: int = 0, tiles: bool | None = None) -> bool:
     """Whether the fused depthwise backward's workspaces (and ``extra_bytes``) fit the budget.
 
     One workspace per thread: at most as many tasks run at once as numba has
     threads at most (``NUMBA_NUM_THREADS``, fixed for the process), whatever
     the count set now. A task is a block of channels (tiles) or a channel.
+    ``tiles``: the tiles kernel's workspaces (True) or the planes' (False)
+    instead of those of the kernel ``depthwise_tiles_suit`` picks.
     """
-    if depthwise_tiles_suit(problem):
+    tiles = depthwise_tiles_suit(problem) if tiles is None else tiles
+    if tiles:
         block = depthwise_tiles.lanes(problem.dtype.itemsize)
         tasks = -(-problem.c_in // block)
     else:
         tasks = problem.c_in
     tasks = min(tasks, numba.config.NUMBA_NUM_THREADS)
-    workspaces = tasks * depthwise_workspace_bytes(problem)
+    workspaces = tasks * depthwise_workspace_bytes(problem, tiles)
     return workspaces + extra_bytes <= _workspace_budget(problem)
 
 

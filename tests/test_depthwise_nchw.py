@@ -2,7 +2,8 @@
 
 Any kernel size, padding and dilation: at stride 1 the taps in threes and one
 by one, the 3 x 3 kernel's one-pass paths, and planes longer than one float32
-dot product (``DOT_TERMS``); at any stride the phase-plane kernel. The dispatch
+dot product (``DOT_TERMS``); at any stride the phase-plane kernel; grad_weight
+alone by either without grad_input (``grad_weight_nchw_depthwise``). The dispatch
 sends NCHW depthwise problems to them through ``conv2d_backward`` (images of
 more than 14 x 14 pixels at stride 1: smaller ones, and kernels of more than
 nine taps, take the tiles of ``test_depthwise_tiles.py``).
@@ -85,21 +86,20 @@ def test_phase_planes_match_the_naive_loops(problem, seed):
 
 @settings(max_examples=100, deadline=None)
 @given(problem=depthwise_problems(strides=(1, 3)), seed=st.integers(0, 2**16))
-def test_phase_planes_grad_weight_alone_matches_the_naive_loops(problem, seed):
-    """``grad_weight_nchw_depthwise_strided``: added into gw, which starts nonzero."""
+def test_planes_grad_weight_alone_matches_the_naive_loops(problem, seed):
+    """``grad_weight_nchw_depthwise`` (the stride-1 planes or the phase planes): added into
+    gw, which starts nonzero."""
     *_, pads, dilation, stride = problem
     g, x, w = random_problem(np.random.default_rng(seed), *problem)
     start = np.random.default_rng(seed + 1).standard_normal(w.shape)
     gw = start.copy()
-    nchw_depthwise.grad_weight_nchw_depthwise_strided(
-        x, g, gw, *stride, *pads, *dilation, x.shape[1]
-    )
+    nchw_depthwise.grad_weight_nchw_depthwise(x, g, gw, *stride, *pads, *dilation, x.shape[1])
     expected = expected_gradients(g, x, w, pads, dilation, stride)[1]
     np.testing.assert_allclose(gw, start + expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_api_grad_weight_alone_at_stride_2_by_phase_planes(dtype):
+def test_api_grad_weight_alone_by_planes(dtype):
     """grad_weight without grad_input (with and without grad_bias) through the API: the
     phase planes where the dispatch sends them, exact kernels when the input has an Inf."""
     rng = np.random.default_rng(5)
@@ -108,7 +108,7 @@ def test_api_grad_weight_alone_at_stride_2_by_phase_planes(dtype):
     options = {"padding": 1, "groups": 6, "stride": 2}
     problem = describe(NCHW, np.dtype(dtype), x.shape, w.shape, **options, dilation=1)
     choice = _dispatch.select_kernel("grad_weight", problem)
-    assert choice.kernel is nchw_depthwise.grad_weight_nchw_depthwise_strided
+    assert choice.kernel is nchw_depthwise.grad_weight_nchw_depthwise
     assert choice.exact is not None  # finite inputs only
     wide = [a.astype(np.float64) for a in (g, x, w)]
     expected = expected_gradients(*wide, pads, dilation, strides)
@@ -126,11 +126,11 @@ def test_api_grad_weight_alone_at_stride_2_by_phase_planes(dtype):
     row_kernel.kernel(x, g, exact, *row_kernel.args)
     np.testing.assert_array_equal(gw, exact)
     assert np.isinf(gw[4]).any() and not np.isnan(gw).any()
-    # stride 1 and NHWC keep their kernels
+    # stride 1 too (the stride-1 planes); NHWC keeps its channel kernel
     stride_1 = describe(
         NCHW, np.dtype(dtype), x.shape, w.shape, stride=1, padding=1, dilation=1, groups=6
     )
-    assert _dispatch.select_kernel("grad_weight", stride_1).kernel is not choice.kernel
+    assert _dispatch.select_kernel("grad_weight", stride_1).kernel is choice.kernel
     nhwc = describe(
         NHWC, np.dtype(dtype), NHWC.image_shape(2, 6, 31, 30), NHWC.weight_shape(6, 1, 3, 3),
         **options, dilation=1,

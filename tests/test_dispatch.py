@@ -61,9 +61,9 @@ def test_depthwise_stays_in_the_users_layout(multiplier, stride):
                 assert choice.layout is user_layout
                 module = nchw if user_layout is NCHW else nhwc_depthwise
                 suffix = "nchw" if user_layout is NCHW else "nhwc_depthwise"
-                if (operation, user_layout, stride) == ("grad_weight", NCHW, 2):
-                    # NCHW's strided depthwise grad_weight by the backward's phase planes
-                    module, suffix = nchw_depthwise, "nchw_depthwise_strided"
+                if (operation, user_layout) == ("grad_weight", NCHW):
+                    # NCHW's depthwise grad_weight alone by the backward's planes
+                    module, suffix = nchw_depthwise, "nchw_depthwise"
                     assert choice.exact.kernel is nchw.grad_weight_nchw
                 assert choice.kernel is getattr(module, f"{operation}_{suffix}")
             else:  # a channel multiplier: one channel pair per group, 56-long rows

@@ -288,7 +288,7 @@ def backward_nchw_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run):
-    """``backward_nchw_depthwise``'s work, a task per run of ``run`` channels."""
+    """``backward_nchw_depthwise``'s work, a task per run of ``run`` channels; gi empty: no gi."""
     n_batch, channels, height, width = x.shape
     out_h = g.shape[2]
     kh, kw = w.shape[2], w.shape[3]
@@ -300,7 +300,7 @@ def _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run):
         # zeros outside the planes' own values: written once, never overwritten
         x_pad = _line_aligned_zeros(rows * pitch + margin, x)
         g_pad = _line_aligned_zeros(margin + rows * pitch, x)
-        gi_pad = _line_aligned_zeros(height * pitch, x)
+        gi_pad = _line_aligned_zeros(height * pitch if gi.shape[0] else 0, x)
         totals = np.zeros((c1 - c0, kh, kw))
         bias = np.zeros(c1 - c0)
         for n in range(n_batch):
@@ -309,9 +309,10 @@ def _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run):
                 _place(g[n, c], g_pad[margin:], 0, 0, pitch)
                 g_rows = g_pad[margin : margin + out_h * pitch]
                 bias[c - c0] += _weight_taps(x_pad, g_rows, totals[c - c0], pitch, dh, dw)
-                # gi's rows pt .. pt + H of the padded plane
-                _input_taps(g_pad, w[c, 0], gi_pad, margin + pt * pitch, pitch, dh, dw)
-                _copy_valid(gi[n, c], gi_pad, pl, pitch)
+                if gi.shape[0]:  # (empty: grad_weight alone)
+                    # gi's rows pt .. pt + H of the padded plane
+                    _input_taps(g_pad, w[c, 0], gi_pad, margin + pt * pitch, pitch, dh, dw)
+                    _copy_valid(gi[n, c], gi_pad, pl, pitch)
         for c in range(c0, c1):
             for p in range(kh):
                 for q in range(kw):
@@ -456,17 +457,30 @@ def backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr,
         _strided_channel(x, g, w, gi, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw, True)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def grad_weight_nchw_depthwise_strided(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups):
-    """grad_weight alone (added into gw) of ``backward_nchw_depthwise_strided``: no grad_input.
+def grad_weight_nchw_depthwise(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups):
+    """grad_weight alone (added into gw) by the backward's planes, without grad_input.
 
-    Exact for finite inputs only, as the backward (the phase planes' zero
+    ``backward_nchw_depthwise`` at stride 1, ``backward_nchw_depthwise_strided``
+    otherwise, each with an empty gi (and grad_bias summed into a scratch array
+    on the way). Exact for finite inputs only, as they are (the planes' zero
     columns meet grad_output's values).
     """
     no_input = np.empty((0, 0, 0, 0), x.dtype)
-    bias = np.zeros(x.shape[1], x.dtype)  # summed on the way, as the backward does; unused
+    bias = np.zeros(x.shape[1], x.dtype)
+    if sh == 1 and sw == 1:
+        threads = numba.get_num_threads()
+        run = max(1, min(CHANNEL_RUN, x.shape[1] // (TASKS_PER_THREAD * threads)))
+        _backward_runs(x, g, gw, no_input, gw, bias, pt, pb, pl, pr, dh, dw, run)
+    else:
+        _strided_weight(x, g, gw, bias, sh, sw, pt, pb, pl, pr, dh, dw)
+
+
+@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
+def _strided_weight(x, g, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw):
+    """``backward_nchw_depthwise_strided`` without grad_input; parallel over channels."""
+    no_input = np.empty((0, 0, 0, 0), x.dtype)
     for c in prange(x.shape[1]):
-        _strided_channel(x, g, gw, no_input, gw, bias, c, sh, sw, pt, pb, pl, pr, dh, dw, False)
+        _strided_channel(x, g, gw, no_input, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw, False)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
