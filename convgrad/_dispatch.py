@@ -1265,7 +1265,8 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
 
     ``select_backward_kernel``'s choice, which computes all three, for all
     three or for grad_input with grad_weight; for only one of those two (with
-    or without grad_bias), its NCHW depthwise planes kernel, or its serial
+    or without grad_bias), its NCHW depthwise planes kernel (grad_weight at
+    strides above 1 excepted: it has its own phase planes), or its serial
     fused kernel on problems of at most PARTIAL_MAX_TERMS multiply-adds per
     gradient, as long as a grad_input to throw away (grad_weight without it)
     fits the working-memory budget beside the workspaces. None for grad_bias
@@ -1281,6 +1282,11 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
         return None
     if mask[0]:
         return choice
+    if choice.kernel is nchw_depthwise.backward_nchw_depthwise_strided:
+        # grad_weight by its own phase planes (``depthwise_weight_planes_suit``, the
+        # same workspaces) took half the time (8 x 32 @ 56^2, 8 x 128 @ 28^2, stride 2,
+        # grad_bias and the finiteness checks included); at stride 1 the two were even
+        return None
     # a grad_input nobody asked for is working memory: it must fit the budget too
     grad_input = problem.n * problem.c_in * problem.height * problem.width
     fits = depthwise_fits if depthwise else serial_fits

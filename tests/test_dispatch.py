@@ -394,6 +394,8 @@ def test_partial_gradients_take_the_serial_fused_kernel_when_tiny(layout):
     strided = problem(layout, n=2, c_in=8, c_out=8, size=12, groups=8, stride=2)
     alone = _dispatch.select_partial_kernel(strided, (True, False, True))
     assert alone == (_dispatch.select_backward_kernel(strided) if layout is NCHW else None)
+    # grad_weight alone at stride 2: NCHW's own phase planes, one gradient at a time
+    assert _dispatch.select_partial_kernel(strided, (False, True, True)) is None
     # nothing fused for the whole backward: nothing for part of it (1x1: BLAS)
     pointwise = problem(layout, n=1, c_in=16, c_out=16, size=8, k=1, padding=0)
     assert _dispatch.select_partial_kernel(pointwise, (True, True, False)) is None
