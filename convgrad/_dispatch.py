@@ -448,9 +448,10 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
         writes = operation == "grad_input"
         return KernelChoice(kernel, layout, (*problem.kernel_args, *chunks), writes_input=writes)
     exact = _loop_kernel(operation, problem, layout)
-    if operation == "grad_weight" and depthwise_weight_planes_suit(problem, layout):
-        kernel = nchw_depthwise.grad_weight_nchw_depthwise
-        return KernelChoice(kernel, NCHW, _flat_args(problem), exact=exact)
+    if operation != "forward" and depthwise_planes_suit(problem, layout):
+        kernel = _DEPTHWISE_PLANES_KERNELS[operation]
+        writes = operation == "grad_input"
+        return KernelChoice(kernel, NCHW, _flat_args(problem), exact=exact, writes_input=writes)
     if (
         operation != "forward"
         and direct_suits(problem)
@@ -466,14 +467,23 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
     return flat_choice(operation, problem)._replace(exact=exact)
 
 
-# NCHW depthwise grad_weight alone takes the backward's planes without
-# grad_input (``nchw_depthwise.grad_weight_nchw_depthwise``), where one plane
-# per thread fits the budget: the row kernel took 1.5-3.3x its time at stride 1
-# (8 x 32 @ 112^2 to 8 x 512 @ 14^2, 3 x 3 and 5 x 5) and 4.8-5.7x at stride 2
-# (8 x 32 @ 112^2, 8 x 128 @ 56^2: 4.1-5.0 ms, twice the whole backward, whose
-# thrown-away grad_input would not fit the budget), 2-core AMD EPYC Zen 4.
-def depthwise_weight_planes_suit(problem: Problem, layout: Layout) -> bool:
-    """Whether NCHW depthwise grad_weight alone goes by the planes (finite inputs)."""
+# NCHW depthwise gradients alone take the backward's planes without the other
+# one (``nchw_depthwise.grad_input_nchw_depthwise``, ``grad_weight_nchw_depthwise``)
+# where one plane per thread fits the budget. grad_weight went by the row kernel:
+# 1.5-3.3x the time at stride 1 (8 x 32 @ 112^2 to 8 x 512 @ 14^2, 3 x 3 and 5 x 5)
+# and 4.8-5.7x at stride 2 (8 x 32 @ 112^2, 8 x 128 @ 56^2: 4.1-5.0 ms, twice the
+# whole backward, whose thrown-away grad_input would not fit the budget).
+# grad_input went by the whole backward (``select_partial_kernel``): 0.57x the
+# time alone on 8 x 128 @ 56^2 at stride 1, 0.65x on 8 x 32 @ 112^2 at stride 2.
+# 2-core AMD EPYC Zen 4, 2 threads.
+_DEPTHWISE_PLANES_KERNELS: dict[str, Callable[..., None]] = {
+    "grad_input": nchw_depthwise.grad_input_nchw_depthwise,
+    "grad_weight": nchw_depthwise.grad_weight_nchw_depthwise,
+}
+
+
+def depthwise_planes_suit(problem: Problem, layout: Layout) -> bool:
+    """Whether NCHW depthwise gradients alone go by the planes (finite inputs)."""
     depthwise = is_depthwise(problem) and problem.geometry.groups > 1
     return depthwise and layout is NCHW and depthwise_fits(problem, tiles=False)
 
@@ -1265,8 +1275,8 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
 
     ``select_backward_kernel``'s choice, which computes all three, for all
     three or for grad_input with grad_weight; for only one of those two (with
-    or without grad_bias), its NCHW depthwise planes kernel (grad_weight at
-    strides above 1 excepted: it has its own phase planes), or its serial
+    or without grad_bias), its NCHW depthwise planes kernel (only for
+    grad_weight at stride 1: each has its own planes kernel), or its serial
     fused kernel on problems of at most PARTIAL_MAX_TERMS multiply-adds per
     gradient, as long as a grad_input to throw away (grad_weight without it)
     fits the working-memory budget beside the workspaces. None for grad_bias
@@ -1280,12 +1290,18 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
     depthwise = choice.kernel in _DEPTHWISE_FUSED_KERNELS
     if not (depthwise or (reports_finite(choice) and problem.terms <= PARTIAL_MAX_TERMS)):
         return None
+    planes = (
+        nchw_depthwise.backward_nchw_depthwise,
+        nchw_depthwise.backward_nchw_depthwise_strided,
+    )
+    if mask[0] and choice.kernel in planes:
+        return None  # grad_input by its own planes (``depthwise_planes_suit``, the same workspaces)
     if mask[0]:
         return choice
     if choice.kernel is nchw_depthwise.backward_nchw_depthwise_strided:
-        # grad_weight by its own phase planes (``depthwise_weight_planes_suit``, the
-        # same workspaces) took half the time (8 x 32 @ 56^2, 8 x 128 @ 28^2, stride 2,
-        # grad_bias and the finiteness checks included); at stride 1 the two were even
+        # grad_weight by its own phase planes took half the time (8 x 32 @ 56^2,
+        # 8 x 128 @ 28^2, stride 2, grad_bias and the finiteness checks included);
+        # at stride 1 the two were even
         return None
     # a grad_input nobody asked for is working memory: it must fit the budget too
     grad_input = problem.n * problem.c_in * problem.height * problem.width

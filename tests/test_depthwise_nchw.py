@@ -2,8 +2,9 @@
 
 Any kernel size, padding and dilation: at stride 1 the taps in threes and one
 by one, the 3 x 3 kernel's one-pass paths, and planes longer than one float32
-dot product (``DOT_TERMS``); at any stride the phase-plane kernel; grad_weight
-alone by either without grad_input (``grad_weight_nchw_depthwise``). The dispatch
+dot product (``DOT_TERMS``); at any stride the phase-plane kernel; grad_weight or
+grad_input alone by either, without the other (``grad_weight_nchw_depthwise``,
+``grad_input_nchw_depthwise``). The dispatch
 sends NCHW depthwise problems to them through ``conv2d_backward`` (images of
 more than 14 x 14 pixels at stride 1: smaller ones, and kernels of more than
 nine taps, take the tiles of ``test_depthwise_tiles.py``).
@@ -86,56 +87,68 @@ def test_phase_planes_match_the_naive_loops(problem, seed):
 
 @settings(max_examples=100, deadline=None)
 @given(problem=depthwise_problems(strides=(1, 3)), seed=st.integers(0, 2**16))
-def test_planes_grad_weight_alone_matches_the_naive_loops(problem, seed):
-    """``grad_weight_nchw_depthwise`` (the stride-1 planes or the phase planes): added into
-    gw, which starts nonzero."""
+def test_planes_gradients_alone_match_the_naive_loops(problem, seed):
+    """``grad_weight_nchw_depthwise`` and ``grad_input_nchw_depthwise`` (the stride-1 planes
+    or the phase planes): gw added into, from nonzero; every value of gi set, from NaN."""
     *_, pads, dilation, stride = problem
     g, x, w = random_problem(np.random.default_rng(seed), *problem)
+    expected = expected_gradients(g, x, w, pads, dilation, stride)
     start = np.random.default_rng(seed + 1).standard_normal(w.shape)
-    gw = start.copy()
-    nchw_depthwise.grad_weight_nchw_depthwise(x, g, gw, *stride, *pads, *dilation, x.shape[1])
-    expected = expected_gradients(g, x, w, pads, dilation, stride)[1]
-    np.testing.assert_allclose(gw, start + expected, rtol=1e-12, atol=1e-12)
+    gw, gi = start.copy(), np.full_like(x, np.nan)
+    geometry = (*stride, *pads, *dilation, x.shape[1])
+    nchw_depthwise.grad_weight_nchw_depthwise(x, g, gw, *geometry)
+    nchw_depthwise.grad_input_nchw_depthwise(g, w, gi, *geometry)
+    np.testing.assert_allclose(gw, start + expected[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gi, expected[0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_api_grad_weight_alone_by_planes(dtype):
-    """grad_weight without grad_input (with and without grad_bias) through the API: the
-    phase planes where the dispatch sends them, exact kernels when the input has an Inf."""
+@pytest.mark.parametrize("operation", ["grad_input", "grad_weight"])
+def test_api_gradient_alone_by_planes(operation, dtype):
+    """One of grad_input and grad_weight (with and without grad_bias) through the API: the
+    planes kernels where the dispatch sends them, the row kernels when an input they
+    multiply into the planes' zeros has an Inf."""
     rng = np.random.default_rng(5)
     pads, dilation, strides = (1, 1, 1, 1), (1, 1), (2, 2)
     g, x, w = random_problem(rng, 2, 6, 31, 30, (3, 3), pads, dilation, strides, dtype)
     options = {"padding": 1, "groups": 6, "stride": 2}
     problem = describe(NCHW, np.dtype(dtype), x.shape, w.shape, **options, dilation=1)
-    choice = _dispatch.select_kernel("grad_weight", problem)
-    assert choice.kernel is nchw_depthwise.grad_weight_nchw_depthwise
+    choice = _dispatch.select_kernel(operation, problem)
+    assert choice.kernel is getattr(nchw_depthwise, f"{operation}_nchw_depthwise")
     assert choice.exact is not None  # finite inputs only
+    k = 0 if operation == "grad_input" else 1
     wide = [a.astype(np.float64) for a in (g, x, w)]
     expected = expected_gradients(*wide, pads, dilation, strides)
     rtol, atol = (1e-12, 1e-12) if dtype == np.float64 else (1e-5, 1e-4)
-    for mask in ((False, True, False), (False, True, True)):
-        gi, gw, gb = convgrad.conv2d_backward(g, x, w, **options, output_mask=mask)
-        assert gi is None and (gb is None) == (not mask[2])
-        np.testing.assert_allclose(gw, expected[1], rtol=rtol, atol=atol)
-    # an Inf in the input meets only grad_output values: no NaN (the zero columns of the
-    # phase planes would make one), the row kernel's result
-    x[1, 4, 2, 3] = np.inf
-    gw = convgrad.conv2d_backward(g, x, w, **options, output_mask=(False, True, False))[1]
-    exact = np.zeros_like(w)
-    row_kernel = _dispatch._loop_kernel("grad_weight", problem, NCHW)
-    row_kernel.kernel(x, g, exact, *row_kernel.args)
-    np.testing.assert_array_equal(gw, exact)
-    assert np.isinf(gw[4]).any() and not np.isnan(gw).any()
-    # stride 1 too (the stride-1 planes); NHWC keeps its channel kernel
+    for with_bias in (False, True):
+        mask = (k == 0, k == 1, with_bias)
+        got = convgrad.conv2d_backward(g, x, w, **options, output_mask=mask)
+        assert got[1 - k] is None and (got[2] is None) == (not with_bias)
+        np.testing.assert_allclose(got[k], expected[k], rtol=rtol, atol=atol)
+    # an Inf in the input (grad_weight) or the weight (grad_input) meets only grad_output
+    # values: no NaN (the planes' zeros would make one), the row kernel's result
+    if operation == "grad_weight":
+        x[1, 4, 2, 3] = np.inf
+    else:
+        w[4, 0, 1, 1] = np.inf
+    mask = (k == 0, k == 1, False)
+    got = convgrad.conv2d_backward(g, x, w, **options, output_mask=mask)[k]
+    exact = np.zeros_like(got)
+    row_kernel = _dispatch._loop_kernel(operation, problem, NCHW)
+    operands = (x, g) if operation == "grad_weight" else (g, w)
+    row_kernel.kernel(*operands, exact, *row_kernel.args)
+    np.testing.assert_array_equal(got, exact)
+    assert np.isinf(got[:, 4] if k == 0 else got[4]).any() and not np.isnan(got).any()
+    # stride 1 too (the stride-1 planes); NHWC keeps its channel kernels
     stride_1 = describe(
         NCHW, np.dtype(dtype), x.shape, w.shape, stride=1, padding=1, dilation=1, groups=6
     )
-    assert _dispatch.select_kernel("grad_weight", stride_1).kernel is choice.kernel
+    assert _dispatch.select_kernel(operation, stride_1).kernel is choice.kernel
     nhwc = describe(
         NHWC, np.dtype(dtype), NHWC.image_shape(2, 6, 31, 30), NHWC.weight_shape(6, 1, 3, 3),
         **options, dilation=1,
     )  # fmt: skip
-    assert _dispatch.select_kernel("grad_weight", nhwc).kernel is not choice.kernel
+    assert _dispatch.select_kernel(operation, nhwc).kernel is not choice.kernel
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -61,10 +61,10 @@ def test_depthwise_stays_in_the_users_layout(multiplier, stride):
                 assert choice.layout is user_layout
                 module = nchw if user_layout is NCHW else nhwc_depthwise
                 suffix = "nchw" if user_layout is NCHW else "nhwc_depthwise"
-                if (operation, user_layout) == ("grad_weight", NCHW):
-                    # NCHW's depthwise grad_weight alone by the backward's planes
+                if operation != "forward" and user_layout is NCHW:
+                    # NCHW's depthwise gradients alone by the backward's planes
                     module, suffix = nchw_depthwise, "nchw_depthwise"
-                    assert choice.exact.kernel is nchw.grad_weight_nchw
+                    assert choice.exact.kernel is getattr(nchw, f"{operation}_nchw")
                 assert choice.kernel is getattr(module, f"{operation}_{suffix}")
             else:  # a channel multiplier: one channel pair per group, 56-long rows
                 assert choice.layout is NCHW
@@ -388,13 +388,17 @@ def test_partial_gradients_take_the_serial_fused_kernel_when_tiny(layout):
     assert alone == (fused_depthwise if layout is NCHW else None)
     # unless grad_input (thrown away) would pass the working-memory budget
     big = problem(layout, n=8, c_in=64, c_out=64, size=56, groups=64)
-    alone = _dispatch.select_partial_kernel(big, (True, False, False))
-    assert alone == (_dispatch.select_backward_kernel(big) if layout is NCHW else None)
+    assert _dispatch.select_backward_kernel(big).kernel is (
+        nchw_depthwise.backward_nchw_depthwise
+        if layout is NCHW
+        else nhwc_depthwise.backward_nhwc_depthwise
+    )
     assert _dispatch.select_partial_kernel(big, (False, True, True)) is None
+    # grad_input alone: NCHW's planes kernels have their own, one gradient at a time
+    assert _dispatch.select_partial_kernel(big, (True, False, False)) is None
     strided = problem(layout, n=2, c_in=8, c_out=8, size=12, groups=8, stride=2)
-    alone = _dispatch.select_partial_kernel(strided, (True, False, True))
-    assert alone == (_dispatch.select_backward_kernel(strided) if layout is NCHW else None)
-    # grad_weight alone at stride 2: NCHW's own phase planes, one gradient at a time
+    assert _dispatch.select_partial_kernel(strided, (True, False, True)) is None
+    # and so has grad_weight alone at stride 2 (even where grad_input would fit)
     assert _dispatch.select_partial_kernel(strided, (False, True, True)) is None
     # nothing fused for the whole backward: nothing for part of it (1x1: BLAS)
     pointwise = problem(layout, n=1, c_in=16, c_out=16, size=8, k=1, padding=0)

@@ -281,14 +281,16 @@ def backward_nchw_depthwise(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw,
     """
     if sh != 1 or sw != 1:
         raise ValueError("backward_nchw_depthwise is for stride 1")
-    threads = numba.get_num_threads()
-    run = max(1, min(CHANNEL_RUN, x.shape[1] // (TASKS_PER_THREAD * threads)))
-    _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run)
+    _planes_backward(x, g, w, gi, gw, gb, 1, 1, pt, pb, pl, pr, dh, dw)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
 def _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run):
-    """``backward_nchw_depthwise``'s work, a task per run of ``run`` channels; gi empty: no gi."""
+    """``backward_nchw_depthwise``'s work, a task per run of ``run`` channels.
+
+    gi empty: grad_weight and grad_bias alone; gw empty: grad_input alone (x
+    then gives the planes' shape only, its values unread).
+    """
     n_batch, channels, height, width = x.shape
     out_h = g.shape[2]
     kh, kw = w.shape[2], w.shape[3]
@@ -298,22 +300,23 @@ def _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run):
     for block in prange((channels + run - 1) // run):
         c0, c1 = block * run, min((block + 1) * run, channels)
         # zeros outside the planes' own values: written once, never overwritten
-        x_pad = _line_aligned_zeros(rows * pitch + margin, x)
+        x_pad = _line_aligned_zeros(rows * pitch + margin if gw.shape[0] else 0, x)
         g_pad = _line_aligned_zeros(margin + rows * pitch, x)
         gi_pad = _line_aligned_zeros(height * pitch if gi.shape[0] else 0, x)
         totals = np.zeros((c1 - c0, kh, kw))
         bias = np.zeros(c1 - c0)
         for n in range(n_batch):
             for c in range(c0, c1):  # planes next to each other in memory
-                _place(x[n, c], x_pad, pt, pl, pitch)
                 _place(g[n, c], g_pad[margin:], 0, 0, pitch)
-                g_rows = g_pad[margin : margin + out_h * pitch]
-                bias[c - c0] += _weight_taps(x_pad, g_rows, totals[c - c0], pitch, dh, dw)
-                if gi.shape[0]:  # (empty: grad_weight alone)
+                if gw.shape[0]:
+                    _place(x[n, c], x_pad, pt, pl, pitch)
+                    g_rows = g_pad[margin : margin + out_h * pitch]
+                    bias[c - c0] += _weight_taps(x_pad, g_rows, totals[c - c0], pitch, dh, dw)
+                if gi.shape[0]:
                     # gi's rows pt .. pt + H of the padded plane
                     _input_taps(g_pad, w[c, 0], gi_pad, margin + pt * pitch, pitch, dh, dw)
                     _copy_valid(gi[n, c], gi_pad, pl, pitch)
-        for c in range(c0, c1):
+        for c in range(c0 if gw.shape[0] else c1, c1):
             for p in range(kh):
                 for q in range(kw):
                     gw[c, 0, p, q] += totals[c - c0, p, q]
@@ -451,10 +454,16 @@ def _copy_valid_phases(gi_plane, phases, top, left, sh, sw, pitch):
 def backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, groups):
     """``backward_nchw_depthwise`` for any stride, on phase planes; parallel over channels.
 
-    Writes gi too (pixels no tap reaches get 0) and adds into gw and gb.
+    Writes gi too (pixels no tap reaches get 0) and adds into gw and gb. An
+    empty gi: grad_weight and grad_bias alone; an empty gw and gb: grad_input
+    alone (x then gives the planes' shape only, its values unread).
     """
     for c in prange(x.shape[1]):
-        _strided_channel(x, g, w, gi, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw, True)
+        _strided_channel(x, g, w, gi, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw)
+
+
+# One gradient alone by the backward's planes: grad_input's taps or
+# grad_weight's dot products are skipped, with their planes.
 
 
 def grad_weight_nchw_depthwise(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups):
@@ -467,49 +476,59 @@ def grad_weight_nchw_depthwise(x, g, gw, sh, sw, pt, pb, pl, pr, dh, dw, groups)
     """
     no_input = np.empty((0, 0, 0, 0), x.dtype)
     bias = np.zeros(x.shape[1], x.dtype)
+    _planes_backward(x, g, gw, no_input, gw, bias, sh, sw, pt, pb, pl, pr, dh, dw)
+
+
+def grad_input_nchw_depthwise(g, w, gi, sh, sw, pt, pb, pl, pr, dh, dw, groups):
+    """grad_input alone (written: every value set) by the backward's planes, without grad_weight.
+
+    Exact for finite weights and grad_output only, as the backward (a weight
+    meets the planes' zeros).
+    """
+    no_weight = np.empty((0, 1, w.shape[2], w.shape[3]), w.dtype)
+    no_bias = np.empty(0, w.dtype)
+    _planes_backward(gi, g, w, gi, no_weight, no_bias, sh, sw, pt, pb, pl, pr, dh, dw)
+
+
+def _planes_backward(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw):
+    """The stride-1 planes or the phase planes, parallel over channels (see the kernels)."""
     if sh == 1 and sw == 1:
         threads = numba.get_num_threads()
         run = max(1, min(CHANNEL_RUN, x.shape[1] // (TASKS_PER_THREAD * threads)))
-        _backward_runs(x, g, gw, no_input, gw, bias, pt, pb, pl, pr, dh, dw, run)
+        _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run)
     else:
-        _strided_weight(x, g, gw, bias, sh, sw, pt, pb, pl, pr, dh, dw)
-
-
-@njit(cache=CACHE, fastmath=FASTMATH, parallel=True)
-def _strided_weight(x, g, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw):
-    """``backward_nchw_depthwise_strided`` without grad_input; parallel over channels."""
-    no_input = np.empty((0, 0, 0, 0), x.dtype)
-    for c in prange(x.shape[1]):
-        _strided_channel(x, g, gw, no_input, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw, False)
+        backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, 0)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _strided_channel(x, g, w, gi, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw, input_too):
-    """Channel c's gradients on phase planes: gi[:, c] written if ``input_too``; gw, gb added."""
+def _strided_channel(x, g, w, gi, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw):
+    """Channel c's gradients on phase planes: gi[:, c] written, gw and gb added (unless empty)."""
     n_batch, height, width = x.shape[0], x.shape[2], x.shape[3]
     out_h = g.shape[2]
-    kh, kw = gw.shape[2], gw.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    input_too, weight_too = gi.shape[0] > 0, gw.shape[0] > 0
     pitch = (width + pl + pr + sw - 1) // sw
     reach_h, reach_w = ((kh - 1) * dh) // sh, ((kw - 1) * dw) // sw
     rows = max((height + pt + pb + sh - 1) // sh, out_h + reach_h) + 1
     margin = reach_h * pitch + reach_w  # the farthest a tap reaches
     rows_per_dot = max(1, DOT_TERMS // pitch)
-    x_ph = np.zeros((sh * sw, rows * pitch), x.dtype)
+    x_ph = np.zeros((sh * sw, rows * pitch if weight_too else 0), x.dtype)
     g_pad = np.zeros(margin + rows * pitch, x.dtype)
     gi_ph = np.empty((sh * sw, rows * pitch if input_too else 0), x.dtype)
     totals = np.zeros((kh, kw))
     bias = 0.0
     for n in range(n_batch):
-        _place_phases(x[n, c], x_ph, pt, pl, sh, sw, pitch)
         _place(g[n, c], g_pad[margin:], 0, 0, pitch)
         g_rows = g_pad[margin : margin + out_h * pitch]
-        bias += _plane_sum(g_rows)
+        if weight_too:
+            _place_phases(x[n, c], x_ph, pt, pl, sh, sw, pitch)
+            bias += _plane_sum(g_rows)
         if input_too:
             gi_ph[:] = 0
         for p in range(kh):
             for q in range(kw):
                 phase, offset = _tap(p, q, sh, sw, dh, dw, pitch)
-                for m0 in range(0, g_rows.shape[0], rows_per_dot * pitch):
+                for m0 in range(0, g_rows.shape[0] if weight_too else 0, rows_per_dot * pitch):
                     length = min(rows_per_dot * pitch, g_rows.shape[0] - m0)
                     window = x_ph[phase, offset + m0 : offset + m0 + length]
                     totals[p, q] += _dot(window, g_rows[m0 : m0 + length])
@@ -518,7 +537,8 @@ def _strided_channel(x, g, w, gi, gw, gb, c, sh, sw, pt, pb, pl, pr, dh, dw, inp
                     _add1(gi_ph[phase], w[c, 0, p, q], source)
         if input_too:
             _copy_valid_phases(gi[n, c], gi_ph, pt, pl, sh, sw, pitch)
-    for p in range(kh):
-        for q in range(kw):
-            gw[c, 0, p, q] += totals[p, q]
-    gb[c] += bias
+    if weight_too:
+        for p in range(kh):
+            for q in range(kw):
+                gw[c, 0, p, q] += totals[p, q]
+        gb[c] += bias
