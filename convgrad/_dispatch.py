@@ -1275,8 +1275,9 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
 
     ``select_backward_kernel``'s choice, which computes all three, for all
     three or for grad_input with grad_weight; for only one of those two (with
-    or without grad_bias), its NCHW depthwise planes kernel (only for
-    grad_weight at stride 1: each has its own planes kernel), or its serial
+    or without grad_bias), its NCHW depthwise planes kernel for grad_weight at
+    stride 1 (grad_input alone, and grad_weight alone at other strides, have
+    planes kernels of their own: ``depthwise_planes_suit``), or its serial
     fused kernel on problems of at most PARTIAL_MAX_TERMS multiply-adds per
     gradient, as long as a grad_input to throw away (grad_weight without it)
     fits the working-memory budget beside the workspaces. None for grad_bias

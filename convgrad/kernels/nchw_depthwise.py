@@ -497,7 +497,8 @@ def _planes_backward(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw):
         run = max(1, min(CHANNEL_RUN, x.shape[1] // (TASKS_PER_THREAD * threads)))
         _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run)
     else:
-        backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, sh, sw, pt, pb, pl, pr, dh, dw, 0)
+        args = (sh, sw, pt, pb, pl, pr, dh, dw, x.shape[1])
+        backward_nchw_depthwise_strided(x, g, w, gi, gw, gb, *args)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)

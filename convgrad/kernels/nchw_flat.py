@@ -1195,8 +1195,10 @@ def _backward_shifted(
     (``_tap``) and grad_output is used where it lies. For few input channels
     (the fused kernel's problems) that is C_in * KW small planes instead of
     C_out planes, and no zero columns in the sums. Blocks of images as in
-    ``_backward_padded``. NHWC: the input's channels are gathered into the
-    shifted planes, and grad_output into NCHW order in ``grads``. Each image
+    ``_backward_padded``. NHWC: grad_output is gathered into NCHW order in
+    ``grads``, and whole images of several channels go through the blocks'
+    NCHW copies ``x_chw`` and ``gi_chw`` (else empty, and the input's
+    channels are gathered into the shifted planes). Each image
     goes in ``n_bands`` bands of output rows (see ``_bands`` in the package):
     a band's planes hold the input rows it reads, so big images fit the
     working-memory budget; grad_input rows two bands read get both bands' sums,
@@ -1218,11 +1220,13 @@ def _shifted_block(
 
     grad_input by weighted columns (``_input_columns``) when the weight has few
     columns per output channel, else by the 4 x 4 channel blocks' axpys.
-    NHWC with ``x_chw`` and ``gi_chw`` (1, C_in, H, W) not empty
-    (whole images, one band): each image and its grad_input are transposed
-    into them, grad_input summed there and written back, so the planes
-    take the NCHW rows' vector steps (``_rows.py``) instead of a channel's
-    pixels one at a time.
+    NHWC with ``x_chw`` and ``gi_chw`` (blocks, C_in, H, W) not empty
+    (whole images, one band, more than one channel): each image and its
+    grad_input are transposed into the block's copies, grad_input summed
+    there and written back, so the planes take the NCHW rows' vector steps
+    (``_rows.py``) instead of a channel's pixels one at a time. An NHWC
+    image of one channel is its NCHW plane: it and its grad_input are used
+    where they lie, as NCHW.
     """
     x, g, w, gi = _borrowed(x), _borrowed(g), _borrowed(w), _borrowed(gi)
     images, gi_planes, grads = _borrowed(images), _borrowed(gi_planes), _borrowed(grads)
