@@ -1291,11 +1291,7 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
     depthwise = choice.kernel in _DEPTHWISE_FUSED_KERNELS
     if not (depthwise or (reports_finite(choice) and problem.terms <= PARTIAL_MAX_TERMS)):
         return None
-    planes = (
-        nchw_depthwise.backward_nchw_depthwise,
-        nchw_depthwise.backward_nchw_depthwise_strided,
-    )
-    if mask[0] and choice.kernel in planes:
+    if mask[0] and choice.kernel in _DEPTHWISE_PLANES_FUSED_KERNELS:
         return None  # grad_input by its own planes (``depthwise_planes_suit``, the same workspaces)
     if mask[0]:
         return choice
@@ -1312,9 +1308,12 @@ def select_partial_kernel(problem: Problem, mask: tuple[bool, bool, bool]) -> Ke
 
 # The depthwise planes and tiles kernels (all three gradients in one pass)
 # take less time than the row kernels take for grad_input or grad_weight alone.
-_DEPTHWISE_FUSED_KERNELS = (
+_DEPTHWISE_PLANES_FUSED_KERNELS = (
     nchw_depthwise.backward_nchw_depthwise,
     nchw_depthwise.backward_nchw_depthwise_strided,
+)
+_DEPTHWISE_FUSED_KERNELS = (
+    *_DEPTHWISE_PLANES_FUSED_KERNELS,
     depthwise_tiles.backward_depthwise_tiles,
 )
 

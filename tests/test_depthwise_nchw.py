@@ -320,6 +320,17 @@ NHWC_STEPS = [
 ]
 
 
+def _nhwc_call(g, x, w, stride, dilation, pads):
+    """NCHW test arrays in NHWC order, and conv2d_backward's options for them (37 channels)."""
+    g_, x_ = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (g, x))
+    w_ = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    options = {
+        "stride": stride, "padding": (pads[:2], pads[2:]), "dilation": dilation, "groups": 37,
+        "layout": "NHWC",
+    }  # fmt: skip
+    return g_, x_, w_, options
+
+
 @pytest.mark.parametrize("float32", [False, True])
 @pytest.mark.parametrize("case", range(len(NHWC_STEPS)))
 def test_nhwc_gradients_at_every_step_match_the_naive_loops(case, float32):
@@ -333,12 +344,7 @@ def test_nhwc_gradients_at_every_step_match_the_naive_loops(case, float32):
     want = expected_gradients(g, x, w, pads, dilation, stride)
     if float32:
         g, x, w = (a.astype(np.float32) for a in (g, x, w))
-    g_, x_ = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (g, x))
-    w_ = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
-    options = {
-        "stride": stride, "padding": (pads[:2], pads[2:]), "dilation": dilation, "groups": 37,
-        "layout": "NHWC",
-    }  # fmt: skip
+    g_, x_, w_, options = _nhwc_call(g, x, w, stride, dilation, pads)
     tol = {"rtol": 1e-4, "atol": 1e-4} if float32 else {"rtol": 1e-12, "atol": 1e-12}
     backward = convgrad.conv2d_backward(g_, x_, w_, **options)
     for k, mask in enumerate([(True, False, False), (False, True, False), (False, False, True)]):
@@ -359,12 +365,7 @@ def test_nhwc_strided_gradients_keep_nan_and_inf_exact(case):
     x[1, 5, 9, 16] = np.inf
     g[0, 3, 4, 2] = np.nan
     want = expected_gradients(g, x, w, pads, dilation, stride)
-    g_, x_ = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (g, x))
-    w_ = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
-    options = {
-        "stride": stride, "padding": (pads[:2], pads[2:]), "dilation": dilation, "groups": 37,
-        "layout": "NHWC",
-    }  # fmt: skip
+    g_, x_, w_, options = _nhwc_call(g, x, w, stride, dilation, pads)
     gi, gw, gb = convgrad.conv2d_backward(g_, x_, w_, **options)
     for got, expected in ((gi.transpose(0, 3, 1, 2), want[0]), (gw.transpose(3, 2, 0, 1), want[1])):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))

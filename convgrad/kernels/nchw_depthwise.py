@@ -316,11 +316,12 @@ def _backward_runs(x, g, w, gi, gw, gb, pt, pb, pl, pr, dh, dw, run):
                     # gi's rows pt .. pt + H of the padded plane
                     _input_taps(g_pad, w[c, 0], gi_pad, margin + pt * pitch, pitch, dh, dw)
                     _copy_valid(gi[n, c], gi_pad, pl, pitch)
-        for c in range(c0 if gw.shape[0] else c1, c1):
-            for p in range(kh):
-                for q in range(kw):
-                    gw[c, 0, p, q] += totals[c - c0, p, q]
-            gb[c] += bias[c - c0]
+        if gw.shape[0]:
+            for c in range(c0, c1):
+                for p in range(kh):
+                    for q in range(kw):
+                        gw[c, 0, p, q] += totals[c - c0, p, q]
+                gb[c] += bias[c - c0]
 
 
 # Other strides: the padded planes split into sh * sw phases, as in
