@@ -178,13 +178,18 @@ def grad_weight_nchw(x, g, gw, sh, sw, pt, pl, dh, dw, groups):
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _channel_sum(g, co):
-    """sum of g[:, co] over (n, i, j), accumulated in float64."""
+    """sum of g[:, co] over (n, i, j), accumulated in float64; g C-contiguous.
+
+    A plane at a time as one run: summed row by row, each row's vector of
+    partial sums was reduced to the scalar at the row's end, which took 2-3x
+    the time on 14-112 pixel rows.
+    """
     n_batch, _, out_h, out_w = g.shape
     acc = 0.0
     for n in range(n_batch):
-        for i in range(out_h):
-            for j in range(out_w):
-                acc += g[n, co, i, j]
+        plane = g[n, co].reshape(out_h * out_w)
+        for k in range(plane.shape[0]):
+            acc += plane[k]
     return acc
 
 
