@@ -1,5 +1,6 @@
 """The public functions: validate and normalise, pick a kernel, run it."""
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -567,7 +568,32 @@ def _grad_weight(
     accumulate: bool,
     originals: tuple[np.ndarray, ...],
 ) -> np.ndarray:
-    choice = _exact_if_needed(select_kernel("grad_weight", problem), x, g)
+    choice = select_kernel("grad_weight", problem)
+    # Without accumulate, a kernel exact for finite inputs only is checked
+    # afterwards, on its result, where that is smaller than its inputs: every
+    # input and grad_output value it reads (even against zero padding) is
+    # multiplied into a sum of grad_weight, so a NaN or Inf among them leaves
+    # one there (as ``_backward_fused`` relies on); then the exact kernel runs.
+    if choice.exact is None or accumulate or math.prod(problem.weight_shape) >= x.size + g.size:
+        choice = _exact_if_needed(choice, x, g)
+    else:
+        result = _run_grad_weight(choice, problem, x, g, out, accumulate, originals)
+        if _finite(result):
+            return result
+        choice = choice.exact
+    return _run_grad_weight(choice, problem, x, g, out, accumulate, originals)
+
+
+def _run_grad_weight(
+    choice: KernelChoice,
+    problem: Problem,
+    x: np.ndarray,
+    g: np.ndarray,
+    out: np.ndarray | None,
+    accumulate: bool,
+    originals: tuple[np.ndarray, ...],
+) -> np.ndarray:
+    """grad_weight by ``choice``, in the user's layout (``out`` itself where it can be)."""
     family = choice.layout
     if family is problem.layout:
         buffer = destination(out, problem.weight_shape, problem.dtype, accumulate, originals)

@@ -5,13 +5,14 @@ kernels must agree with them for any padding, dilation, groups, channel count an
 image chunk, and the API must fall back to the exact kernels on NaN or Inf.
 """
 
+import naive
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convgrad
-from convgrad import _dispatch
+from convgrad import _api, _dispatch
 from convgrad._layouts import NCHW
 from convgrad._problem import describe
 from convgrad.kernels import nchw, nchw_flat
@@ -373,6 +374,55 @@ def test_api_takes_the_exact_kernels_on_non_finite_input(layout):
     )
     assert not np.isnan(gw).any()
     np.testing.assert_array_equal(gw, exact)
+
+
+def test_grad_weight_alone_checks_its_result_instead_of_its_inputs(monkeypatch):
+    # finite-only single-gradient kernels: every value grad_weight's kernel reads
+    # lands in a sum of it, so the (smaller) result is checked afterwards
+    rng = np.random.default_rng(5)
+    x, g = rng.standard_normal((2, 4, 10, 10)), rng.standard_normal((2, 8, 10, 10))
+    problem = describe(
+        NCHW, x.dtype, x.shape, (8, 4, 3, 3), stride=1, padding=1, dilation=1, groups=1
+    )
+    assert _dispatch.select_kernel("grad_weight", problem).exact is not None
+    checked = []
+    finite = _api._finite
+    monkeypatch.setattr(_api, "_finite", lambda *arrays: checked.append(arrays) or finite(*arrays))
+    gw = convgrad.conv2d_grad_weight(g, x, (8, 4, 3, 3), padding=1)
+    assert [[a.size for a in arrays] for arrays in checked] == [[gw.size]]
+    # accumulating into out, the kernel adds to it: the inputs first then
+    checked.clear()
+    convgrad.conv2d_grad_weight(g, x, (8, 4, 3, 3), padding=1, out=gw, accumulate=True)
+    assert [[a.size for a in arrays] for arrays in checked] == [[x.size, g.size]]
+    # where the weight outnumbers input and grad_output, those are checked
+    x, g = rng.standard_normal((1, 8, 6, 6)), rng.standard_normal((1, 16, 6, 6))
+    problem = describe(
+        NCHW, x.dtype, x.shape, (16, 8, 3, 3), stride=1, padding=1, dilation=1, groups=1
+    )
+    assert _dispatch.select_kernel("grad_weight", problem).exact is not None
+    checked.clear()
+    convgrad.conv2d_grad_weight(g, x, (16, 8, 3, 3), padding=1)
+    assert [[a.size for a in arrays] for arrays in checked] == [[x.size, g.size]]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("where", ["input", "grad_output"])
+def test_grad_weight_alone_rewrites_out_by_the_exact_kernel(layout, where):
+    # a NaN left by the fast kernel in out= must not survive: out is zeroed again
+    rng = np.random.default_rng(6)
+    x, g = rng.standard_normal((2, 4, 10, 10)), rng.standard_normal((2, 8, 10, 10))
+    (x if where == "input" else g)[1, 2, 0, 9] = np.inf  # a corner: meets the zero padding
+    expected = naive.grad_weight_nchw(g, x, (8, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    if layout == "NHWC":
+        x, g, expected = to_nhwc(x), to_nhwc(g), weight_to_nhwc(expected)
+    out = np.full(expected.shape, 7.0)
+    got = convgrad.conv2d_grad_weight(g, x, expected.shape, padding=1, layout=layout, out=out)
+    assert got is out
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(got), test(expected))
+    finite = np.isfinite(expected)
+    assert finite.any() and not finite.all()
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("size", [20, 112], ids=["serial", "parallel"])
