@@ -458,6 +458,8 @@ def select_kernel(operation: str, problem: Problem) -> KernelChoice:
         and not _weight_cut_fine(operation, problem)
     ):
         return _direct_choice(operation, problem, exact)
+    if operation == "grad_input" and direct_input_suits(problem):
+        return _direct_choice(operation, problem, exact)
     if operation != "forward" and im2col_suits(problem, operation):
         return _im2col_choice(problem, operation)._replace(
             exact=exact if operation == "grad_weight" else None
@@ -725,8 +727,8 @@ def direct_takes_short_planes(problem: Problem) -> bool:
     return pixels >= DIRECT_SHORT_PIXELS * numba.config.NUMBA_NUM_THREADS
 
 
-def direct_suits(problem: Problem) -> bool:
-    """Whether the direct register-tile kernels take ``problem``'s gradients."""
+def _direct_geometry_suits(problem: Problem) -> bool:
+    """Whether the direct tiles can take ``problem`` and gain, short planes aside."""
     stride, padding, dilation, groups = problem.geometry
     if stride != (1, 1) or not DIRECT_TILES or is_depthwise(problem):
         return False
@@ -734,19 +736,64 @@ def direct_suits(problem: Problem) -> bool:
     top, bottom, left, right = padding
     if max(top, bottom) > reach_h or max(left, right) > reach_w or gemm_suits(problem):
         return False
-    if im2col_suits(problem) and not direct_takes_short_planes(problem):
-        return False  # short planes: the unfolded products (measured there)
     if problem.out_w < DIRECT_MIN_WIDTH_PER_REACH * reach_w:
         return False  # more than a quarter of the tiles' rows would be dropped
     narrowest = min(problem.c_in // groups, problem.c_out // groups)
     lanes = VECTOR_BYTES // problem.dtype.itemsize
     least = DIRECT_MIN_VECTORS[problem.layout.name] * lanes
-    if narrowest < least or problem.terms <= SERIAL_MAX_TERMS:
+    return narrowest >= least and problem.terms > SERIAL_MAX_TERMS
+
+
+def direct_suits(problem: Problem) -> bool:
+    """Whether the direct register-tile kernels take ``problem``'s gradients."""
+    if not _direct_geometry_suits(problem):
         return False
+    if im2col_suits(problem) and not direct_takes_short_planes(problem):
+        return False  # short planes: the unfolded products (measured there)
     slices = direct_weight_slices(problem)
     if im2col_suits(problem) and slices > DIRECT_SHORT_MAX_RUNS * numba.config.NUMBA_NUM_THREADS:
         return False  # short planes cut fine: the unfolded products (measured)
     return slices > 0
+
+
+# grad_input alone on short planes, which the unfolded products take in the
+# backward, takes the direct tiles where output rows are at least
+# DIRECT_INPUT_MIN_WIDTH pixels and the batch has DIRECT_INPUT_SHORT_PIXELS
+# output pixels per thread (it has no grad_weight totals to cut). Interleaved,
+# direct kernel / unfolded grad_input through the API, 2 threads (2-core AMD
+# EPYC Zen 4), 3 x 3: NHWC 8 x 256 -> 256 @ 14 x 14 0.77, 8 x 128 -> 128 0.58,
+# 8 x 64 -> 64 0.42-0.46, 4 x 256 -> 256 0.85-0.94, 8 x 96 -> 96 0.82, 8 x 64
+# -> 128 0.89, 8 x 128 -> 64 0.71, 8 x 32 -> 64 0.76, 8 x 256 -> 128 @ 10 x 10
+# 0.79, 5 x 5 8 x 128 -> 128 @ 14 x 14 0.80; NCHW 8 x 128 -> 128 @ 14 x 14
+# 0.72-0.79, 8 x 64 -> 64 0.56-0.58, 4 x 128 -> 128 @ 16 x 16 0.79. Fewer
+# pixels: 2 x 256 -> 256 @ 14 x 14 1.00, 3 x 128 -> 128 @ 12 x 12 1.03, 1 x
+# 256 -> 256 @ 14 x 14 1.28. Shorter rows (an eighth or ninth of the tiles'
+# pixels dropped) were mixed: 8 x 8 16 x 128 -> 128 0.62-0.86 (NCHW
+# 0.64-0.86), 8 x 128 -> 128 0.67-1.18, 8 x 256 -> 256 1.11-1.24; 7 x 7 32 x
+# 128 -> 128 1.04 (NCHW 0.74), 16 x 256 -> 256 1.12. (The whole backward split
+# so, direct grad_input and unfolded grad_weight, measured even: 0.89-1.05.)
+DIRECT_INPUT_MIN_WIDTH = 10
+DIRECT_INPUT_SHORT_PIXELS = 384
+
+
+def direct_input_suits(problem: Problem) -> bool:
+    """Whether grad_input alone takes the direct tiles where the unfolded products would.
+
+    Its bands' workspaces, one task per thread, and its packed weight must fit
+    the working-memory budget together.
+    """
+    threads = numba.config.NUMBA_NUM_THREADS
+    pixels = problem.n * problem.out_h * problem.out_w
+    if not (
+        _direct_geometry_suits(problem)
+        and im2col_suits(problem, "grad_input")
+        and problem.out_w >= DIRECT_INPUT_MIN_WIDTH
+        and pixels >= DIRECT_INPUT_SHORT_PIXELS * threads
+    ):
+        return False
+    rows, slices = direct_band_rows(problem), max(1, direct_weight_slices(problem))
+    tasks = threads * _direct_task_bytes(problem, rows, slices)
+    return rows >= 1 and tasks + _packed_weight_bytes(problem) <= _workspace_budget(problem)
 
 
 # Short planes (the unfolded products' too) take the direct tiles cut into at

@@ -11,7 +11,7 @@ import convgrad
 from convgrad import _dispatch
 from convgrad._layouts import NCHW, NHWC
 from convgrad._problem import describe
-from convgrad.kernels import direct_tiles
+from convgrad.kernels import direct_tiles, im2col
 from convgrad.kernels._columns import VECTOR_BYTES, VECTOR_REGISTERS
 from convgrad.kernels._tile import SHORT_TAP_TILE_ROWS, TAP_TILE_ROWS
 from convgrad.reference import conv2d_backward_reference
@@ -294,6 +294,59 @@ def test_direct_tiles_take_short_planes_with_full_columns_and_pixels_enough(
     enough = n * p.out_h * p.out_w >= _dispatch.DIRECT_SHORT_PIXELS * threads
     assert _dispatch.direct_takes_short_planes(p) == (direct and enough)
     assert _dispatch.direct_suits(p) == (direct and enough)
+
+
+@AVX512
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS != 2, reason="pixels sized for 2 threads")
+@pytest.mark.parametrize(
+    "layout, n, c_in, c_out, size, direct",
+    [
+        (NHWC, 8, 256, 256, 14, True),  # the backward's unfolded products: cut too fine
+        (NHWC, 16, 256, 256, 14, True),
+        (NCHW, 8, 64, 64, 14, True),  # the backward: too few pixels for the direct tiles
+        (NHWC, 4, 256, 256, 14, True),  # 392 output pixels a thread
+        (NHWC, 2, 256, 256, 14, False),  # 196
+        (NHWC, 16, 128, 128, 8, False),  # rows of 8 pixels
+        (NCHW, 32, 128, 128, 7, False),
+    ],
+)
+def test_grad_input_alone_takes_the_direct_tiles_on_short_planes_with_pixels_enough(
+    layout, n, c_in, c_out, size, direct
+):
+    p = _problem(layout, n, c_in, c_out, size)
+    assert _dispatch.im2col_suits(p) and not _dispatch.direct_suits(p)
+    assert _dispatch.direct_input_suits(p) == direct
+    choice = _dispatch.select_kernel("grad_input", p)
+    if direct:
+        assert choice.kernel is direct_tiles.grad_input_direct and choice.exact is not None
+        assert choice.layout is layout and choice.writes_input
+    else:
+        assert choice.kernel is im2col.grad_input_im2col
+    # grad_weight and the backward keep the unfolded products
+    assert _dispatch.select_kernel("grad_weight", p).kernel is im2col.grad_weight_im2col
+    assert _dispatch.select_backward_kernel(p).kernel is im2col.backward_im2col
+
+
+@AVX512
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_grad_input_alone_on_short_planes_matches_the_reference_keeping_inf_exact(layout):
+    rng = np.random.default_rng(12)
+    spec = NCHW if layout == "NCHW" else NHWC
+    x = rng.standard_normal(spec.image_shape(8, 64, 14, 14)).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape(64, 64, 3, 3)).astype(np.float32)
+    g = rng.standard_normal(spec.image_shape(8, 64, 14, 14)).astype(np.float32)
+    problem = _problem(spec, 8, 64, 64, 14)
+    assert _dispatch.select_kernel("grad_input", problem).kernel is direct_tiles.grad_input_direct
+    for step in ("finite", "inf"):
+        if step == "inf":  # the kernel would multiply it by grad_output's zero padding
+            w[(3, 5, 0, 0) if layout == "NCHW" else (0, 0, 5, 3)] = np.inf
+        want = conv2d_backward_reference(g, x, w, padding=1, layout=layout)[0]
+        got = convgrad.conv2d_grad_input(g, w, x.shape, padding=1, layout=layout)
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(got), test(want))
+        finite = np.isfinite(want)
+        assert finite.any() and (step == "finite") == finite.all()
+        np.testing.assert_allclose(got[finite], want[finite], rtol=2e-5, atol=2e-4)
 
 
 @AVX512

@@ -73,3 +73,25 @@ def test_part_of_the_gradients_within_budget(name, groups, mask, layout):
     opts = {"padding": 1, "groups": groups, "layout": layout, "output_mask": mask}
     used = working_memory_bytes(lambda: convgrad.conv2d_backward(g, x, w, **opts))
     assert used <= memory_budget_bytes(g, x)
+
+
+# grad_input alone on short planes may take the direct tiles instead of the
+# unfolded products: their packed weight and bands must fit the budget too
+INPUT_ALONE_SHAPES = {
+    name: SHAPES[name] for name in ("resnet_layer4", "many_images_7x7", "late_4x4")
+} | {"short_14": (8, 256, 256, 14, 3, 1, 1), "short_8": (16, 128, 128, 8, 3, 1, 1)}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(INPUT_ALONE_SHAPES))
+def test_grad_input_alone_within_budget(name, layout):
+    n, c_in, c_out, size, k, stride, padding = INPUT_ALONE_SHAPES[name]
+    spec = convgrad._layouts.LAYOUTS[layout]
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(spec.weight_shape(c_out, c_in, k, k)).astype(np.float32)
+    out = (size + 2 * padding - k) // stride + 1
+    g = rng.standard_normal(spec.image_shape(n, c_out, out, out)).astype(np.float32)
+    shape = spec.image_shape(n, c_in, size, size)
+    opts = {"stride": stride, "padding": padding, "layout": layout}
+    used = working_memory_bytes(lambda: convgrad.conv2d_grad_input(g, w, shape, **opts))
+    assert used <= memory_budget_bytes(g, np.empty(shape, np.float32))
