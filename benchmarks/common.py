@@ -96,8 +96,10 @@ SHAPES: dict[str, Shape] = {
 # downsampling layer (the unfolded products on one column span, cut again per
 # thread), 64 channels on 8 x 8 planes (the direct tiles on planes short
 # enough for the unfolded products), 128 and 256 channels at 28 x 28 (the
-# direct grad_weight's tiles cut into runs: one a thread, 16 a thread) and 96
-# channels (tiles of 2 vectors, three panels).
+# direct grad_weight's tiles cut into runs: one a thread, 16 a thread), 96
+# channels (tiles of 2 vectors, three panels) and 256 channels at 14 x 14 (the
+# unfolded products for the backward and grad_weight, the direct tiles for
+# grad_input alone).
 EXTRA_SHAPES: dict[str, Shape] = {
     "late_4x4": Shape(8, 256, 256, 4, 3, 1, 1, 1, 1, "float32"),
     "late_7x7": Shape(8, 512, 512, 7, 3, 1, 1, 1, 1, "float32"),
@@ -116,6 +118,7 @@ EXTRA_SHAPES: dict[str, Shape] = {
     "layer2_128": Shape(8, 128, 128, 28, 3, 1, 1, 1, 1, "float32"),
     "vgg_conv3": Shape(4, 256, 256, 28, 3, 1, 1, 1, 1, "float32"),
     "mid_96": Shape(8, 96, 96, 28, 3, 1, 1, 1, 1, "float32"),
+    "late_14": Shape(8, 256, 256, 14, 3, 1, 1, 1, 1, "float32"),
 }
 SUITE_NAMES = list(SHAPES)
 SHAPES |= EXTRA_SHAPES
