@@ -20,7 +20,8 @@ The kernel families, by what their innermost loop runs along:
   wide, in a tile per image, all three gradients in one pass;
 - "direct" (``kernels/direct_tiles.py``, both layouts, copied into NHWC bands):
   dense stride-1 problems as products whose terms run over the kernel's taps,
-  read from zero-padded bands by register tiles (AVX-512 CPUs only);
+  read from zero-padded bands by register tiles (AVX-512 CPUs only; on short
+  planes, which the unfolded products take, grad_input alone);
 - "unfolded" (``kernels/im2col.py``, both layouts; NCHW in
   ``kernels/im2col_nchw.py``): dense problems on short planes or at strides
   as two BLAS products per tile of images over their unfolded input (im2col).

@@ -226,6 +226,15 @@ def _problem(layout, n, c_in, c_out, size, k=3, padding=1, stride=1, dtype=np.fl
     )  # fmt: skip
 
 
+def _dense_arrays(spec, n, channels, size, seed):
+    """Random float32 (input, weight, grad_output) of a 3 x 3, padding-1 layer in ``spec``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(spec.image_shape(n, channels, size, size)).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape(channels, channels, 3, 3)).astype(np.float32)
+    g = rng.standard_normal(spec.image_shape(n, channels, size, size)).astype(np.float32)
+    return x, w, g
+
+
 @AVX512
 @pytest.mark.parametrize("layout", [NHWC, NCHW])
 @pytest.mark.parametrize("operation", ["grad_input", "grad_weight"])
@@ -330,11 +339,8 @@ def test_grad_input_alone_takes_the_direct_tiles_on_short_planes_with_pixels_eno
 @AVX512
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_grad_input_alone_on_short_planes_matches_the_reference_keeping_inf_exact(layout):
-    rng = np.random.default_rng(12)
     spec = NCHW if layout == "NCHW" else NHWC
-    x = rng.standard_normal(spec.image_shape(8, 64, 14, 14)).astype(np.float32)
-    w = rng.standard_normal(spec.weight_shape(64, 64, 3, 3)).astype(np.float32)
-    g = rng.standard_normal(spec.image_shape(8, 64, 14, 14)).astype(np.float32)
+    x, w, g = _dense_arrays(spec, 8, 64, 14, seed=12)
     problem = _problem(spec, 8, 64, 64, 14)
     assert _dispatch.select_kernel("grad_input", problem).kernel is direct_tiles.grad_input_direct
     for step in ("finite", "inf"):
@@ -447,11 +453,8 @@ def test_grad_weight_folds_long_parts_into_their_totals():
 def test_single_gradients_with_non_finite_values_take_the_exact_kernels(layout):
     # the direct kernels multiply the padding's zeros: a NaN or Inf must send
     # grad_input and grad_weight alone to their exact alternatives
-    rng = np.random.default_rng(8)
     spec = NCHW if layout == "NCHW" else NHWC
-    x = rng.standard_normal(spec.image_shape(2, 64, 20, 20)).astype(np.float32)
-    w = rng.standard_normal(spec.weight_shape(64, 64, 3, 3)).astype(np.float32)
-    g = rng.standard_normal(spec.image_shape(2, 64, 20, 20)).astype(np.float32)
+    x, w, g = _dense_arrays(spec, 2, 64, 20, seed=8)
     problem = describe(
         spec, np.dtype(np.float32), x.shape, w.shape,
         stride=1, padding=1, dilation=1, groups=1,

@@ -38,17 +38,22 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("name", sorted(SHAPES))
-def test_backward_working_memory_within_budget(name, layout):
-    n, c_in, c_out, size, k, stride, padding = SHAPES[name]
+def _arrays(shape, layout):
+    """Random float32 (input, weight, grad_output) of ``shape`` in ``layout``, and the options."""
+    n, c_in, c_out, size, k, stride, padding = shape
     spec = convgrad._layouts.LAYOUTS[layout]
     rng = np.random.default_rng(0)
     x = rng.standard_normal(spec.image_shape(n, c_in, size, size)).astype(np.float32)
     w = rng.standard_normal(spec.weight_shape(c_out, c_in, k, k)).astype(np.float32)
     out = (size + 2 * padding - k) // stride + 1
     g = rng.standard_normal(spec.image_shape(n, c_out, out, out)).astype(np.float32)
-    opts = {"stride": stride, "padding": padding, "layout": layout}
+    return x, w, g, {"stride": stride, "padding": padding, "layout": layout}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_backward_working_memory_within_budget(name, layout):
+    x, w, g, opts = _arrays(SHAPES[name], layout)
     used = working_memory_bytes(lambda: convgrad.conv2d_backward(g, x, w, **opts))
     assert used <= memory_budget_bytes(g, x)
 
@@ -85,13 +90,6 @@ INPUT_ALONE_SHAPES = {
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("name", sorted(INPUT_ALONE_SHAPES))
 def test_grad_input_alone_within_budget(name, layout):
-    n, c_in, c_out, size, k, stride, padding = INPUT_ALONE_SHAPES[name]
-    spec = convgrad._layouts.LAYOUTS[layout]
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal(spec.weight_shape(c_out, c_in, k, k)).astype(np.float32)
-    out = (size + 2 * padding - k) // stride + 1
-    g = rng.standard_normal(spec.image_shape(n, c_out, out, out)).astype(np.float32)
-    shape = spec.image_shape(n, c_in, size, size)
-    opts = {"stride": stride, "padding": padding, "layout": layout}
-    used = working_memory_bytes(lambda: convgrad.conv2d_grad_input(g, w, shape, **opts))
-    assert used <= memory_budget_bytes(g, np.empty(shape, np.float32))
+    x, w, g, opts = _arrays(INPUT_ALONE_SHAPES[name], layout)
+    used = working_memory_bytes(lambda: convgrad.conv2d_grad_input(g, w, x.shape, **opts))
+    assert used <= memory_budget_bytes(g, x)
